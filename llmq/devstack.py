@@ -1,0 +1,305 @@
+"""The local stack behind `llmq dev` and `llmq demo`: API, one worker per model, and Flower.
+
+Redis and Postgres come from LLMQ_REDIS_URL / LLMQ_DATABASE_URL when they answer; otherwise
+the stack starts its own from the machine's binaries under `.llmq/` and stops them on exit.
+Every child runs in its own process group, so stopping leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import redis
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from llmq import events
+from llmq.db import ensure_database, migrate
+from llmq.errors import LlmqError
+from llmq.settings import Settings
+
+INSTALL_HINT = (
+    "install redis-server and PostgreSQL (apt-get install redis-server postgresql), "
+    "or run `docker compose up -d redis postgres`"
+)
+
+
+class StackError(LlmqError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def postgres_answers(url: str) -> bool:
+    engine = sa.create_engine(
+        make_url(url).set(database="postgres"), connect_args={"connect_timeout": 2}
+    )
+    try:
+        with engine.connect():
+            return True
+    except sa.exc.OperationalError:
+        return False
+    finally:
+        engine.dispose()
+
+
+def _pg_binary(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+class Stack:
+    """Start with `with Stack(...) as stack:`; `stack.env` is what child processes see."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        port: int = 8000,
+        models: list[str],
+        flower: bool = True,
+        data_dir: Path = Path(".llmq"),
+        log=print,
+    ):
+        self.settings, self.port, self.models, self.flower = settings, port, models, flower
+        self.data_dir, self.log = data_dir.resolve(), log
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self._pg_data: Path | None = None
+        self.env = dict(os.environ)
+        self.api_url = f"http://127.0.0.1:{port}"
+        self.flower_auth = settings.flower_basic_auth or f"llmq:{secrets.token_urlsafe(9)}"
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- services ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        redis_url = self._redis(self.settings.redis_url)
+        database_url = self._postgres(self.settings.database_url)
+        self.env.update(
+            LLMQ_REDIS_URL=redis_url,
+            LLMQ_DATABASE_URL=database_url,
+            LLMQ_API_URL=self.api_url,
+            PYTHONUNBUFFERED="1",
+        )
+        if self.flower:
+            self.env.setdefault("LLMQ_FLOWER_URL", f"http://127.0.0.1:{self.settings.flower_port}")
+        if ensure_database(database_url):
+            self.log(f"created database {make_url(database_url).database}")
+        migrate(database_url)
+        self._spawn(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.app:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+        )
+        for model in self.models:
+            self._spawn(
+                f"worker:{model}", [sys.executable, "-m", "llmq.cli", "worker", "--model", model]
+            )
+        if self.flower:
+            self._spawn(
+                "flower",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers.app",
+                    "flower",
+                    f"--port={self.settings.flower_port}",
+                    f"--basic-auth={self.flower_auth}",
+                    "--max_tasks=10000",
+                    "--purge_offline_workers=60",
+                    "--logging=warning",
+                ],
+            )
+        self._wait_ready()
+
+    def _redis(self, url: str) -> str:
+        if redis_answers(url):
+            return url
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise StackError(
+                f"Redis at {url} does not answer and redis-server is missing: {INSTALL_HINT}"
+            )
+        port = free_port()
+        folder = self.data_dir / "redis"
+        folder.mkdir(exist_ok=True)
+        self._spawn(
+            "redis",
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(folder),
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+        )
+        local = f"redis://127.0.0.1:{port}/0"
+        _wait(lambda: redis_answers(local), 10, "local redis-server")
+        self.log(f"started redis-server on port {port}")
+        return local
+
+    def _postgres(self, url: str) -> str:
+        if postgres_answers(url):
+            return url
+        initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
+        if not (initdb and pg_ctl):
+            raise StackError(
+                f"Postgres at {url} does not answer and initdb is missing: {INSTALL_HINT}"
+            )
+        if os.geteuid() == 0:
+            raise StackError(
+                f"Postgres at {url} does not answer, and initdb refuses to run as root: "
+                "start the machine's PostgreSQL, set LLMQ_DATABASE_URL, or run "
+                "`docker compose up -d postgres`"
+            )
+        data = self.data_dir / "postgres"
+        if not (data / "PG_VERSION").exists():
+            subprocess.run(
+                [initdb, "-D", str(data), "-U", "postgres", "--auth=trust"],
+                check=True,
+                capture_output=True,
+            )
+        port = free_port()
+        subprocess.run(
+            [
+                pg_ctl,
+                "-D",
+                str(data),
+                "-l",
+                str(self.data_dir / "postgres.log"),
+                "-w",
+                "start",
+                "-o",
+                f"-p {port} -k {self.data_dir} -c listen_addresses=127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        self._pg_data = data
+        self.log(f"started PostgreSQL on port {port}")
+        database = make_url(url).database or "llmq"
+        return f"postgresql+psycopg://postgres@127.0.0.1:{port}/{database}"
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        proc = subprocess.Popen(argv, env=self.env, start_new_session=True)
+        self.procs.append((name, proc))
+
+    def _wait_ready(self) -> None:
+        _wait(self._api_ready, 60, "the API")
+        client = redis.Redis.from_url(self.env["LLMQ_REDIS_URL"])
+        prefix = self.settings.redis_prefix
+        for model in self.models:
+            self.log(f"waiting for the {model} worker to load its model…")
+            _wait(
+                lambda m=model: events.live_workers(client, prefix, m) > 0,
+                600,
+                f"the {model} worker",
+                self._check_children,
+            )
+
+    def _api_ready(self) -> bool:
+        self._check_children()
+        try:
+            return httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _check_children(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                raise StackError(f"{name} exited with code {proc.returncode} while starting")
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        """SIGTERM every child group (workers finish what they hold), then SIGKILL stragglers."""
+        for _, proc in reversed(self.procs):
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for _, proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for _, proc in self.procs:
+            _signal_group(proc, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        self.procs.clear()
+        if self._pg_data is not None:
+            subprocess.run(
+                [str(_pg_binary("pg_ctl")), "-D", str(self._pg_data), "-m", "fast", "stop"],
+                capture_output=True,
+            )
+            self._pg_data = None
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _wait(check, timeout_s: float, what: str, on_tick=None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if on_tick:
+            on_tick()
+        if check():
+            return
+        time.sleep(0.2)
+    raise StackError(f"{what} did not become ready within {timeout_s:.0f}s")

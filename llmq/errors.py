@@ -1,0 +1,36 @@
+"""Domain errors. They carry no HTTP details; `api/errors.py` maps them to problem+json."""
+
+from __future__ import annotations
+
+
+class LlmqError(Exception):
+    """Base of every error llmq raises on purpose."""
+
+
+class CatalogError(LlmqError):
+    """The catalog is malformed, or names something that is not there."""
+
+
+class JobNotFound(LlmqError):
+    pass
+
+
+class InvalidField(LlmqError):
+    """A request field is wrong in a way only the domain can tell (an unknown model, say)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class JobStateConflict(LlmqError):
+    """The job is in a state that does not allow the operation (cancel of a finished job)."""
+
+
+class QueueUnavailable(LlmqError):
+    """The broker could not take the job's message."""
+
+
+class Unauthorized(LlmqError):
+    pass

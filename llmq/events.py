@@ -1,0 +1,49 @@
+"""Redis pub/sub channels and heartbeat keys: how processes tell each other that things moved."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import redis
+
+DONE = "done"
+
+
+def job_channel(prefix: str, job_id: str) -> str:
+    return f"{prefix}job:{job_id}"
+
+
+def cancel_channel(prefix: str) -> str:
+    return f"{prefix}cancel"
+
+
+def worker_key(prefix: str, model: str, node: str) -> str:
+    return f"{prefix}worker:{model}:{node}"
+
+
+def worker_pattern(prefix: str, model: str) -> str:
+    return f"{prefix}worker:{model}:*"
+
+
+def publish_done(client: redis.Redis, prefix: str, job_ids: Iterable[str]) -> None:
+    """Tell waiting pollers (long-poll, SSE) that these jobs reached a final state."""
+    with client.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.publish(job_channel(prefix, job_id), json.dumps({"type": DONE}))
+        pipe.execute()
+
+
+def is_done(data: bytes | str) -> bool:
+    try:
+        return json.loads(data).get("type") == DONE
+    except (ValueError, AttributeError):
+        return False
+
+
+def publish_cancel(client: redis.Redis, prefix: str, job_id: str) -> None:
+    client.publish(cancel_channel(prefix), job_id)
+
+
+def live_workers(client: redis.Redis, prefix: str, model: str) -> int:
+    return sum(1 for _ in client.scan_iter(match=worker_pattern(prefix, model), count=100))

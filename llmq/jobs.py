@@ -1,0 +1,247 @@
+"""The only place job state changes: create, claim, finish, cancel.
+
+Every write is safe to repeat. A claim is a conditional UPDATE, so a redelivered message
+never runs a finished or cancelled job again; a finish is fenced by the claim's attempt
+number; the ledger row is unique per job.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from llmq.errors import InvalidField, JobNotFound, JobStateConflict
+from llmq.models import FINAL_STATUSES, Job, LedgerEntry
+
+
+@dataclass
+class NewJob:
+    model: str
+    params: dict[str, Any]
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    priority: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    webhook_url: str | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass
+class Outcome:
+    """What a worker learned about one claimed job."""
+
+    job_id: uuid.UUID
+    attempt: int
+    succeeded: bool
+    text: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: dict[str, str] | None = None
+    inference_ms: int = 0
+    batch_size: int = 1
+    cost_usd: Decimal = Decimal(0)
+    gpu_cost_usd: Decimal = Decimal(0)
+
+
+def create_job(session: Session, api_key_id: uuid.UUID, new: NewJob) -> Job:
+    job = Job(
+        id=uuid.uuid4(),
+        api_key_id=api_key_id,
+        model=new.model,
+        status="queued",
+        prompt=new.prompt,
+        messages=new.messages,
+        params=new.params,
+        priority=new.priority,
+        meta=new.metadata,
+        webhook_url=new.webhook_url,
+        expires_at=new.expires_at,
+    )
+    session.add(job)
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def delete_unpublished(session: Session, job_id: uuid.UUID) -> None:
+    """Undo a submit whose message could not be published, so nothing is left half-done."""
+    session.execute(sa.delete(Job).where(Job.id == job_id, Job.status == "queued"))
+
+
+def get_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID | None) -> Job:
+    """A job, as seen by a key; another key's job does not exist for it (None: any key)."""
+    try:
+        job_uuid = uuid.UUID(str(job_id))
+    except ValueError:
+        raise JobNotFound(f"no job {job_id}") from None
+    query = sa.select(Job).where(Job.id == job_uuid)
+    if api_key_id is not None:
+        query = query.where(Job.api_key_id == api_key_id)
+    job = session.execute(query).scalar_one_or_none()
+    if job is None:
+        raise JobNotFound(f"no job {job_id}")
+    return job
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|")
+        return datetime.fromisoformat(created), uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidField("cursor", "malformed cursor") from None
+
+
+def list_jobs(
+    session: Session,
+    api_key_id: uuid.UUID,
+    *,
+    status: str | None = None,
+    model: str | None = None,
+    limit: int = 20,
+    cursor: str | None = None,
+) -> tuple[list[Job], str | None]:
+    """The key's jobs, newest first; returns a page and the cursor of the next one."""
+    query = sa.select(Job).where(Job.api_key_id == api_key_id)
+    if status:
+        query = query.where(Job.status == status)
+    if model:
+        query = query.where(Job.model == model)
+    if cursor:
+        created, job_id = _decode_cursor(cursor)
+        query = query.where(sa.tuple_(Job.created_at, Job.id) < sa.tuple_(created, job_id))
+    rows = list(
+        session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
+        .scalars()
+        .all()
+    )
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def cancel_job(
+    session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID
+) -> tuple[Job, bool]:
+    """Cancel a queued or running job. Returns the job and whether it was running."""
+    job = get_job(session, job_id, api_key_id)
+    row = session.execute(
+        sa.update(Job)
+        .where(Job.id == job.id, Job.status.in_(("queued", "running")))
+        .values(status="cancelled", finished_at=sa.func.now(), lease_expires_at=None)
+        .returning(Job.id)
+    ).first()
+    if row is None:
+        raise JobStateConflict(f"job {job.id} is already {job.status}")
+    was_running = job.status == "running"
+    session.refresh(job)
+    return job, was_running
+
+
+def claim_jobs(
+    session: Session, job_ids: list[uuid.UUID], worker: str, lease: timedelta
+) -> list[Job]:
+    """Move queued jobs (or running ones whose lease ran out) to running, for this worker.
+
+    Jobs that are finished, cancelled or held by a live claim are skipped: that is what
+    makes a duplicate or late message harmless.
+    """
+    if not job_ids:
+        return []
+    now = sa.func.now()
+    stmt = (
+        sa.update(Job)
+        .where(
+            Job.id.in_(job_ids),
+            sa.or_(
+                Job.status == "queued",
+                sa.and_(Job.status == "running", Job.lease_expires_at < now),
+            ),
+        )
+        .values(
+            status="running",
+            attempts=Job.attempts + 1,
+            started_at=now,
+            worker=worker,
+            lease_expires_at=now + lease,
+            queue_ms=sa.cast(sa.extract("epoch", now - Job.created_at) * 1000, sa.Integer),
+        )
+        .returning(Job)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.execute(stmt).scalars().all())
+
+
+def finish_jobs(session: Session, outcomes: list[Outcome]) -> list[uuid.UUID]:
+    """Write a batch's results and ledger rows in the caller's transaction.
+
+    Returns the ids whose row this call finished. A job cancelled while it ran keeps its
+    status but records the tokens it used. A stale worker (the attempt moved on) writes nothing.
+    """
+    finished: list[uuid.UUID] = []
+    ledger_rows: list[dict[str, Any]] = []
+    for out in outcomes:
+        values = {
+            "output_text": out.text,
+            "finish_reason": out.finish_reason,
+            "error": out.error,
+            "prompt_tokens": out.prompt_tokens,
+            "completion_tokens": out.completion_tokens,
+            "inference_ms": out.inference_ms,
+            "batch_size": out.batch_size,
+            "lease_expires_at": None,
+        }
+        fenced = sa.and_(Job.id == out.job_id, Job.attempts == out.attempt)
+        row = session.execute(
+            sa.update(Job)
+            .where(fenced, Job.status == "running")
+            .values(
+                status="succeeded" if out.succeeded else "failed",
+                finished_at=sa.func.now(),
+                **values,
+            )
+            .returning(Job.id, Job.api_key_id, Job.model)
+        ).first()
+        if row is None:
+            row = session.execute(
+                sa.update(Job)
+                .where(fenced, Job.status == "cancelled", Job.completion_tokens.is_(None))
+                .values(**values)
+                .returning(Job.id, Job.api_key_id, Job.model)
+            ).first()
+        if row is None:
+            continue
+        finished.append(row.id)
+        ledger_rows.append(
+            {
+                "job_id": row.id,
+                "api_key_id": row.api_key_id,
+                "model": row.model,
+                "prompt_tokens": out.prompt_tokens,
+                "completion_tokens": out.completion_tokens,
+                "cost_usd": out.cost_usd,
+                "gpu_cost_usd": out.gpu_cost_usd,
+            }
+        )
+    if ledger_rows:
+        session.execute(
+            pg_insert(LedgerEntry).on_conflict_do_nothing(index_elements=["job_id"]), ledger_rows
+        )
+    return finished
+
+
+def is_final(status: str) -> bool:
+    return status in FINAL_STATUSES

@@ -1,0 +1,63 @@
+"""Typed settings. Every variable is `LLMQ_<FIELD>` in the environment (or a `.env` file).
+
+The field list below is the one documented list of settings; `docs/settings.md` mirrors it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMQ_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/llmq",
+        description="SQLAlchemy URL of the Postgres database (psycopg 3 driver).",
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis for queues, pub/sub and heartbeats."
+    )
+    redis_prefix: str = Field(
+        "llmq:",
+        description="Prefix of every Redis key and channel llmq uses (queues included), "
+        "so several deployments or test runs can share one Redis.",
+    )
+    catalog_path: Path = Field(Path("models.toml"), description="The model catalog file.")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "llmq",
+        description="Where loaded models are cached as safetensors for fast restarts.",
+    )
+    api_url: str = Field("http://127.0.0.1:8000", description="Where the CLI finds the API.")
+    api_key: str | None = Field(None, description="API key the CLI sends.")
+    visibility_timeout_s: int = Field(
+        3600,
+        description="Seconds before Redis hands an unacknowledged message to another worker. "
+        "Must exceed the longest batch wait plus generation.",
+    )
+    max_generation_s: float = Field(
+        600.0, description="Hard bound on one batched generation (transformers max_time)."
+    )
+    long_poll_max_s: int = Field(60, description="Largest `?wait=` a client may ask for.")
+    max_prompt_chars: int = Field(
+        200_000, description="Largest prompt (or sum of message contents) accepted, in characters."
+    )
+    max_request_bytes: int = Field(1_048_576, description="Largest request body accepted.")
+    worker_heartbeat_s: float = Field(
+        5.0, description="How often a worker refreshes its heartbeat."
+    )
+    flower_url: str | None = Field(None, description="Public URL of Flower, linked from jobs.")
+    flower_port: int = Field(5555, description="Port `llmq dev` runs Flower on.")
+    flower_basic_auth: str | None = Field(
+        None, description="`user:password` for Flower; `llmq dev` generates one when unset."
+    )
+    log_level: str = Field("INFO", description="Log level of every process.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

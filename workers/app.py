@@ -1,0 +1,118 @@
+"""The worker's Celery app: `celery -A workers.app worker --model NAME …` (see `llmq worker`).
+
+A bootstep loads the model once, before the consumer takes any message, and starts the
+engine thread, the heartbeat and the cancellation listener.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+
+import click
+import redis
+from celery import bootsteps
+
+from llmq import events
+from llmq.catalog import get_catalog
+from llmq.queues import make_celery
+from llmq.settings import get_settings
+
+log = logging.getLogger("llmq.worker")
+
+app = make_celery()
+app.user_options["worker"].add(
+    click.Option(["--model"], required=False, help="Catalog model this worker serves.")
+)
+
+
+class Runtime:
+    """What a worker process holds: its model's runner and the threads that keep it known."""
+
+    runner = None  # workers.runner.BatchRunner once the model is loaded
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+
+    def start(self, model_name: str, node: str, concurrency: int) -> None:
+        from workers.engines import build_engine
+        from workers.runner import BatchRunner
+
+        settings = get_settings()
+        spec = get_catalog().get(model_name)
+        if concurrency < spec.max_batch_size:
+            log.warning(
+                "concurrency %d is below max_batch_size %d; batches will be smaller",
+                concurrency,
+                spec.max_batch_size,
+            )
+        self.settings, self.model, self.node = settings, model_name, node
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        engine = build_engine(spec, settings)
+        self.runner = BatchRunner(spec, engine, settings, node)
+        self.runner.start()
+        for target in (self._heartbeat, self._listen_cancels):
+            threading.Thread(target=target, name=target.__name__, daemon=True).start()
+        log.info("worker %s serves %s on %s", node, model_name, getattr(engine, "device", "?"))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.runner is not None:
+            with contextlib.suppress(redis.RedisError):
+                self.redis.delete(
+                    events.worker_key(self.settings.redis_prefix, self.model, self.node)
+                )
+
+    def _heartbeat(self) -> None:
+        key = events.worker_key(self.settings.redis_prefix, self.model, self.node)
+        every = self.settings.worker_heartbeat_s
+        value = json.dumps({"node": self.node, "model": self.model, "pid": os.getpid()})
+        while not self._stop.is_set():
+            try:
+                self.redis.set(key, value, ex=max(1, int(every * 3)))
+            except redis.RedisError:
+                log.warning("heartbeat to Redis failed")
+            self._stop.wait(every)
+
+    def _listen_cancels(self) -> None:
+        channel = events.cancel_channel(self.settings.redis_prefix)
+        while not self._stop.is_set():
+            try:
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(channel)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and self.runner is not None:
+                        self.runner.mark_cancelled(message["data"].decode())
+            except redis.RedisError:
+                time.sleep(1.0)
+
+
+runtime = Runtime()
+
+
+class ModelStep(bootsteps.StartStopStep):
+    """Load the model after the pool exists and before the consumer starts."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker, model: str | None = None, **kwargs):
+        super().__init__(worker, **kwargs)
+        self.model_name = model or os.environ.get("LLMQ_WORKER_MODEL")
+
+    def start(self, worker) -> None:
+        if not self.model_name:
+            raise RuntimeError("a worker needs --model NAME (a model from the catalog)")
+        runtime.start(self.model_name, worker.hostname, worker.concurrency)
+
+    def stop(self, worker) -> None:
+        runtime.stop()
+
+
+app.steps["worker"].add(ModelStep)
+
+import workers.tasks  # noqa: E402,F401  (registers the tasks on this app)

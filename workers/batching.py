@@ -1,0 +1,64 @@
+"""Pure decisions of the batcher: when a batch is complete, which jobs may share one.
+
+No I/O here; `workers/runner.py` feeds these functions what it observes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BatchState:
+    """What the runner sees while it collects a batch."""
+
+    pending: int  # jobs handed to the engine and not yet run
+    oldest_wait_ms: float  # how long the oldest of them has waited
+    idle_ms: float  # time since the last job arrived
+    broker_waiting: int  # messages still in the model's Redis queue
+
+
+def batch_ready(
+    state: BatchState, max_batch_size: int, max_batch_wait_ms: float, settle_ms: float
+) -> bool:
+    """Run now, or wait for companions?
+
+    Run when the batch is full, when the oldest job has waited long enough, or when nothing
+    more is on its way (the queue is empty and no job arrived for `settle_ms`). A fixed window
+    alone closes batches early while messages are still streaming in from Redis.
+    """
+    if state.pending == 0:
+        return False
+    if state.pending >= max_batch_size or state.oldest_wait_ms >= max_batch_wait_ms:
+        return True
+    return state.broker_waiting == 0 and state.idle_ms >= settle_ms
+
+
+def sampling_key(params: dict[str, Any]) -> Hashable:
+    """Jobs with equal keys can run in one `generate` call.
+
+    Greedy jobs all share one key; sampled jobs share only with the same temperature, top_p
+    and seed, since those are per-call settings in transformers.
+    """
+    temperature = float(params.get("temperature", 1.0))
+    if temperature == 0.0:
+        return ("greedy",)
+    return ("sample", temperature, float(params.get("top_p", 1.0)), params.get("seed"))
+
+
+def group_by_key(items: Iterable[T], key_of: Any) -> list[list[T]]:
+    """Group items by key, keeping first-seen order of keys and of items within a group."""
+    groups: dict[Hashable, list[T]] = {}
+    for item in items:
+        groups.setdefault(key_of(item), []).append(item)
+    return list(groups.values())
+
+
+def earliest_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Index where the first stop sequence starts in `text`, or None."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None

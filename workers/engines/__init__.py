@@ -1,0 +1,18 @@
+"""Engines turn a group of compatible jobs into results. One file per engine."""
+
+from __future__ import annotations
+
+from llmq.catalog import ModelSpec
+from llmq.settings import Settings
+from workers.engines.base import Engine
+
+
+def build_engine(spec: ModelSpec, settings: Settings) -> Engine:
+    """Construct (and load) the engine the catalog names for this model."""
+    if spec.engine == "echo":
+        from workers.engines.echo import EchoEngine
+
+        return EchoEngine(spec)
+    from workers.engines.hf import HFEngine
+
+    return HFEngine(spec, settings)

@@ -1,0 +1,47 @@
+"""The interface every engine implements, and the request/result types they share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class GenerationRequest:
+    job_id: str
+    prompt: str | None
+    messages: list[dict[str, Any]] | None
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class GenerationResult:
+    text: str | None
+    finish_reason: str | None  # stop | length | cancelled; None when the job failed
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: dict[str, str] | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None
+
+
+def failure(code: str, message: str, prompt_tokens: int = 0) -> GenerationResult:
+    return GenerationResult(None, None, prompt_tokens, 0, {"code": code, "message": message})
+
+
+class Engine(Protocol):
+    name: str
+    device: str
+
+    def generate(
+        self, requests: list[GenerationRequest], is_cancelled: Callable[[str], bool]
+    ) -> list[GenerationResult]:
+        """Run one batch of jobs whose sampling settings are compatible; one result each."""
+        ...

@@ -1,0 +1,44 @@
+"""`echo`: no model. Deterministic text after a fixed delay; measures llmq's own overhead."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from llmq.catalog import ModelSpec
+from workers.batching import earliest_stop
+from workers.engines.base import GenerationRequest, GenerationResult, failure
+
+
+class EchoEngine:
+    name = "echo"
+    device = "cpu"
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+
+    def generate(
+        self, requests: list[GenerationRequest], is_cancelled: Callable[[str], bool]
+    ) -> list[GenerationResult]:
+        if self.spec.echo_delay_ms:
+            time.sleep(self.spec.echo_delay_ms / 1000)
+        return [self._one(r, is_cancelled(r.job_id)) for r in requests]
+
+    def _one(self, req: GenerationRequest, cancelled: bool) -> GenerationResult:
+        source = (
+            req.prompt if req.prompt is not None else (req.messages or [{}])[-1].get("content", "")
+        )
+        words = str(source).split()
+        if len(words) >= self.spec.context_length:
+            return failure(
+                "context_length_exceeded", "prompt is longer than the context", len(words)
+            )
+        reply = words[: req.max_tokens]
+        text = " ".join(reply)
+        reason = "length" if len(words) >= req.max_tokens else "stop"
+        cut = earliest_stop(text, req.stop)
+        if cut is not None:
+            text, reason = text[:cut], "stop"
+        if cancelled:
+            reason = "cancelled"
+        return GenerationResult(text, reason, len(words), len(reply))

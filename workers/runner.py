@@ -1,0 +1,191 @@
+"""The engine thread: collects jobs from task threads, forms batches, runs them, writes results.
+
+Task threads call `submit(job_id)` and wait on the returned future. A single thread owns the
+model. Per batch: one claim (conditional UPDATE), one generation per compatible group, one
+transaction for results and ledger rows, one pipeline of "done" notifications.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import timedelta
+
+import redis
+
+from llmq import events, jobs, metrics
+from llmq.catalog import ModelSpec
+from llmq.db import session_scope
+from llmq.ledger import split_gpu_cost_usd, token_cost_usd
+from llmq.models import Job
+from llmq.queues import waiting_count
+from llmq.settings import Settings
+from workers.batching import BatchState, batch_ready, group_by_key, sampling_key
+from workers.engines.base import Engine, GenerationRequest, GenerationResult
+
+log = logging.getLogger(__name__)
+
+BROKER_POLL_MS = 2.0  # how often the queue length is read while a batch fills
+
+
+@dataclass
+class _Waiting:
+    job_id: str
+    future: Future
+    arrived: float
+
+
+class BatchRunner:
+    def __init__(self, spec: ModelSpec, engine: Engine, settings: Settings, node: str):
+        self.spec, self.engine, self.settings, self.node = spec, engine, settings, node
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.inbox: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
+        self.cancelled: set[str] = set()
+        self.lease = timedelta(seconds=settings.max_generation_s + 120)
+        self._thread = threading.Thread(target=self._loop, name="llmq-engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job_id: str) -> Future:
+        future: Future = Future()
+        self.inbox.put(_Waiting(job_id, future, time.monotonic()))
+        return future
+
+    def mark_cancelled(self, job_id: str) -> None:
+        self.cancelled.add(job_id)
+
+    # -- collecting -------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        pending: list[_Waiting] = []
+        while True:
+            if not pending:
+                pending.append(self.inbox.get())
+            pending.extend(self._drain())
+            if self._ready(pending):
+                size = self.spec.max_batch_size
+                batch, pending = pending[:size], pending[size:]
+                self._run_batch(batch)
+            else:
+                with contextlib.suppress(queue.Empty):
+                    pending.append(self.inbox.get(timeout=BROKER_POLL_MS / 1000))
+
+    def _drain(self) -> list[_Waiting]:
+        items = []
+        while True:
+            try:
+                items.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _ready(self, pending: list[_Waiting]) -> bool:
+        now = time.monotonic()
+        state = BatchState(
+            pending=len(pending),
+            oldest_wait_ms=(now - pending[0].arrived) * 1000,
+            idle_ms=(now - pending[-1].arrived) * 1000,
+            broker_waiting=0,
+        )
+        limits = (self.spec.max_batch_size, self.spec.max_batch_wait_ms, self.spec.batch_settle_ms)
+        quick = batch_ready(state, *limits)
+        if quick or state.idle_ms < self.spec.batch_settle_ms:
+            return quick
+        try:
+            waiting = waiting_count(self.redis, self.spec.name, self.settings.redis_prefix)
+        except redis.RedisError:
+            waiting = 0
+        state = BatchState(state.pending, state.oldest_wait_ms, state.idle_ms, waiting)
+        return batch_ready(state, *limits)
+
+    # -- running ----------------------------------------------------------------------------
+
+    def _run_batch(self, batch: list[_Waiting]) -> None:
+        try:
+            finished = self._execute(batch)
+        except Exception as exc:  # infrastructure failure: let the tasks retry
+            log.exception("batch of %d failed before its results were written", len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        for item in batch:
+            item.future.set_result(finished.get(item.job_id, "skipped"))
+
+    def _execute(self, batch: list[_Waiting]) -> dict[str, str]:
+        ids = list(dict.fromkeys(uuid.UUID(item.job_id) for item in batch))
+        with session_scope() as session:
+            claimed = jobs.claim_jobs(session, ids, self.node, self.lease)
+        if not claimed:
+            return {}
+        outcomes: list[jobs.Outcome] = []
+        for group in group_by_key(claimed, lambda job: sampling_key(job.params)):
+            metrics.BATCH_SIZE.labels(self.spec.name).observe(len(group))
+            outcomes.extend(self._generate(group))
+        with session_scope() as session:
+            done_ids = jobs.finish_jobs(session, outcomes)
+        events.publish_done(self.redis, self.settings.redis_prefix, [str(i) for i in done_ids])
+        for out in outcomes:
+            self.cancelled.discard(str(out.job_id))
+            metrics.record_outcome(self.spec.name, out)
+        return {str(out.job_id): "succeeded" if out.succeeded else "failed" for out in outcomes}
+
+    def _generate(self, group: list[Job]) -> list[jobs.Outcome]:
+        requests = [self._request(job) for job in group]
+        started = time.perf_counter()
+        try:
+            results = self.engine.generate(requests, lambda jid: jid in self.cancelled)
+        except Exception as exc:
+            log.exception("engine failed on a group of %d", len(group))
+            metrics.ENGINE_ERRORS.labels(self.spec.name).inc()
+            results = [
+                GenerationResult(None, None, error={"code": "engine_error", "message": str(exc)})
+            ] * len(group)
+        seconds = time.perf_counter() - started
+        metrics.INFERENCE_SECONDS.labels(self.spec.name).observe(seconds)
+        gpu_costs = split_gpu_cost_usd(
+            seconds,
+            self.spec.gpu_hour_usd,
+            [r.prompt_tokens + r.completion_tokens for r in results],
+        )
+        return [
+            jobs.Outcome(
+                job_id=job.id,
+                attempt=job.attempts,
+                succeeded=result.succeeded,
+                text=result.text,
+                finish_reason=result.finish_reason,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                error=result.error,
+                inference_ms=int(seconds * 1000),
+                batch_size=len(group),
+                cost_usd=token_cost_usd(
+                    result.prompt_tokens,
+                    result.completion_tokens,
+                    self.spec.price_input_per_mtok_usd,
+                    self.spec.price_output_per_mtok_usd,
+                ),
+                gpu_cost_usd=gpu_cost,
+            )
+            for job, result, gpu_cost in zip(group, results, gpu_costs, strict=True)
+        ]
+
+    def _request(self, job: Job) -> GenerationRequest:
+        p = job.params
+        return GenerationRequest(
+            job_id=str(job.id),
+            prompt=job.prompt,
+            messages=job.messages,
+            max_tokens=int(p.get("max_tokens") or self.spec.default_max_tokens),
+            temperature=float(p.get("temperature", 0.0)),
+            top_p=float(p.get("top_p", 1.0)),
+            stop=list(p.get("stop") or []),
+            seed=p.get("seed"),
+        )
