@@ -89,6 +89,25 @@ def api(
 
 
 @app.command()
+def services() -> None:
+    """Check that Redis and Postgres answer; say what to run when they do not."""
+    from llmq.devstack import INSTALL_HINT, postgres_answers, redis_answers
+
+    settings = get_settings()
+    missing = [
+        name
+        for name, ok in (
+            (f"Redis ({settings.redis_url})", redis_answers(settings.redis_url)),
+            (f"Postgres ({settings.database_url})", postgres_answers(settings.database_url)),
+        )
+        if not ok
+    ]
+    if missing:
+        _fail(f"{' and '.join(missing)} not answering: start them, or {INSTALL_HINT}")
+    console.print("Redis and Postgres answer")
+
+
+@app.command()
 def migrate() -> None:
     """Create the database if missing and apply every migration."""
     from llmq.db import ensure_database

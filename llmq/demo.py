@@ -129,5 +129,3 @@ def _report(console: Console, results: list[dict], wall: float, usage: dict, tot
         f"= {completion / wall:.1f} tokens/s through API, Redis, worker and Postgres "
         f"(whole demo {total:.1f}s)"
     )
-
-

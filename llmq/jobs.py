@@ -138,6 +138,7 @@ def cancel_job(
 ) -> tuple[Job, bool]:
     """Cancel a queued or running job. Returns the job and whether it was running."""
     job = get_job(session, job_id, api_key_id)
+    was_running = job.status == "running"
     row = session.execute(
         sa.update(Job)
         .where(Job.id == job.id, Job.status.in_(("queued", "running")))
@@ -146,7 +147,6 @@ def cancel_job(
     ).first()
     if row is None:
         raise JobStateConflict(f"job {job.id} is already {job.status}")
-    was_running = job.status == "running"
     session.refresh(job)
     return job, was_running
 

@@ -58,6 +58,17 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Log level of every process.")
 
 
+def settings_table() -> str:
+    """The documented list of variables, as the Markdown table in docs/settings.md."""
+    rows = ["| variable | default | what |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default if field.default is not None else ""
+        if isinstance(default, Path) and str(default).startswith(str(Path.home())):
+            default = "~/" + str(default.relative_to(Path.home()))
+        rows.append(f"| `LLMQ_{name.upper()}` | `{default}` | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
 @lru_cache
 def get_settings() -> Settings:
     return Settings()

@@ -16,6 +16,7 @@ import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 
 import redis
 
@@ -171,7 +172,9 @@ class BatchRunner:
                     result.completion_tokens,
                     self.spec.price_input_per_mtok_usd,
                     self.spec.price_output_per_mtok_usd,
-                ),
+                )
+                if result.succeeded
+                else Decimal(0),
                 gpu_cost_usd=gpu_cost,
             )
             for job, result, gpu_cost in zip(group, results, gpu_costs, strict=True)

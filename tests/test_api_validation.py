@@ -1,0 +1,106 @@
+"""Bad input: a 4xx problem+json naming the field, and no row or message left behind."""
+
+import pytest
+import sqlalchemy as sa
+
+from llmq.db import session_scope
+from llmq.models import Job
+from llmq.queues import waiting_count
+from tests.conftest import REDIS_PREFIX
+
+GOOD = {"model": "tiny-serial", "prompt": "hello"}
+
+
+def _job_count() -> int:
+    with session_scope() as session:
+        return session.scalar(sa.select(sa.func.count()).select_from(Job))
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"model": "nope", "prompt": "hi"}, 422, "model"),
+        ({"prompt": "hi"}, 422, "model"),
+        ({"model": "tiny-serial"}, 422, "prompt"),
+        ({**GOOD, "messages": [{"role": "user", "content": "x"}]}, 422, "prompt"),
+        ({**GOOD, "max_tokens": "ten"}, 422, "max_tokens"),
+        ({**GOOD, "max_tokens": 0}, 422, "max_tokens"),
+        ({**GOOD, "max_tokens": 10_000}, 422, "max_tokens"),
+        ({**GOOD, "temperature": 5}, 422, "temperature"),
+        ({**GOOD, "priority": 10}, 422, "priority"),
+        ({**GOOD, "stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
+        ({**GOOD, "unknown_field": 1}, 422, "unknown_field"),
+        (
+            {"model": "tiny-serial", "messages": [{"role": "robot", "content": "x"}]},
+            422,
+            "messages[0].role",
+        ),
+        ({"model": "tiny-serial", "messages": [{"role": "user"}]}, 422, "messages[0].content"),
+        ({**GOOD, "prompt": "x" * 200_001}, 422, "prompt"),
+        ({**GOOD, "webhook_url": "not a url"}, 422, "webhook_url"),
+    ],
+)
+def test_bad_submit_is_problem_json_naming_field(client, auth, redis_client, body, status, field):
+    before_rows = _job_count()
+    before_msgs = waiting_count(redis_client, "tiny-serial", REDIS_PREFIX)
+    response = client.post("/v1/jobs", json=body, headers=auth)
+    assert response.status_code == status
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["status"] == status and problem["title"] and problem["type"]
+    assert field in [e["field"] for e in problem["errors"]], problem
+    assert _job_count() == before_rows
+    assert waiting_count(redis_client, "tiny-serial", REDIS_PREFIX) == before_msgs
+
+
+def test_oversize_body_is_413(client, auth):
+    response = client.post(
+        "/v1/jobs",
+        content=b'{"model":"tiny","prompt":"' + b"x" * 1_100_000 + b'"}',
+        headers={**auth, "content-type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_malformed_json_is_422(client, auth):
+    response = client.post(
+        "/v1/jobs", content=b"{not json", headers={**auth, "content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer llmq_wrong"},
+        {"Authorization": "Bearer sk-other"},
+        {"Authorization": "Basic abc"},
+    ],
+)
+def test_missing_or_bad_key_is_401(client, headers):
+    response = client.post("/v1/jobs", json=GOOD, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_unknown_job_is_404(client, auth):
+    for job_id in ("00000000-0000-0000-0000-000000000000", "not-a-uuid"):
+        response = client.get(f"/v1/jobs/{job_id}", headers=auth)
+        assert response.status_code == 404
+        assert response.json()["type"] == "/problems/not-found"
+
+
+def test_bad_list_filters(client, auth):
+    assert client.get("/v1/jobs", params={"status": "weird"}, headers=auth).status_code == 422
+    response = client.get("/v1/jobs", params={"cursor": "!!!"}, headers=auth)
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "cursor"
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"postgres": "ok", "redis": "ok"}
+    assert "llmq_http_requests_total" in client.get("/metrics").text

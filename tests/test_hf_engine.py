@@ -1,0 +1,69 @@
+"""The `hf` engine in-process on the tiny model: per-row budgets, cancellation, context."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmq.catalog import get_catalog
+from llmq.settings import get_settings
+from workers.engines.base import GenerationRequest
+
+
+@pytest.fixture(scope="module")
+def engine(environment):
+    from workers.engines.hf import HFEngine
+
+    return HFEngine(get_catalog().get("tiny"), get_settings())
+
+
+def req(job_id: str, max_tokens: int, **kw) -> GenerationRequest:
+    kw.setdefault("prompt", "Hello there")
+    return GenerationRequest(job_id=job_id, messages=None, max_tokens=max_tokens, **kw)
+
+
+def test_rows_keep_their_own_budgets(engine):
+    results = engine.generate([req("a", 1), req("b", 6), req("c", 13)], lambda _: False)
+    assert [r.completion_tokens for r in results] == [1, 6, 13]
+    assert all(r.finish_reason == "length" for r in results)
+
+
+def test_batched_greedy_matches_single(engine):
+    single = engine.generate([req("a", 6, prompt="short")], lambda _: False)[0]
+    batched = engine.generate(
+        [
+            req("x", 6, prompt="a much longer prompt than the other one"),
+            req("a", 6, prompt="short"),
+        ],
+        lambda _: False,
+    )[1]
+    assert batched.text == single.text  # left padding does not change the answer
+
+
+def test_cancelled_row_stops_while_others_continue(engine):
+    results = engine.generate([req("keep", 20), req("drop", 20)], lambda jid: jid == "drop")
+    assert results[0].finish_reason == "length" and results[0].completion_tokens == 20
+    assert results[1].finish_reason == "cancelled" and results[1].completion_tokens <= 2
+
+
+def test_context_overflow_fails_only_that_row(engine):
+    results = engine.generate([req("big", 4, prompt="word " * 300), req("ok", 4)], lambda _: False)
+    assert results[0].error["code"] == "context_length_exceeded" and results[0].text is None
+    assert results[1].succeeded and results[1].completion_tokens == 4
+
+
+def test_budget_is_clamped_to_the_context(engine):
+    prompt_len = len(engine.render(req("p", 1, prompt="word " * 50)))
+    (result,) = engine.generate([req("p", 64, prompt="word " * 50)], lambda _: False)
+    assert result.completion_tokens == min(64, engine.context_length - prompt_len)
+
+
+def test_messages_use_the_chat_template(engine):
+    ids = engine.render(
+        GenerationRequest(
+            job_id="m", prompt=None, messages=[{"role": "user", "content": "hi"}], max_tokens=1
+        )
+    )
+    text = engine.tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>user\nhi<|im_end|>") and text.endswith(
+        "<|im_start|>assistant\n"
+    )
