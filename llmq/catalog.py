@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from llmq.errors import CatalogError
 
 Engine = Literal["hf", "echo", "auto"]
+Quantization = Literal["none", "8bit", "4bit"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
@@ -56,7 +57,15 @@ class ModelSpec(BaseModel):
     engine: Engine = "hf"
     device: str = "auto"
     dtype: Dtype = "auto"
+    quantization: Quantization = "none"
+    device_map: str | None = Field(
+        None, description="accelerate device map (e.g. 'auto') to spread a model over GPUs."
+    )
+    compile: bool = Field(False, description="torch.compile the model's forward pass.")
     max_batch_size: int = Field(16, ge=1, le=1024)
+    max_batch_tokens: int | None = Field(
+        None, ge=1, description="Cap on (longest prompt + largest max_tokens) x rows per generate."
+    )
     max_batch_wait_ms: int = Field(50, ge=0, le=60_000)
     batch_settle_ms: int = Field(
         20, ge=0, description="A partial batch runs early once the queue is empty this long."

@@ -2,7 +2,14 @@
 
 import pytest
 
-from workers.batching import BatchState, batch_ready, earliest_stop, group_by_key, sampling_key
+from workers.batching import (
+    BatchState,
+    batch_ready,
+    earliest_stop,
+    group_by_key,
+    plan_sub_batches,
+    sampling_key,
+)
 
 
 @pytest.mark.parametrize(
@@ -53,3 +60,16 @@ def test_group_by_key_keeps_order():
 )
 def test_earliest_stop(text, stops, index):
     assert earliest_stop(text, stops) == index
+
+
+@pytest.mark.parametrize(
+    ("lengths", "new", "budget", "plan"),
+    [
+        ([5, 1, 3], [4, 4, 4], None, [[1, 2, 0]]),  # no budget: one batch, shortest first
+        ([10, 1, 2, 9], [2, 2, 2, 2], 24, [[1, 2], [3, 0]]),  # padded size capped
+        ([50, 1], [10, 10], 20, [[1], [0]]),  # an oversize row still runs, alone
+        ([], [], 100, []),
+    ],
+)
+def test_plan_sub_batches(lengths, new, budget, plan):
+    assert plan_sub_batches(lengths, new, budget) == plan

@@ -67,3 +67,50 @@ def test_messages_use_the_chat_template(engine):
     assert text.startswith("<|im_start|>user\nhi<|im_end|>") and text.endswith(
         "<|im_start|>assistant\n"
     )
+
+
+def test_mixed_batch_lengths_budgets_and_stops(engine):
+    (probe,) = engine.generate([req("probe", 12, prompt="Mixed batch")], lambda _: False)
+    stop = probe.text[len(probe.text) // 2 :][:2]
+    results = engine.generate(
+        [
+            req("long", 3, prompt="a considerably longer prompt with many more words in it"),
+            req("stopped", 12, prompt="Mixed batch", stop=[stop]),
+            req("short", 7, prompt="hi"),
+        ],
+        lambda _: False,
+    )
+    assert [r.completion_tokens for r in (results[0], results[2])] == [3, 7]
+    assert results[1].finish_reason == "stop"
+    assert results[1].text == probe.text[: probe.text.find(stop)]
+    assert all(r.batch_size == 3 for r in results)
+
+
+def test_out_of_memory_splits_the_batch_and_retries(engine, monkeypatch):
+    import torch
+
+    real_generate = engine.model.generate
+    sizes: list[int] = []
+
+    def generate_with_small_memory(*args, **kwargs):
+        rows = kwargs["input_ids"].shape[0]
+        sizes.append(rows)
+        if rows > 2:
+            raise torch.OutOfMemoryError("injected: batch too large for the device")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "generate", generate_with_small_memory)
+    results = engine.generate([req(str(i), 4 + i) for i in range(5)], lambda _: False)
+    assert [r.completion_tokens for r in results] == [4, 5, 6, 7, 8]
+    assert all(r.succeeded and r.batch_size <= 2 for r in results)
+    assert sizes == [5, 2, 3, 1, 2]  # 5 fails, 2 runs, 3 fails, 1 and 2 run
+
+
+def test_token_budget_splits_a_group(environment):
+    from workers.engines.hf import HFEngine
+
+    spec = get_catalog().get("tiny").model_copy(update={"max_batch_tokens": 40})
+    small = HFEngine(spec, get_settings())
+    results = small.generate([req(str(i), 10, prompt="hello") for i in range(4)], lambda _: False)
+    assert all(r.completion_tokens == 10 for r in results)
+    assert max(r.batch_size for r in results) < 4

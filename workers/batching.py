@@ -62,3 +62,30 @@ def earliest_stop(text: str, stops: Sequence[str]) -> int | None:
     """Index where the first stop sequence starts in `text`, or None."""
     hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     return min(hits) if hits else None
+
+
+def plan_sub_batches(
+    prompt_lengths: Sequence[int], max_new_tokens: Sequence[int], max_batch_tokens: int | None
+) -> list[list[int]]:
+    """Split one group into sub-batches of row indices, shortest prompts first.
+
+    Sorting by length cuts padding; the budget caps the padded size of each sub-batch,
+    (longest prompt + largest budget) x rows, so a few long prompts cannot blow up memory.
+    A row that alone exceeds the budget still runs, alone.
+    """
+    order = sorted(range(len(prompt_lengths)), key=lambda i: prompt_lengths[i])
+    if max_batch_tokens is None:
+        return [order] if order else []
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = new = 0
+    for i in order:
+        w, n = max(width, prompt_lengths[i]), max(new, max_new_tokens[i])
+        if current and (w + n) * (len(current) + 1) > max_batch_tokens:
+            batches.append(current)
+            current, w, n = [], prompt_lengths[i], max_new_tokens[i]
+        current.append(i)
+        width, new = w, n
+    if current:
+        batches.append(current)
+    return batches

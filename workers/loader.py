@@ -42,23 +42,76 @@ def pick_dtype(requested: str, device: str) -> torch.dtype:
     return DTYPES[requested]
 
 
+def check_gpu_settings(spec: ModelSpec, device: str) -> None:
+    """Refuse, with a clear message, settings that only work on CUDA."""
+    if device.startswith("cuda"):
+        return
+    if spec.quantization != "none":
+        raise CatalogError(
+            f"model {spec.name!r}: quantization {spec.quantization!r} (bitsandbytes) needs a CUDA "
+            'device; set quantization = "none" to run on CPU'
+        )
+    if spec.device_map not in (None, "cpu"):
+        raise CatalogError(
+            f"model {spec.name!r}: device_map {spec.device_map!r} spreads a model over GPUs and "
+            "needs CUDA; remove it to run on CPU"
+        )
+
+
+def quantization_config(spec: ModelSpec, dtype: torch.dtype) -> Any:
+    if spec.quantization == "none":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise CatalogError(
+            f"model {spec.name!r}: quantization {spec.quantization!r} needs `pip install bitsandbytes`"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    if spec.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype)
+
+
+def cache_path(spec: ModelSpec, cache_dir: Path, dtype: torch.dtype) -> Path:
+    """Where the dequantized copy of a GGUF source lives; a changed source file gets a new one."""
+    source = spec.resolve_source()
+    stat = (source.directory / str(source.gguf_file)).stat()
+    identity = f"{source.cache_key}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}"
+    return cache_dir / f"{spec.name}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+
+
 def load_model(spec: ModelSpec, cache_dir: Path) -> tuple[Any, Any, str]:
     """Returns (model, tokenizer, device); the model is in eval mode on its device."""
     device = pick_device(spec.device)
+    check_gpu_settings(spec, device)
     dtype = pick_dtype(spec.dtype, device)
     source = spec.resolve_source()
     started = time.perf_counter()
+    directory = source.directory
     if source.gguf_file:
-        key = hashlib.sha256(f"{source.cache_key}|{dtype}".encode()).hexdigest()[:16]
-        cached = cache_dir / f"{spec.name}-{key}"
-        if not (cached / "model.safetensors").is_file():
-            _dequantize_to_cache(source.directory, source.gguf_file, dtype, cached)
-        directory, gguf_file = cached, None
+        directory = cache_path(spec, cache_dir, dtype)
+        if not (directory / "model.safetensors").is_file():
+            _dequantize_to_cache(source.directory, source.gguf_file, dtype, directory)
+        else:
+            log.info("loading %s from the cache %s", spec.name, directory)
+    extra: dict[str, Any] = {}
+    if spec.device_map:
+        extra["device_map"] = spec.device_map
+    quant = quantization_config(spec, dtype)
+    if quant is not None:
+        extra["quantization_config"] = quant
+        extra.setdefault("device_map", device)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **extra)
+    if "device_map" in extra:
+        device = str(model.device)
     else:
-        directory, gguf_file = source.directory, None
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, gguf_file=gguf_file)
-    model.to(device).eval()
+        model.to(device)
+    model.eval()
+    if spec.compile:
+        model.forward = torch.compile(model.forward)
     _prepare_tokenizer(tokenizer, model)
     log.info(
         "loaded %s on %s (%s) in %.1fs", spec.name, device, dtype, time.perf_counter() - started

@@ -146,7 +146,12 @@ class BatchRunner:
             log.exception("engine failed on a group of %d", len(group))
             metrics.ENGINE_ERRORS.labels(self.spec.name).inc()
             results = [
-                GenerationResult(None, None, error={"code": "engine_error", "message": str(exc)})
+                GenerationResult(
+                    None,
+                    None,
+                    error={"code": "engine_error", "message": str(exc)},
+                    batch_size=len(group),
+                )
             ] * len(group)
         seconds = time.perf_counter() - started
         metrics.INFERENCE_SECONDS.labels(self.spec.name).observe(seconds)
@@ -166,7 +171,7 @@ class BatchRunner:
                 completion_tokens=result.completion_tokens,
                 error=result.error,
                 inference_ms=int(seconds * 1000),
-                batch_size=len(group),
+                batch_size=result.batch_size,
                 cost_usd=token_cost_usd(
                     result.prompt_tokens,
                     result.completion_tokens,

@@ -26,6 +26,7 @@ class GenerationResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: dict[str, str] | None = None
+    batch_size: int = 1  # rows in the generate call that produced this result
 
     @property
     def succeeded(self) -> bool:

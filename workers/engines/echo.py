@@ -22,7 +22,10 @@ class EchoEngine:
     ) -> list[GenerationResult]:
         if self.spec.echo_delay_ms:
             time.sleep(self.spec.echo_delay_ms / 1000)
-        return [self._one(r, is_cancelled(r.job_id)) for r in requests]
+        results = [self._one(r, is_cancelled(r.job_id)) for r in requests]
+        for result in results:
+            result.batch_size = len(requests)
+        return results
 
     def _one(self, req: GenerationRequest, cancelled: bool) -> GenerationResult:
         source = (

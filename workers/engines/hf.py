@@ -15,7 +15,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from llmq.catalog import ModelSpec
 from llmq.settings import Settings
-from workers.batching import earliest_stop
+from workers.batching import earliest_stop, plan_sub_batches
 from workers.engines.base import GenerationRequest, GenerationResult, failure
 from workers.loader import load_model
 
@@ -70,6 +70,7 @@ class HFEngine:
     def __init__(self, spec: ModelSpec, settings: Settings):
         self.spec = spec
         self.max_time_s = settings.max_generation_s
+        self.max_batch_tokens = spec.max_batch_tokens
         self.model, self.tokenizer, self.device = load_model(spec, settings.cache_dir)
         config_len = getattr(self.model.config, "max_position_embeddings", None)
         self.context_length = min(spec.context_length, config_len or spec.context_length)
@@ -102,12 +103,37 @@ class HFEngine:
                 )
             else:
                 rows.append((i, _Row(req, ids, min(req.max_tokens, room))))
-        if rows:
+        plan = plan_sub_batches(
+            [len(r.prompt_ids) for _, r in rows],
+            [r.max_new for _, r in rows],
+            self.max_batch_tokens,
+        )
+        for chunk in plan:
+            batch = [rows[k] for k in chunk]
             for (i, _), result in zip(
-                rows, self._run([r for _, r in rows], is_cancelled), strict=True
+                batch, self._run_splitting([r for _, r in batch], is_cancelled), strict=True
             ):
                 results[i] = result
         return [r for r in results if r is not None]
+
+    def _run_splitting(
+        self, rows: list[_Row], is_cancelled: Callable[[str], bool]
+    ) -> list[GenerationResult]:
+        """Run rows together; on out-of-memory, retry the halves instead of failing the jobs."""
+        try:
+            return self._run(rows, is_cancelled)
+        except torch.OutOfMemoryError:
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            if len(rows) == 1:
+                return [failure("out_of_memory", "the job alone does not fit in device memory")]
+            log.warning("out of memory at batch %d; retrying as two halves", len(rows))
+            for row in rows:
+                row.done_at, row.reason = None, None
+            half = len(rows) // 2
+            return self._run_splitting(rows[:half], is_cancelled) + self._run_splitting(
+                rows[half:], is_cancelled
+            )
 
     @torch.inference_mode()
     def _run(self, rows: list[_Row], is_cancelled: Callable[[str], bool]) -> list[GenerationResult]:
@@ -134,13 +160,16 @@ class HFEngine:
             **sampling,
         )
         generated = output[:, width:].tolist()
-        return [self._result(row, tokens) for row, tokens in zip(rows, generated, strict=True)]
+        return [
+            self._result(row, tokens, len(rows))
+            for row, tokens in zip(rows, generated, strict=True)
+        ]
 
-    def _result(self, row: _Row, tokens: list[int]) -> GenerationResult:
+    def _result(self, row: _Row, tokens: list[int], batch_size: int) -> GenerationResult:
         count = row.done_at if row.done_at is not None else len(tokens)
         reason = row.reason or "length"
         text = self.tokenizer.decode(tokens[:count], skip_special_tokens=True)
         cut = earliest_stop(text, row.request.stop)
         if cut is not None:
             text, reason = text[:cut], "stop"
-        return GenerationResult(text, reason, len(row.prompt_ids), count)
+        return GenerationResult(text, reason, len(row.prompt_ids), count, batch_size=batch_size)
