@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 
 from api import errors
-from api.routes import health, jobs, models, usage
+from api.routes import health, jobs, models, streams, usage
 from llmq import __version__, metrics
 from llmq.catalog import load_catalog
 from llmq.settings import Settings, get_settings
@@ -21,7 +21,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.redis = aioredis.Redis.from_url(settings.redis_url)
+        # Long-polls and event streams each hold a connection while they wait: a blocking
+        # pool makes the next waiter queue briefly instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections, timeout=10
+        )
+        app.state.redis = aioredis.Redis(connection_pool=pool)
         app.state.sync_redis = redis.Redis.from_url(settings.redis_url)
         yield
         await app.state.redis.aclose()
@@ -57,6 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.HTTP_REQUESTS.labels(path, request.method, str(response.status_code)).inc()
         return response
 
-    for router in (jobs.router, models.router, usage.router, health.router):
+    for router in (jobs.router, streams.router, models.router, usage.router, health.router):
         app.include_router(router)
     return app

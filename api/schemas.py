@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StringConstraints, field_validator
 
 from llmq.models import Job
 
-MetadataValue = str | int | float | bool | None
+NO_NUL = r"^[^\x00]*$"  # Postgres text cannot hold NUL
+Text = Annotated[str, StringConstraints(pattern=NO_NUL)]
+MetadataValue = (
+    Annotated[str, StringConstraints(max_length=512, pattern=NO_NUL)]
+    | int
+    | (Annotated[float, Field(allow_inf_nan=False)])
+    | bool
+    | None
+)
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)]
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    content: Text
 
 
 class JobCreate(BaseModel):
@@ -24,7 +33,7 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(min_length=1, max_length=200)
-    prompt: str | None = None
+    prompt: Annotated[str, StringConstraints(min_length=1, pattern=NO_NUL)] | None = None
     messages: list[Message] | None = Field(None, min_length=1, max_length=1000)
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
@@ -33,7 +42,7 @@ class JobCreate(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     priority: int = Field(0, ge=0, le=9, description="0 (normal) to 9 (most urgent)")
     webhook_url: HttpUrl | None = None
-    metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=16)
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=16)
 
     @field_validator("stop")
     @classmethod
@@ -43,8 +52,8 @@ class JobCreate(BaseModel):
         stops = [value] if isinstance(value, str) else value
         if len(stops) > 4:
             raise ValueError("at most 4 stop sequences")
-        if any(not s or len(s) > 200 for s in stops):
-            raise ValueError("each stop sequence must be 1 to 200 characters")
+        if any(not s or len(s) > 200 or "\x00" in s for s in stops):
+            raise ValueError("each stop sequence must be 1 to 200 characters, without NUL")
         return stops
 
     def params(self, max_tokens: int) -> dict[str, Any]:

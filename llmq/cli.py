@@ -182,17 +182,21 @@ def submit(
     max_tokens: Annotated[int | None, typer.Option()] = None,
     temperature: Annotated[float, typer.Option()] = 0.0,
     priority: Annotated[int, typer.Option(help="0 (normal) to 9 (most urgent).")] = 0,
-    wait: Annotated[
-        bool, typer.Option(help="Wait for the result with a progress display.")
-    ] = False,
+    wait: Annotated[bool, typer.Option(help="Wait, with a progress display.")] = False,
+    stream: Annotated[bool, typer.Option(help="Print the text as it is generated.")] = False,
 ) -> None:
-    """Submit a job; prints its id, or waits and prints the answer."""
+    """Submit a job; prints its id, or waits (or streams) and prints the answer."""
     body: dict = {"model": model, "temperature": temperature, "priority": priority}
     body |= {"prompt": prompt} if raw else {"messages": [{"role": "user", "content": prompt}]}
     if max_tokens:
         body["max_tokens"] = max_tokens
     with _client() as client:
         job = _check(client.post("/v1/jobs", json=body))
+        if stream:
+            job = _stream_job(client, job["id"])
+            console.print()
+            _print_usage(job)
+            return
         if not wait:
             print(job["id"])
             return
@@ -213,16 +217,34 @@ def get(
         print(json.dumps(_check(client.get(f"/v1/jobs/{job_id}", params={"wait": wait})), indent=2))
 
 
+def _stream_job(client: httpx.Client, job_id: str) -> dict:
+    """Print the job's text from its server-sent events; returns the final job."""
+    from httpx_sse import connect_sse
+
+    with connect_sse(client, "GET", f"/v1/jobs/{job_id}/events", timeout=None) as source:
+        for event in source.iter_sse():
+            if event.event == "token":
+                console.print(json.loads(event.data)["text"], end="", markup=False, highlight=False)
+            elif event.event == "job":
+                return json.loads(event.data)
+    return _check(client.get(f"/v1/jobs/{job_id}"))
+
+
+def _print_usage(job: dict) -> None:
+    if job["status"] != "succeeded":
+        console.print(f"[red]{job['status']}[/red] {json.dumps(job.get('error'))}")
+        return
+    usage = job["usage"]
+    console.print(
+        f"[dim]{usage['prompt_tokens']}+{usage['completion_tokens']} tokens, "
+        f"${usage['cost_usd']}, batch of {job['timings']['batch_size']}[/dim]"
+    )
+
+
 def _print_job(job: dict) -> None:
     if job["status"] == "succeeded":
         console.print(job["output"]["text"])
-        usage = job["usage"]
-        console.print(
-            f"[dim]{usage['prompt_tokens']}+{usage['completion_tokens']} tokens, "
-            f"${usage['cost_usd']}, batch of {job['timings']['batch_size']}[/dim]"
-        )
-    else:
-        console.print(f"[red]{job['status']}[/red] {json.dumps(job.get('error'))}")
+    _print_usage(job)
 
 
 @app.command()

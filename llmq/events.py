@@ -1,4 +1,9 @@
-"""Redis pub/sub channels and heartbeat keys: how processes tell each other that things moved."""
+"""Redis channels, streams and heartbeat keys: how processes tell each other that things moved.
+
+Each job has a pub/sub channel (long-poll waits on its "done") and a Redis stream of its text as
+it is generated, ending with a "done" entry; the stream lets a late or reconnecting SSE client
+replay from the start or from its Last-Event-ID.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,29 @@ from collections.abc import Iterable
 import redis
 
 DONE = "done"
+TOKEN = "token"
+STREAM_TTL_S = 3600
+STREAM_MAXLEN = 20_000
 
 
 def job_channel(prefix: str, job_id: str) -> str:
     return f"{prefix}job:{job_id}"
+
+
+def stream_key(prefix: str, job_id: str) -> str:
+    return f"{prefix}job:{job_id}:events"
+
+
+def append_text(client: redis.Redis, prefix: str, deltas: dict[str, str]) -> None:
+    """Add each job's newly generated text to its stream, in one round trip."""
+    if not deltas:
+        return
+    with client.pipeline(transaction=False) as pipe:
+        for job_id, text in deltas.items():
+            key = stream_key(prefix, job_id)
+            pipe.xadd(key, {"type": TOKEN, "text": text}, maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.expire(key, STREAM_TTL_S)
+        pipe.execute()
 
 
 def cancel_channel(prefix: str) -> str:
@@ -31,6 +55,9 @@ def publish_done(client: redis.Redis, prefix: str, job_ids: Iterable[str]) -> No
     with client.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
             pipe.publish(job_channel(prefix, job_id), json.dumps({"type": DONE}))
+            key = stream_key(prefix, job_id)
+            pipe.xadd(key, {"type": DONE}, maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.expire(key, STREAM_TTL_S)
         pipe.execute()
 
 

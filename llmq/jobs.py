@@ -185,6 +185,21 @@ def claim_jobs(
     return list(session.execute(stmt).scalars().all())
 
 
+def release_jobs(session: Session, claims: list[tuple[uuid.UUID, int]]) -> None:
+    """Put claimed jobs back to queued (a batch broke before writing); fenced by attempt."""
+    for job_id, attempt in claims:
+        session.execute(
+            sa.update(Job)
+            .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
+            .values(status="queued", lease_expires_at=None, worker=None)
+        )
+
+
+def _text(value: str | None) -> str | None:
+    """Postgres text cannot hold NUL; a model can emit it (byte-level tokenizers)."""
+    return value.replace("\x00", "\ufffd") if value else value
+
+
 def finish_jobs(session: Session, outcomes: list[Outcome]) -> list[uuid.UUID]:
     """Write a batch's results and ledger rows in the caller's transaction.
 
@@ -194,10 +209,11 @@ def finish_jobs(session: Session, outcomes: list[Outcome]) -> list[uuid.UUID]:
     finished: list[uuid.UUID] = []
     ledger_rows: list[dict[str, Any]] = []
     for out in outcomes:
+        error = {k: _text(v) for k, v in out.error.items()} if out.error else None
         values = {
-            "output_text": out.text,
+            "output_text": _text(out.text),
             "finish_reason": out.finish_reason,
-            "error": out.error,
+            "error": error,
             "prompt_tokens": out.prompt_tokens,
             "completion_tokens": out.completion_tokens,
             "inference_ms": out.inference_ms,

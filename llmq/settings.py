@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         200_000, description="Largest prompt (or sum of message contents) accepted, in characters."
     )
     max_request_bytes: int = Field(1_048_576, description="Largest request body accepted.")
+    redis_max_connections: int = Field(
+        1000, description="Redis connections one API process may hold (long-polls hold one each)."
+    )
     worker_heartbeat_s: float = Field(
         5.0, description="How often a worker refreshes its heartbeat."
     )
@@ -56,6 +59,18 @@ class Settings(BaseSettings):
         None, description="`user:password` for Flower; `llmq dev` generates one when unset."
     )
     log_level: str = Field("INFO", description="Log level of every process.")
+
+    @model_validator(mode="after")
+    def _visibility_covers_generation(self) -> Settings:
+        # A message waits behind at most one batch, then runs in the next; Redis must not
+        # hand it to another worker meanwhile.
+        needed = 2 * self.max_generation_s + 120
+        if self.visibility_timeout_s < needed:
+            raise ValueError(
+                f"LLMQ_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must be at least "
+                f"2 x LLMQ_MAX_GENERATION_S + 120 = {needed:.0f}"
+            )
+        return self
 
 
 def settings_table() -> str:

@@ -104,3 +104,42 @@ def test_health_and_readiness(client):
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"postgres": "ok", "redis": "ok"}
     assert "llmq_http_requests_total" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**GOOD, "prompt": "nul \x00 inside"}, "prompt"),
+        ({**GOOD, "prompt": ""}, "prompt"),
+        (
+            {"model": "tiny-serial", "messages": [{"role": "user", "content": "a\x00b"}]},
+            "messages[0].content",
+        ),
+        ({**GOOD, "metadata": {"k": "v\x00"}}, "metadata.k"),
+        ({**GOOD, "stop": ["\x00"]}, "stop"),
+    ],
+)
+def test_text_postgres_cannot_store_is_refused(client, auth, body, field):
+    response = client.post("/v1/jobs", json=body, headers=auth)
+    assert response.status_code == 422, response.text
+    assert any(e["field"].startswith(field) for e in response.json()["errors"]), response.json()
+
+
+def test_nan_in_metadata_is_refused(client, auth):
+    response = client.post(
+        "/v1/jobs",
+        content=b'{"model": "tiny-serial", "prompt": "x", "metadata": {"score": NaN}}',
+        headers={**auth, "content-type": "application/json"},
+    )
+    assert response.status_code == 422
+
+
+def test_nul_in_list_filter_is_refused(client, auth):
+    assert client.get("/v1/jobs", params={"model": "a\x00"}, headers=auth).status_code == 422
+
+
+def test_bad_last_event_id_is_refused(client, auth):
+    job = client.post("/v1/jobs", json=GOOD, headers=auth).json()
+    response = client.get(f"/v1/jobs/{job['id']}/events", headers={**auth, "Last-Event-ID": "x"})
+    assert response.status_code == 422
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)

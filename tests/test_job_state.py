@@ -91,3 +91,17 @@ def test_cancelled_while_running_keeps_status_and_records_tokens():
         assert jobs.finish_jobs(session, [_outcome(job_id, 1)]) == [job_id]
         job = session.get(Job, job_id)
     assert job.status == "cancelled" and job.completion_tokens == 2
+
+
+def test_release_puts_a_claimed_job_back_and_nul_text_is_stored():
+    job_id = _new_job()
+    with session_scope() as session:
+        (claimed,) = jobs.claim_jobs(session, [job_id], "w", timedelta(minutes=5))
+    with session_scope() as session:
+        jobs.release_jobs(session, [(job_id, claimed.attempts)])
+    with session_scope() as session:
+        (again,) = jobs.claim_jobs(session, [job_id], "w2", timedelta(minutes=5))
+    assert again.attempts == 2
+    with session_scope() as session:
+        assert jobs.finish_jobs(session, [_outcome(job_id, 2, "a\x00b")]) == [job_id]
+        assert session.get(Job, job_id).output_text == "a\ufffdb"

@@ -48,6 +48,7 @@ class BatchRunner:
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.inbox: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
         self.cancelled: set[str] = set()
+        self.streamed: dict[str, str] = {}  # job id -> text already on its stream
         self.lease = timedelta(seconds=settings.max_generation_s + 120)
         self._thread = threading.Thread(target=self._loop, name="llmq-engine", daemon=True)
 
@@ -125,23 +126,60 @@ class BatchRunner:
             claimed = jobs.claim_jobs(session, ids, self.node, self.lease)
         if not claimed:
             return {}
+        try:
+            return self._run_claimed(claimed)
+        except Exception:
+            self._release(claimed)
+            raise
+        finally:
+            self.cancelled.clear()  # cancels that arrive later are seen by the next claim
+
+    def _run_claimed(self, claimed: list[Job]) -> dict[str, str]:
+        self._reset_streams(claimed)
+        deadline = time.monotonic() + self.settings.max_generation_s
         outcomes: list[jobs.Outcome] = []
         for group in group_by_key(claimed, lambda job: sampling_key(job.params)):
             metrics.BATCH_SIZE.labels(self.spec.name).observe(len(group))
-            outcomes.extend(self._generate(group))
+            outcomes.extend(self._generate(group, deadline))
         with session_scope() as session:
             done_ids = jobs.finish_jobs(session, outcomes)
+        done = set(done_ids)
+        self._stream_rest([out for out in outcomes if out.job_id in done])
         events.publish_done(self.redis, self.settings.redis_prefix, [str(i) for i in done_ids])
         for out in outcomes:
-            self.cancelled.discard(str(out.job_id))
+            self.streamed.pop(str(out.job_id), None)
             metrics.record_outcome(self.spec.name, out)
         return {str(out.job_id): "succeeded" if out.succeeded else "failed" for out in outcomes}
 
-    def _generate(self, group: list[Job]) -> list[jobs.Outcome]:
+    def _release(self, claimed: list[Job]) -> None:
+        """Give claimed jobs back to the queue when the batch broke before its results were
+        written, so the tasks' retries can claim them again at once."""
+        try:
+            with session_scope() as session:
+                jobs.release_jobs(session, [(job.id, job.attempts) for job in claimed])
+        except Exception:
+            log.exception(
+                "could not release %d claimed jobs; their lease will expire", len(claimed)
+            )
+
+    def _reset_streams(self, claimed: list[Job]) -> None:
+        """A job claimed again starts its stream afresh, so the stream matches this attempt."""
+        for job in claimed:
+            self.streamed.pop(str(job.id), None)
+        if any(job.attempts > 1 for job in claimed):
+            try:
+                keys = [events.stream_key(self.settings.redis_prefix, str(j.id)) for j in claimed]
+                self.redis.delete(*keys)
+            except redis.RedisError:
+                log.warning("could not reset streams", exc_info=True)
+
+    def _generate(self, group: list[Job], deadline: float) -> list[jobs.Outcome]:
         requests = [self._request(job) for job in group]
         started = time.perf_counter()
         try:
-            results = self.engine.generate(requests, lambda jid: jid in self.cancelled)
+            results = self.engine.generate(
+                requests, lambda jid: jid in self.cancelled, on_text=self._stream, deadline=deadline
+            )
         except Exception as exc:
             log.exception("engine failed on a group of %d", len(group))
             metrics.ENGINE_ERRORS.labels(self.spec.name).inc()
@@ -184,6 +222,24 @@ class BatchRunner:
             )
             for job, result, gpu_cost in zip(group, results, gpu_costs, strict=True)
         ]
+
+    def _stream(self, deltas: dict[str, str]) -> None:
+        """Publish text as it is generated; a Redis hiccup costs the stream, never the job."""
+        for job_id, text in deltas.items():
+            self.streamed[job_id] = self.streamed.get(job_id, "") + text
+        try:
+            events.append_text(self.redis, self.settings.redis_prefix, deltas)
+        except redis.RedisError:
+            log.warning("could not publish streamed text", exc_info=True)
+
+    def _stream_rest(self, outcomes: list[jobs.Outcome]) -> None:
+        """Whatever final text the stream has not carried yet (held-back tails)."""
+        rest = {}
+        for out in outcomes:
+            sent = self.streamed.get(str(out.job_id), "")
+            if out.text and out.text.startswith(sent) and len(out.text) > len(sent):
+                rest[str(out.job_id)] = out.text[len(sent) :]
+        self._stream(rest)
 
     def _request(self, job: Job) -> GenerationRequest:
         p = job.params

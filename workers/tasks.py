@@ -16,7 +16,8 @@ def generate(self, job_id: str) -> str:
         raise RuntimeError("no model loaded in this worker")
     future = runtime.runner.submit(job_id)
     try:
-        return future.result(timeout=get_settings().max_generation_s + 60)
+        # At worst the job waits behind one batch, then runs in the next.
+        return future.result(timeout=2 * get_settings().max_generation_s + 60)
     except Exception as exc:  # the batch could not be written (database or broker down)
         delay = RETRY_DELAYS_S[min(self.request.retries, len(RETRY_DELAYS_S) - 1)]
         raise self.retry(exc=exc, countdown=delay) from exc

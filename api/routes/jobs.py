@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import uuid
 from decimal import Decimal
 from typing import Literal
@@ -10,6 +12,7 @@ from typing import Literal
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from redis.exceptions import RedisError
 
 from api import deps
 from api.schemas import JobCreate, job_resource
@@ -23,6 +26,7 @@ from llmq.queues import get_celery, publish_generate
 from llmq.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
 
@@ -91,7 +95,7 @@ def submit(
 @router.get("")
 def list_jobs(
     status: Status | None = None,
-    model: str | None = None,
+    model: str | None = Query(None, max_length=200, pattern=r"^[^\x00]*$"),
     limit: int = Query(20, ge=1, le=100),
     cursor: str | None = None,
     caller: Caller = Depends(deps.caller),
@@ -111,6 +115,13 @@ def list_jobs(
     }
 
 
+def load_job(job_id: str, caller: Caller, settings: Settings) -> tuple[str, dict]:
+    """The job's status and public resource, as the caller may see it."""
+    with session_scope() as session:
+        job = jobs.get_job(session, job_id, caller.key_id)
+        return job.status, _render(session, job, settings)
+
+
 @router.get("/{job_id}")
 async def get_job(
     job_id: str,
@@ -120,9 +131,7 @@ async def get_job(
     settings: Settings = Depends(deps.settings),
 ) -> dict:
     def load() -> tuple[str, dict]:
-        with session_scope() as session:
-            job = jobs.get_job(session, job_id, caller.key_id)
-            return job.status, _render(session, job, settings)
+        return load_job(job_id, caller, settings)
 
     status, resource = await run_in_threadpool(load)
     wait = min(wait, settings.long_poll_max_s)
@@ -142,8 +151,12 @@ async def get_job(
             message = await pubsub.get_message(timeout=min(left, 5.0))
             if message is not None and events.is_done(message["data"]):
                 status, resource = await run_in_threadpool(load)
+    except RedisError:
+        log.warning("long-poll could not use Redis; answering with the job as it is")
+        status, resource = await run_in_threadpool(load)
     finally:
-        await pubsub.aclose()
+        with contextlib.suppress(RedisError):
+            await pubsub.aclose()
     return resource
 
 
@@ -156,10 +169,13 @@ def cancel(
 ) -> dict:
     """A queued job never runs; a running one stops at its next token."""
     with session_scope() as session:
-        job, was_running = jobs.cancel_job(session, job_id, caller.key_id)
+        job, _ = jobs.cancel_job(session, job_id, caller.key_id)
         resource = _render(session, job, settings)
     client = request.app.state.sync_redis
-    if was_running:
+    try:
+        # Always tell workers: the job may have been claimed just as it was cancelled.
         events.publish_cancel(client, settings.redis_prefix, str(job.id))
-    events.publish_done(client, settings.redis_prefix, [str(job.id)])
+        events.publish_done(client, settings.redis_prefix, [str(job.id)])
+    except RedisError:
+        log.warning("cancel of %s committed, but workers and waiters were not told", job.id)
     return resource

@@ -37,12 +37,23 @@ def failure(code: str, message: str, prompt_tokens: int = 0) -> GenerationResult
     return GenerationResult(None, None, prompt_tokens, 0, {"code": code, "message": message})
 
 
+TextSink = Callable[[dict[str, str]], None]  # {job id: text generated since the last call}
+
+
 class Engine(Protocol):
     name: str
     device: str
 
     def generate(
-        self, requests: list[GenerationRequest], is_cancelled: Callable[[str], bool]
+        self,
+        requests: list[GenerationRequest],
+        is_cancelled: Callable[[str], bool],
+        on_text: TextSink | None = None,
+        deadline: float | None = None,
     ) -> list[GenerationResult]:
-        """Run one batch of jobs whose sampling settings are compatible; one result each."""
+        """Run one batch of jobs whose sampling settings are compatible; one result each.
+
+        `on_text` receives text as it is generated; what it receives for a job is always a
+        prefix of that job's final text. `deadline` (time.monotonic seconds) bounds the call.
+        """
         ...

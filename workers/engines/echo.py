@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from llmq.catalog import ModelSpec
 from workers.batching import earliest_stop
-from workers.engines.base import GenerationRequest, GenerationResult, failure
+from workers.engines.base import GenerationRequest, GenerationResult, TextSink, failure
 
 
 class EchoEngine:
@@ -18,13 +18,21 @@ class EchoEngine:
         self.spec = spec
 
     def generate(
-        self, requests: list[GenerationRequest], is_cancelled: Callable[[str], bool]
+        self,
+        requests: list[GenerationRequest],
+        is_cancelled: Callable[[str], bool],
+        on_text: TextSink | None = None,
+        deadline: float | None = None,
     ) -> list[GenerationResult]:
         if self.spec.echo_delay_ms:
             time.sleep(self.spec.echo_delay_ms / 1000)
         results = [self._one(r, is_cancelled(r.job_id)) for r in requests]
         for result in results:
             result.batch_size = len(requests)
+        if on_text:
+            on_text(
+                {r.job_id: res.text for r, res in zip(requests, results, strict=True) if res.text}
+            )
         return results
 
     def _one(self, req: GenerationRequest, cancelled: bool) -> GenerationResult:

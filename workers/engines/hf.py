@@ -7,6 +7,7 @@ one stopping criterion tracks every row, so finished rows stop counting while th
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from llmq.catalog import ModelSpec
 from llmq.settings import Settings
 from workers.batching import earliest_stop, plan_sub_batches
-from workers.engines.base import GenerationRequest, GenerationResult, failure
+from workers.engines.base import GenerationRequest, GenerationResult, TextSink, failure
 from workers.loader import load_model
 
 log = logging.getLogger(__name__)
@@ -29,14 +30,23 @@ class _Row:
     max_new: int
     done_at: int | None = None  # tokens generated when the row stopped
     reason: str | None = None
+    text: str = ""  # decoded so far (streaming)
+    sent: int = 0  # characters of `text` already streamed
+    prefix_offset: int = 0
+    read_offset: int = 0
+
+    def reset(self) -> None:
+        self.done_at = self.reason = None
+        self.text, self.sent, self.prefix_offset, self.read_offset = "", 0, 0, 0
 
 
 class _PerRowStop(StoppingCriteria):
-    """Marks each row done on its own EOS, token budget, stop sequence or cancellation."""
+    """Marks each row done on its own EOS, token budget, stop sequence or cancellation,
+    and streams the text of the rows still running."""
 
-    def __init__(self, rows, width, tokenizer, eos_ids, is_cancelled):
+    def __init__(self, rows, width, tokenizer, eos_ids, is_cancelled, on_text):
         self.rows, self.width, self.tokenizer = rows, width, tokenizer
-        self.eos_ids, self.is_cancelled = eos_ids, is_cancelled
+        self.eos_ids, self.is_cancelled, self.on_text = eos_ids, is_cancelled, on_text
         self.stop_window = {
             i: max(len(s) for s in r.request.stop) + 2 for i, r in enumerate(rows) if r.request.stop
         }
@@ -45,6 +55,7 @@ class _PerRowStop(StoppingCriteria):
         generated = input_ids.shape[1] - self.width
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         last = input_ids[:, -1].tolist()
+        deltas: dict[str, str] = {}
         for i, row in enumerate(self.rows):
             if row.done_at is None:
                 if last[i] in self.eos_ids or (
@@ -55,8 +66,31 @@ class _PerRowStop(StoppingCriteria):
                     row.done_at, row.reason = generated, "length"
                 elif self.is_cancelled(row.request.job_id):
                     row.done_at, row.reason = generated, "cancelled"
+                elif self.on_text is not None:
+                    delta = self._advance(input_ids[i, self.width :].tolist(), row)
+                    if delta:
+                        deltas[row.request.job_id] = delta
             done[i] = row.done_at is not None
+        if deltas:
+            self.on_text(deltas)
         return done
+
+    def _advance(self, tokens: list[int], row: _Row) -> str:
+        """Incremental detokenization: decode only the newest tokens, with a little context,
+        and hold back the tail that could still become a stop sequence or a split character."""
+        prefix = self.tokenizer.decode(
+            tokens[row.prefix_offset : row.read_offset], skip_special_tokens=True
+        )
+        full = self.tokenizer.decode(tokens[row.prefix_offset :], skip_special_tokens=True)
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            row.text += full[len(prefix) :]
+            row.prefix_offset, row.read_offset = row.read_offset, len(tokens)
+        holdback = max((len(s) for s in row.request.stop), default=1) - 1
+        ready = len(row.text) - holdback
+        if ready <= row.sent:
+            return ""
+        delta, row.sent = row.text[row.sent : ready], ready
+        return delta
 
     def _hit_stop(self, ids: torch.Tensor, row: _Row, i: int) -> bool:
         tail = ids[self.width :][-self.stop_window[i] :]
@@ -88,7 +122,11 @@ class HFEngine:
         return self.tokenizer(req.prompt)["input_ids"]
 
     def generate(
-        self, requests: list[GenerationRequest], is_cancelled: Callable[[str], bool]
+        self,
+        requests: list[GenerationRequest],
+        is_cancelled: Callable[[str], bool],
+        on_text: TextSink | None = None,
+        deadline: float | None = None,
     ) -> list[GenerationResult]:
         results: list[GenerationResult | None] = [None] * len(requests)
         rows: list[tuple[int, _Row]] = []
@@ -111,17 +149,23 @@ class HFEngine:
         for chunk in plan:
             batch = [rows[k] for k in chunk]
             for (i, _), result in zip(
-                batch, self._run_splitting([r for _, r in batch], is_cancelled), strict=True
+                batch,
+                self._run_splitting([r for _, r in batch], is_cancelled, on_text, deadline),
+                strict=True,
             ):
                 results[i] = result
         return [r for r in results if r is not None]
 
     def _run_splitting(
-        self, rows: list[_Row], is_cancelled: Callable[[str], bool]
+        self,
+        rows: list[_Row],
+        is_cancelled: Callable[[str], bool],
+        on_text: TextSink | None,
+        deadline: float | None,
     ) -> list[GenerationResult]:
         """Run rows together; on out-of-memory, retry the halves instead of failing the jobs."""
         try:
-            return self._run(rows, is_cancelled)
+            return self._run(rows, is_cancelled, on_text, deadline)
         except torch.OutOfMemoryError:
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -129,19 +173,30 @@ class HFEngine:
                 return [failure("out_of_memory", "the job alone does not fit in device memory")]
             log.warning("out of memory at batch %d; retrying as two halves", len(rows))
             for row in rows:
-                row.done_at, row.reason = None, None
+                sent = row.sent
+                row.reset()
+                row.sent = sent  # what was streamed stays streamed; greedy reruns repeat it
             half = len(rows) // 2
-            return self._run_splitting(rows[:half], is_cancelled) + self._run_splitting(
-                rows[half:], is_cancelled
-            )
+            return self._run_splitting(
+                rows[:half], is_cancelled, on_text, deadline
+            ) + self._run_splitting(rows[half:], is_cancelled, on_text, deadline)
 
     @torch.inference_mode()
-    def _run(self, rows: list[_Row], is_cancelled: Callable[[str], bool]) -> list[GenerationResult]:
+    def _run(
+        self,
+        rows: list[_Row],
+        is_cancelled: Callable[[str], bool],
+        on_text: TextSink | None,
+        deadline: float | None,
+    ) -> list[GenerationResult]:
         width = max(len(r.prompt_ids) for r in rows)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows])
+        input_ids = torch.tensor(
+            [[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows], dtype=torch.long
+        )
         attention = torch.tensor(
-            [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows]
+            [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows],
+            dtype=torch.long,
         )
         first = rows[0].request
         sampling = {"do_sample": False}
@@ -149,14 +204,14 @@ class HFEngine:
             sampling = {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p}
             if first.seed is not None:
                 torch.manual_seed(first.seed)
-        criteria = _PerRowStop(rows, width, self.tokenizer, self.eos_ids, is_cancelled)
+        criteria = _PerRowStop(rows, width, self.tokenizer, self.eos_ids, is_cancelled, on_text)
         output = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention.to(self.device),
             max_new_tokens=max(r.max_new for r in rows),
             stopping_criteria=StoppingCriteriaList([criteria]),
             pad_token_id=pad,
-            max_time=self.max_time_s,
+            max_time=self._time_left(deadline),
             **sampling,
         )
         generated = output[:, width:].tolist()
@@ -164,6 +219,11 @@ class HFEngine:
             self._result(row, tokens, len(rows))
             for row, tokens in zip(rows, generated, strict=True)
         ]
+
+    def _time_left(self, deadline: float | None) -> float:
+        if deadline is None:
+            return self.max_time_s
+        return max(0.5, min(self.max_time_s, deadline - time.monotonic()))
 
     def _result(self, row: _Row, tokens: list[int], batch_size: int) -> GenerationResult:
         count = row.done_at if row.done_at is not None else len(tokens)

@@ -1,0 +1,72 @@
+"""GET /v1/jobs/{id}/events: server-sent events with the job's text as it is generated.
+
+Events: `token` (`{"text": …}`, with the stream entry id as the SSE id) as the worker produces
+text, then one `job` event with the final job resource, then the stream closes. The text is
+replayed from a per-job Redis stream, so a client that connects late, or reconnects with
+`Last-Event-ID`, misses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
+from sse_starlette import EventSourceResponse
+
+from api import deps
+from api.routes.jobs import load_job
+from llmq import events, jobs
+from llmq.errors import InvalidField
+from llmq.keys import Caller
+from llmq.settings import Settings
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+BLOCK_MS = 5000  # how long one read waits before the job row is checked again
+
+
+@router.get("/{job_id}/events")
+async def job_events(
+    job_id: str,
+    request: Request,
+    last_event_id: str | None = Header(None),
+    caller: Caller = Depends(deps.caller),
+    settings: Settings = Depends(deps.settings),
+) -> EventSourceResponse:
+    if last_event_id is not None and not STREAM_ID.match(last_event_id):
+        raise InvalidField(
+            "Last-Event-ID", "must be an event id this stream sent (e.g. 1700000000000-0)"
+        )
+    status, resource = await run_in_threadpool(load_job, job_id, caller, settings)
+    client: aioredis.Redis = request.app.state.redis
+    key = events.stream_key(settings.redis_prefix, resource["id"])
+
+    async def stream() -> AsyncIterator[dict]:
+        nonlocal status, resource
+        cursor = last_event_id or "0-0"
+        while True:
+            batch = await client.xread({key: cursor}, block=BLOCK_MS, count=500)
+            entries = batch[0][1] if batch else []
+            for entry_id, fields in entries:
+                cursor = entry_id.decode()
+                kind = fields.get(b"type", b"").decode()
+                if kind == events.TOKEN:
+                    text = fields[b"text"].decode()
+                    yield {"event": "token", "id": cursor, "data": json.dumps({"text": text})}
+                elif kind == events.DONE:
+                    status, resource = await run_in_threadpool(load_job, job_id, caller, settings)
+                    yield {"event": "job", "data": json.dumps(resource)}
+                    return
+            if not entries:
+                # Nothing new: the job may have ended without a stream (e.g. Redis lost it).
+                status, resource = await run_in_threadpool(load_job, job_id, caller, settings)
+                if jobs.is_final(status) and not await client.exists(key):
+                    yield {"event": "job", "data": json.dumps(resource)}
+                    return
+
+    return EventSourceResponse(stream(), ping=15)
