@@ -14,6 +14,7 @@ from llmq import metrics
 from llmq.errors import (
     CatalogError,
     InvalidField,
+    InvalidFields,
     JobNotFound,
     JobStateConflict,
     QueueUnavailable,
@@ -81,6 +82,19 @@ def install(app: FastAPI) -> None:
             kind="validation-error",
             instance=request.url.path,
             errors=[{"field": exc.field, "message": exc.message}],
+        )
+
+    @app.exception_handler(InvalidFields)
+    async def _invalid_many(request: Request, exc: InvalidFields) -> JSONResponse:
+        metrics.REJECTIONS.labels("validation").inc()
+        names = ", ".join(e["field"] for e in exc.errors[:20])
+        return problem(
+            422,
+            "Invalid request",
+            f"invalid field(s): {names}",
+            kind="validation-error",
+            instance=request.url.path,
+            errors=exc.errors,
         )
 
     @app.exception_handler(JobNotFound)

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StringConstraints, field_validator
 
+from llmq.jobs import NewJob
 from llmq.models import Job
 
 NO_NUL = r"^[^\x00]*$"  # Postgres text cannot hold NUL
@@ -65,10 +66,28 @@ class JobCreate(BaseModel):
             "seed": self.seed,
         }
 
+    def to_new_job(self, max_tokens: int) -> NewJob:
+        return NewJob(
+            model=self.model,
+            params=self.params(max_tokens),
+            prompt=self.prompt,
+            messages=[m.model_dump() for m in self.messages] if self.messages else None,
+            priority=self.priority,
+            metadata=self.metadata,
+            webhook_url=str(self.webhook_url) if self.webhook_url else None,
+        )
+
     def input_chars(self) -> int:
         if self.prompt is not None:
             return len(self.prompt)
         return sum(len(m.content) for m in self.messages or [])
+
+
+class BulkCreate(BaseModel):
+    """Many jobs in one request: written in one transaction, or not at all."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    jobs: list[JobCreate] = Field(min_length=1, max_length=10_000)
 
 
 def job_resource(job: Job, cost: tuple[Decimal, Decimal] | None, flower_url: str | None) -> dict:

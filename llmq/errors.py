@@ -24,6 +24,14 @@ class InvalidField(LlmqError):
         self.message = message
 
 
+class InvalidFields(LlmqError):
+    """Several fields are wrong at once (a bulk request); each error names its field."""
+
+    def __init__(self, errors: list[dict[str, str]]):
+        super().__init__(f"{len(errors)} invalid field(s)")
+        self.errors = errors
+
+
 class JobStateConflict(LlmqError):
     """The job is in a state that does not allow the operation (cancel of a finished job)."""
 

@@ -72,9 +72,34 @@ def create_job(session: Session, api_key_id: uuid.UUID, new: NewJob) -> Job:
     return job
 
 
-def delete_unpublished(session: Session, job_id: uuid.UUID) -> None:
-    """Undo a submit whose message could not be published, so nothing is left half-done."""
-    session.execute(sa.delete(Job).where(Job.id == job_id, Job.status == "queued"))
+def create_jobs(session: Session, api_key_id: uuid.UUID, new_jobs: list[NewJob]) -> list[uuid.UUID]:
+    """Insert many jobs in the caller's transaction (one multi-row INSERT); ids in order."""
+    ids = [uuid.uuid4() for _ in new_jobs]
+    rows = [
+        {
+            "id": job_id,
+            "api_key_id": api_key_id,
+            "model": new.model,
+            "status": "queued",
+            "prompt": new.prompt,
+            "messages": new.messages,
+            "params": new.params,
+            "priority": new.priority,
+            "meta": new.metadata,
+            "webhook_url": new.webhook_url,
+            "expires_at": new.expires_at,
+        }
+        for job_id, new in zip(ids, new_jobs, strict=True)
+    ]
+    if rows:
+        session.execute(sa.insert(Job), rows)
+    return ids
+
+
+def delete_unpublished(session: Session, job_ids: uuid.UUID | list[uuid.UUID]) -> None:
+    """Undo a submit whose messages could not be published, so nothing is left half-done."""
+    ids = job_ids if isinstance(job_ids, list) else [job_ids]
+    session.execute(sa.delete(Job).where(Job.id.in_(ids), Job.status == "queued"))
 
 
 def get_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID | None) -> Job:

@@ -81,7 +81,7 @@ def get_celery() -> Celery:
     return make_celery()
 
 
-def publish_generate(app: Celery, job_id: str, model: str, priority: int) -> None:
+def publish_generate(app: Celery, job_id: str, model: str, priority: int, producer=None) -> None:
     """Put one job's message on its model's queue; the task id is the job id."""
     app.send_task(
         GENERATE_TASK,
@@ -89,4 +89,12 @@ def publish_generate(app: Celery, job_id: str, model: str, priority: int) -> Non
         task_id=job_id,
         queue=queue_name(model),
         priority=broker_priority(priority),
+        producer=producer,
     )
+
+
+def publish_generate_many(app: Celery, messages: list[tuple[str, str, int]]) -> None:
+    """Publish many (job id, model, priority) messages through one Redis pipeline."""
+    with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
+        for job_id, model, priority in messages:
+            publish_generate(app, job_id, model, priority, producer=producer)

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         200_000, description="Largest prompt (or sum of message contents) accepted, in characters."
     )
     max_request_bytes: int = Field(1_048_576, description="Largest request body accepted.")
+    max_bulk_request_bytes: int = Field(
+        64 * 1_048_576, description="Largest body accepted by POST /v1/jobs/bulk."
+    )
     redis_max_connections: int = Field(
         1000, description="Redis connections one API process may hold (long-polls hold one each)."
     )

@@ -15,14 +15,14 @@ from fastapi.concurrency import run_in_threadpool
 from redis.exceptions import RedisError
 
 from api import deps
-from api.schemas import JobCreate, job_resource
+from api.schemas import BulkCreate, JobCreate, job_resource
 from llmq import events, jobs, metrics
 from llmq.catalog import Catalog
 from llmq.db import session_scope
-from llmq.errors import InvalidField, QueueUnavailable
+from llmq.errors import InvalidField, InvalidFields, QueueUnavailable
 from llmq.keys import Caller
 from llmq.models import Job, LedgerEntry
-from llmq.queues import get_celery, publish_generate
+from llmq.queues import get_celery, publish_generate, publish_generate_many
 from llmq.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -69,16 +69,7 @@ def submit(
     settings: Settings = Depends(deps.settings),
 ) -> dict:
     """Write the job, then put its message on the model's queue; answer at once."""
-    max_tokens = validate_submit(body, catalog, settings)
-    new = jobs.NewJob(
-        model=body.model,
-        params=body.params(max_tokens),
-        prompt=body.prompt,
-        messages=[m.model_dump() for m in body.messages] if body.messages else None,
-        priority=body.priority,
-        metadata=body.metadata,
-        webhook_url=str(body.webhook_url) if body.webhook_url else None,
-    )
+    new = body.to_new_job(validate_submit(body, catalog, settings))
     with session_scope() as session:
         job = jobs.create_job(session, caller.key_id, new)
     try:
@@ -90,6 +81,37 @@ def submit(
     metrics.JOBS_SUBMITTED.labels(job.model).inc()
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_resource(job, None, settings.flower_url)
+
+
+@router.post("/bulk", status_code=202)
+def submit_bulk(
+    body: BulkCreate,
+    caller: Caller = Depends(deps.caller),
+    catalog: Catalog = Depends(deps.catalog),
+    settings: Settings = Depends(deps.settings),
+) -> dict:
+    """Up to 10,000 jobs: every item is checked first, and one bad item means nothing is
+    written; then one transaction and one Redis pipeline. Ids come back in order."""
+    new_jobs, errors = [], []
+    for index, item in enumerate(body.jobs):
+        try:
+            new_jobs.append(item.to_new_job(validate_submit(item, catalog, settings)))
+        except InvalidField as exc:
+            errors.append({"field": f"jobs[{index}].{exc.field}", "message": exc.message})
+    if errors:
+        raise InvalidFields(errors)
+    with session_scope() as session:
+        ids = jobs.create_jobs(session, caller.key_id, new_jobs)
+    messages = [(str(i), new.model, new.priority) for i, new in zip(ids, new_jobs, strict=True)]
+    try:
+        publish_generate_many(get_celery(), messages)
+    except Exception as exc:
+        with session_scope() as session:
+            jobs.delete_unpublished(session, ids)
+        raise QueueUnavailable(f"the queue is unavailable, no job accepted: {exc}") from exc
+    for new in new_jobs:
+        metrics.JOBS_SUBMITTED.labels(new.model).inc()
+    return {"object": "bulk", "count": len(ids), "ids": [str(i) for i in ids]}
 
 
 @router.get("")

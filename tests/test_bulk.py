@@ -1,0 +1,54 @@
+"""POST /v1/jobs/bulk: one transaction, one pipeline, ids in order; one bad item writes nothing."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from llmq.db import session_scope
+from llmq.models import Job
+from llmq.queues import waiting_count
+from tests.conftest import REDIS_PREFIX, wait_final
+
+
+def _count() -> int:
+    with session_scope() as session:
+        return session.scalar(sa.select(sa.func.count()).select_from(Job))
+
+
+def test_bulk_jobs_all_run_and_ids_come_back_in_order(client, auth, start_worker):
+    items = [{"model": "echo", "prompt": f"item {i}", "metadata": {"i": i}} for i in range(300)]
+    response = client.post("/v1/jobs/bulk", json={"jobs": items}, headers=auth)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["count"] == 300 and len(set(body["ids"])) == 300
+    start_worker("echo")
+    for i in (0, 137, 299):
+        job = wait_final(client, auth, body["ids"][i])
+        assert job["status"] == "succeeded" and job["metadata"] == {"i": i}
+        assert job["output"]["text"] == f"item {i}"
+    assert all(wait_final(client, auth, job_id)["status"] == "succeeded" for job_id in body["ids"])
+
+
+def test_one_bad_item_writes_nothing_and_names_its_index(client, auth, redis_client):
+    items = [{"model": "idle", "prompt": f"ok {i}"} for i in range(10)]
+    items[3] = {"model": "no-such-model", "prompt": "x"}
+    items[7] = {"model": "idle", "prompt": "x", "max_tokens": "many"}
+    before, queued = _count(), waiting_count(redis_client, "idle", REDIS_PREFIX)
+    response = client.post("/v1/jobs/bulk", json={"jobs": items}, headers=auth)
+    assert response.status_code == 422
+    fields = [e["field"] for e in response.json()["errors"]]
+    assert "jobs[7].max_tokens" in fields
+    assert _count() == before and waiting_count(redis_client, "idle", REDIS_PREFIX) == queued
+
+    del items[7]
+    response = client.post("/v1/jobs/bulk", json={"jobs": items}, headers=auth)
+    assert response.status_code == 422
+    assert [e["field"] for e in response.json()["errors"]] == ["jobs[3].model"]
+    assert _count() == before and waiting_count(redis_client, "idle", REDIS_PREFIX) == queued
+
+
+def test_bulk_size_limits(client, auth):
+    assert client.post("/v1/jobs/bulk", json={"jobs": []}, headers=auth).status_code == 422
+    too_many = {"jobs": [{"model": "idle", "prompt": "x"}] * 10_001}
+    response = client.post("/v1/jobs/bulk", json=too_many, headers=auth)
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "jobs"
