@@ -55,6 +55,24 @@ class Settings(BaseSettings):
     flower_basic_auth: str | None = Field(
         None, description="`user:password` for Flower; `llmq dev` generates one when unset."
     )
+    flower_max_tasks: int = Field(
+        10_000,
+        description="Tasks Flower keeps in memory; its memory grows with this (Flower's "
+        "own default, 100000, is too many for a busy queue).",
+    )
+    flower_purge_offline_workers_s: int = Field(
+        300, description="Flower forgets a worker this many seconds after it went offline."
+    )
+    worker_metrics_port: int = Field(
+        9200,
+        description="First port a worker tries for its Prometheus `/metrics`; each worker on "
+        "a machine takes the next free one and advertises it in its heartbeat. 0 turns it off.",
+    )
+    metrics_advertise_host: str | None = Field(
+        None,
+        description="Host name Prometheus uses to reach this machine's worker metrics "
+        "(found through the API's `/metrics/targets`); default: the machine's host name.",
+    )
     log_level: str = Field("INFO", description="Log level of every process.")
 
 

@@ -123,12 +123,15 @@ class BatchRunner:
         ids = list(dict.fromkeys(uuid.UUID(item.job_id) for item in batch))
         with session_scope() as session:
             claimed = jobs.claim_jobs(session, ids, self.node, self.lease)
+        claimed_at = time.perf_counter()
         if not claimed:
             return {}
+        for job in claimed:
+            metrics.QUEUE_WAIT.labels(self.spec.name).observe((job.queue_ms or 0) / 1000)
         outcomes: list[jobs.Outcome] = []
         for group in group_by_key(claimed, lambda job: sampling_key(job.params)):
             metrics.BATCH_SIZE.labels(self.spec.name).observe(len(group))
-            outcomes.extend(self._generate(group))
+            outcomes.extend(self._generate(group, claimed_at))
         with session_scope() as session:
             done_ids = jobs.finish_jobs(session, outcomes)
         events.publish_done(self.redis, self.settings.redis_prefix, [str(i) for i in done_ids])
@@ -137,7 +140,7 @@ class BatchRunner:
             metrics.record_outcome(self.spec.name, out)
         return {str(out.job_id): "succeeded" if out.succeeded else "failed" for out in outcomes}
 
-    def _generate(self, group: list[Job]) -> list[jobs.Outcome]:
+    def _generate(self, group: list[Job], claimed_at: float) -> list[jobs.Outcome]:
         requests = [self._request(job) for job in group]
         started = time.perf_counter()
         try:
@@ -150,6 +153,10 @@ class BatchRunner:
             ] * len(group)
         seconds = time.perf_counter() - started
         metrics.INFERENCE_SECONDS.labels(self.spec.name).observe(seconds)
+        for job, result in zip(group, results, strict=True):
+            if result.first_token_s is not None:
+                ttft = (job.queue_ms or 0) / 1000 + (started - claimed_at) + result.first_token_s
+                metrics.TIME_TO_FIRST_TOKEN.labels(self.spec.name).observe(ttft)
         gpu_costs = split_gpu_cost_usd(
             seconds,
             self.spec.gpu_hour_usd,

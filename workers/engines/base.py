@@ -26,6 +26,7 @@ class GenerationResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: dict[str, str] | None = None
+    first_token_s: float | None = None  # from the engine's generate() call to the first token
 
     @property
     def succeeded(self) -> bool:

@@ -20,9 +20,15 @@ class EchoEngine:
     def generate(
         self, requests: list[GenerationRequest], is_cancelled: Callable[[str], bool]
     ) -> list[GenerationResult]:
+        started = time.perf_counter()
         if self.spec.echo_delay_ms:
             time.sleep(self.spec.echo_delay_ms / 1000)
-        return [self._one(r, is_cancelled(r.job_id)) for r in requests]
+        results = [self._one(r, is_cancelled(r.job_id)) for r in requests]
+        elapsed = time.perf_counter() - started  # the whole reply arrives at once
+        for result in results:
+            if result.completion_tokens:
+                result.first_token_s = elapsed
+        return results
 
     def _one(self, req: GenerationRequest, cancelled: bool) -> GenerationResult:
         source = (

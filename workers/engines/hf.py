@@ -7,6 +7,7 @@ one stopping criterion tracks every row, so finished rows stop counting while th
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ class _PerRowStop(StoppingCriteria):
 
     def __init__(self, rows, width, tokenizer, eos_ids, is_cancelled):
         self.rows, self.width, self.tokenizer = rows, width, tokenizer
+        self.first_token_at: float | None = None  # perf_counter at the first generated token
         self.eos_ids, self.is_cancelled = eos_ids, is_cancelled
         self.stop_window = {
             i: max(len(s) for s in r.request.stop) + 2 for i, r in enumerate(rows) if r.request.stop
@@ -43,6 +45,8 @@ class _PerRowStop(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         generated = input_ids.shape[1] - self.width
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         last = input_ids[:, -1].tolist()
         for i, row in enumerate(self.rows):
@@ -89,6 +93,7 @@ class HFEngine:
     def generate(
         self, requests: list[GenerationRequest], is_cancelled: Callable[[str], bool]
     ) -> list[GenerationResult]:
+        entered = time.perf_counter()
         results: list[GenerationResult | None] = [None] * len(requests)
         rows: list[tuple[int, _Row]] = []
         for i, req in enumerate(requests):
@@ -104,13 +109,15 @@ class HFEngine:
                 rows.append((i, _Row(req, ids, min(req.max_tokens, room))))
         if rows:
             for (i, _), result in zip(
-                rows, self._run([r for _, r in rows], is_cancelled), strict=True
+                rows, self._run([r for _, r in rows], is_cancelled, entered), strict=True
             ):
                 results[i] = result
         return [r for r in results if r is not None]
 
     @torch.inference_mode()
-    def _run(self, rows: list[_Row], is_cancelled: Callable[[str], bool]) -> list[GenerationResult]:
+    def _run(
+        self, rows: list[_Row], is_cancelled: Callable[[str], bool], entered: float
+    ) -> list[GenerationResult]:
         width = max(len(r.prompt_ids) for r in rows)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows])
@@ -134,7 +141,12 @@ class HFEngine:
             **sampling,
         )
         generated = output[:, width:].tolist()
-        return [self._result(row, tokens) for row, tokens in zip(rows, generated, strict=True)]
+        first_s = None if criteria.first_token_at is None else criteria.first_token_at - entered
+        results = [self._result(row, tokens) for row, tokens in zip(rows, generated, strict=True)]
+        for result in results:
+            if result.completion_tokens:
+                result.first_token_s = first_s
+        return results
 
     def _result(self, row: _Row, tokens: list[int]) -> GenerationResult:
         count = row.done_at if row.done_at is not None else len(tokens)
