@@ -98,10 +98,10 @@ GPU_COST_USD = Counter(
 
 # Metric names served by collectors (queue gauges in the API, device gauges in workers), with their help, for docs and dashboards.
 COLLECTED = {
-    QUEUE_WAITING: "Messages waiting in the model's Redis queue, every priority (API)",
-    QUEUE_IN_FLIGHT: "Jobs running now (API, from Postgres)",
-    QUEUE_OLDEST_AGE: "Age of the oldest queued job; 0 when none waits (API, from Postgres)",
-    WORKERS_LIVE: "Workers with a live heartbeat (API)",
+    QUEUE_WAITING: "Messages waiting in the model's Redis queue, every priority",
+    QUEUE_IN_FLIGHT: "Jobs running now (from Postgres)",
+    QUEUE_OLDEST_AGE: "Age of the oldest queued job; 0 when none waits (from Postgres)",
+    WORKERS_LIVE: "Workers with a live heartbeat",
     DEVICE_MEMORY: "Memory the worker holds on its device: CUDA reserved, or resident on CPU",
     DEVICE_MEMORY_TOTAL: "Memory of the worker's device (CUDA only)",
     GPU_UTILIZATION: "GPU busy fraction over the last sample period (NVML, when present)",
@@ -116,16 +116,42 @@ def record_outcome(model: str, out: Outcome) -> None:
     GPU_COST_USD.labels(model).inc(float(out.gpu_cost_usd))
 
 
+API_SERIES = {
+    "llmq_http_requests",
+    "llmq_http_request_duration_seconds",
+    "llmq_jobs_submitted",
+    "llmq_rejections",
+    QUEUE_WAITING,
+    QUEUE_IN_FLIGHT,
+    QUEUE_OLDEST_AGE,
+    WORKERS_LIVE,
+}
+SCHEDULER_SERIES = {
+    "llmq_pool_desired_replicas",
+    "llmq_pool_actual_replicas",
+    "llmq_scaling_events",
+    "llmq_sweeper_actions",
+}
+
+
+def served_by(name: str) -> str:
+    """Which process's /metrics carries a metric (name without the `_total` suffix)."""
+    if name in API_SERIES:
+        return "api"
+    return "scheduler" if name in SCHEDULER_SERIES else "worker"
+
+
 def metrics_table() -> str:
     """Every llmq metric as the Markdown table in docs/operations.md."""
-    rows = ["| metric | type | labels | what |", "| --- | --- | --- | --- |"]
+    rows = ["| metric | type | labels | served by | what |", "| --- | --- | --- | --- | --- |"]
     for metric in REGISTRY.collect():
         if not metric.name.startswith("llmq_"):
             continue
         suffix = "_total" if metric.type == "counter" else ""
         labels = _labels(metric.name + suffix)
         rows.append(
-            f"| `{metric.name}{suffix}` | {metric.type} | {labels} | {metric.documentation} |"
+            f"| `{metric.name}{suffix}` | {metric.type} | {labels} | {served_by(metric.name)} "
+            f"| {metric.documentation} |"
         )
     gauges = {
         QUEUE_WAITING: "model",
@@ -137,7 +163,7 @@ def metrics_table() -> str:
         GPU_UTILIZATION: "model, device",
     }
     for name, help_text in COLLECTED.items():
-        rows.append(f"| `{name}` | gauge | {gauges[name]} | {help_text} |")
+        rows.append(f"| `{name}` | gauge | {gauges[name]} | {served_by(name)} | {help_text} |")
     return "\n".join(rows) + "\n"
 
 

@@ -80,11 +80,34 @@ def settings_table() -> str:
     """The documented list of variables, as the Markdown table in docs/settings.md."""
     rows = ["| variable | default | what |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
-        default = field.default if field.default is not None else ""
-        if isinstance(default, Path) and str(default).startswith(str(Path.home())):
-            default = "~/" + str(default.relative_to(Path.home()))
+        default = _shown_default(field.default)
         rows.append(f"| `LLMQ_{name.upper()}` | `{default}` | {field.description} |")
     return "\n".join(rows) + "\n"
+
+
+# Settings docker compose refuses to start without: they are written out, empty, for the user.
+COMPOSE_REQUIRED = ("flower_basic_auth",)
+
+
+def env_example() -> str:
+    """The LLMQ_* part of `.env.example`: every setting, its default commented out."""
+    lines = []
+    for name, field in Settings.model_fields.items():
+        default = _shown_default(field.default)
+        lines.append(f"# {field.description}")
+        if name in COMPOSE_REQUIRED:
+            lines.append(f"LLMQ_{name.upper()}=")
+        else:
+            lines.append(f"# LLMQ_{name.upper()}={default}")
+    return "\n".join(lines) + "\n"
+
+
+def _shown_default(default: object) -> str:
+    if default is None:
+        return ""
+    if isinstance(default, Path) and str(default).startswith(str(Path.home())):
+        return "~/" + str(default.relative_to(Path.home()))
+    return str(default)
 
 
 @lru_cache
