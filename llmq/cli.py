@@ -159,6 +159,9 @@ def dev(
                 console.print(
                     f"Flower http://127.0.0.1:{settings.flower_port}  (user:password {stack.flower_auth})"
                 )
+            console.print(
+                f"metrics {stack.api_url}/metrics  (workers: {stack.api_url}/metrics/targets)"
+            )
             console.print("Ctrl-C stops everything.")
             while True:
                 stack._check_children()

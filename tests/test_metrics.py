@@ -118,3 +118,29 @@ def test_priced_model_counts_money(client, auth, tiny_worker, redis_client):
     assert abs(spent - float(job["usage"]["cost_usd"])) < 1e-12
     assert value(after, "llmq_gpu_cost_usd_total", model="tiny") > 0
     assert delta(after, before, "llmq_time_to_first_token_seconds_count", model="tiny") == 1
+
+
+def test_workers_on_one_machine_get_their_own_metrics_ports():
+    from llmq.devstack import free_port
+
+    base = free_port()
+    first, second = metrics.serve_metrics(base), metrics.serve_metrics(base)
+    assert first == base and second is not None and second > first
+    assert "llmq_batch_size" in httpx.get(f"http://127.0.0.1:{second}/metrics").text
+    assert metrics.serve_metrics(0) is None  # 0 turns the server off
+
+
+def test_queue_gauges_survive_redis_being_down(environment):
+    """A scrape with Redis unreachable still answers, with what Postgres knows."""
+    import redis
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from llmq.devstack import free_port
+    from llmq.queue_metrics import QueueCollector
+
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(lambda: ["echo"], dead, REDIS_PREFIX))
+    page = samples(generate_latest(registry).decode())
+    assert (metrics.QUEUE_IN_FLIGHT, frozenset({"model": "echo"}.items())) in page
+    assert not any(name == metrics.QUEUE_WAITING for name, _ in page)
