@@ -8,6 +8,7 @@ the same values; dashboards take `max by (model)`). The API registers it; nothin
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import redis
@@ -55,9 +56,10 @@ class QueueCollector(Collector):
             live = GaugeMetricFamily(
                 metrics.WORKERS_LIVE, metrics.COLLECTED[metrics.WORKERS_LIVE], labels=["model"]
             )
+            beats = Counter(b.get("model") for b in events.heartbeats(self.client, self.prefix))
             for name in names:
                 waiting.add_metric([name], waiting_count(self.client, name, self.prefix))
-                live.add_metric([name], events.live_workers(self.client, self.prefix, name))
+                live.add_metric([name], beats[name])
             yield waiting
             yield live
         except redis.RedisError as exc:
