@@ -129,7 +129,9 @@ def test_prometheus_finds_every_process(compose, app):
     flower_cmd = compose["services"]["flower"]["command"]
     port = flower_cmd[flower_cmd.index("--port") + 1]
     assert jobs["flower"]["static_configs"][0]["targets"] == [f"flower:{port}"]
-    assert "llmq-scheduler" in jobs
+    (scheduler,) = jobs["llmq-scheduler"]["static_configs"][0]["targets"]
+    gpu_aliases = compose["services"]["worker-host-gpu"]["networks"]["default"]["aliases"]
+    assert scheduler.split(":")[0] == "worker-host" and "worker-host" in gpu_aliases
     for rule_file in config["rule_files"]:
         assert (ROOT / "deploy/prometheus" / rule_file).exists()
     worker_health = " ".join(compose["services"]["worker-host"]["healthcheck"]["test"])
