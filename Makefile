@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo up test lint format bench migrate services clean
+.PHONY: install demo up test lint format bench migrate services docs clean
 
 install: $(STAMP)
 
@@ -40,6 +40,9 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+docs: install
+	$(PY) -m llmq.gendocs
 
 bench: install services
 	$(PY) -m bench

@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
+from prometheus_client import CollectorRegistry
 
 from api import errors
 from api.routes import health, jobs, models, streams, usage
 from llmq import __version__, metrics
 from llmq.catalog import load_catalog
+from llmq.queue_metrics import QueueCollector
 from llmq.settings import Settings, get_settings
 
 
@@ -40,17 +42,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.catalog = load_catalog(settings.catalog_path)
+    app.state.queue_registry = CollectorRegistry()
+    app.state.queue_registry.register(
+        QueueCollector(
+            app.state.catalog.names,
+            redis.Redis.from_url(settings.redis_url),
+            settings.redis_prefix,
+        )
+    )
     errors.install(app)
 
     @app.middleware("http")
     async def measure(request: Request, call_next):
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_request_bytes:
+        limit = (
+            settings.max_bulk_request_bytes
+            if request.url.path.endswith("/bulk")
+            else settings.max_request_bytes
+        )
+        if length and length.isdigit() and int(length) > limit:
             metrics.REJECTIONS.labels("too_large").inc()
+            metrics.HTTP_REQUESTS.labels("unmatched", request.method, "413").inc()
             return errors.problem(
                 413,
                 "Request too large",
-                f"body exceeds {settings.max_request_bytes} bytes",
+                f"body exceeds {limit} bytes",
                 kind="too-large",
                 instance=request.url.path,
             )

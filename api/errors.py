@@ -119,6 +119,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(QueueUnavailable)
     async def _unavailable(request: Request, exc: QueueUnavailable) -> JSONResponse:
+        metrics.REJECTIONS.labels("queue_unavailable").inc()
         return problem(
             503,
             "Service unavailable",

@@ -89,6 +89,22 @@ def api(
 
 
 @app.command()
+def flower(
+    port: Annotated[int | None, typer.Option(help="Port (default LLMQ_FLOWER_PORT).")] = None,
+    address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    loglevel: Annotated[str, typer.Option()] = "warning",
+) -> None:
+    """Run Flower on the Celery app, with basic auth, bounded memory and offline workers purged."""
+    from llmq.flower import flower_argv, flower_env
+
+    settings = get_settings()
+    if not settings.flower_basic_auth:
+        _fail("set LLMQ_FLOWER_BASIC_AUTH=user:password (Flower's API is off without auth)")
+    argv = flower_argv(settings, port=port, address=address, loglevel=loglevel)
+    os.execve(sys.executable, argv, flower_env(settings, os.environ))
+
+
+@app.command()
 def services() -> None:
     """Check that Redis and Postgres answer; say what to run when they do not."""
     from llmq.devstack import INSTALL_HINT, postgres_answers, redis_answers
@@ -143,6 +159,9 @@ def dev(
                 console.print(
                     f"Flower http://127.0.0.1:{settings.flower_port}  (user:password {stack.flower_auth})"
                 )
+            console.print(
+                f"metrics {stack.api_url}/metrics  (workers: {stack.api_url}/metrics/targets)"
+            )
             console.print("Ctrl-C stops everything.")
             while True:
                 stack._check_children()

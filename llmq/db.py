@@ -15,8 +15,13 @@ from llmq.settings import get_settings
 
 @lru_cache
 def get_engine(url: str | None = None) -> Engine:
+    # hide_parameters: an error's message never carries a prompt or an output into a log.
     return sa.create_engine(
-        url or get_settings().database_url, pool_pre_ping=True, pool_size=10, max_overflow=20
+        url or get_settings().database_url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        hide_parameters=True,
     )
 
 

@@ -143,22 +143,8 @@ class Stack:
                 f"worker:{model}", [sys.executable, "-m", "llmq.cli", "worker", "--model", model]
             )
         if self.flower:
-            self._spawn(
-                "flower",
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers.app",
-                    "flower",
-                    f"--port={self.settings.flower_port}",
-                    f"--basic-auth={self.flower_auth}",
-                    "--max_tasks=10000",
-                    "--purge_offline_workers=60",
-                    "--logging=warning",
-                ],
-            )
+            self.env["LLMQ_FLOWER_BASIC_AUTH"] = self.flower_auth
+            self._spawn("flower", [sys.executable, "-m", "llmq.cli", "flower"])
         self._wait_ready()
 
     def _redis(self, url: str) -> str:

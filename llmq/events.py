@@ -74,3 +74,17 @@ def publish_cancel(client: redis.Redis, prefix: str, job_id: str) -> None:
 
 def live_workers(client: redis.Redis, prefix: str, model: str) -> int:
     return sum(1 for _ in client.scan_iter(match=worker_pattern(prefix, model), count=100))
+
+
+def heartbeats(client: redis.Redis, prefix: str) -> list[dict]:
+    """What every live worker says about itself (model, node, pid, metrics address)."""
+    keys = list(client.scan_iter(match=f"{prefix}worker:*", count=100))
+    out = []
+    for raw in client.mget(keys) if keys else []:
+        if raw is None:  # expired between the scan and the read
+            continue
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            continue
+    return out

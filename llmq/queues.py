@@ -81,8 +81,17 @@ def get_celery() -> Celery:
     return make_celery()
 
 
+def display_name(model: str) -> str:
+    """The name Flower and Celery's logs show for a job's task: the task and its model."""
+    return f"{GENERATE_TASK}:{model}"
+
+
 def publish_generate(app: Celery, job_id: str, model: str, priority: int, producer=None) -> None:
-    """Put one job's message on its model's queue; the task id is the job id."""
+    """Put one job's message on its model's queue; the task id is the job id.
+
+    The message carries the job id and nothing else: the prompt stays in Postgres, out of
+    Redis, Flower and every log. `shadow` only changes the name monitors show.
+    """
     app.send_task(
         GENERATE_TASK,
         args=[job_id],
@@ -90,6 +99,7 @@ def publish_generate(app: Celery, job_id: str, model: str, priority: int, produc
         queue=queue_name(model),
         priority=broker_priority(priority),
         producer=producer,
+        shadow=display_name(model),
     )
 
 

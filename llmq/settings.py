@@ -61,6 +61,24 @@ class Settings(BaseSettings):
     flower_basic_auth: str | None = Field(
         None, description="`user:password` for Flower; `llmq dev` generates one when unset."
     )
+    flower_max_tasks: int = Field(
+        10_000,
+        description="Tasks Flower keeps in memory; its memory grows with this (Flower's "
+        "own default, 100000, is too many for a busy queue).",
+    )
+    flower_purge_offline_workers_s: int = Field(
+        300, description="Flower forgets a worker this many seconds after it went offline."
+    )
+    worker_metrics_port: int = Field(
+        9200,
+        description="First port a worker tries for its Prometheus `/metrics`; each worker on "
+        "a machine takes the next free one and advertises it in its heartbeat. 0 turns it off.",
+    )
+    metrics_advertise_host: str | None = Field(
+        None,
+        description="Host name Prometheus uses to reach this machine's worker metrics "
+        "(found through the API's `/metrics/targets`); default: the machine's host name.",
+    )
     log_level: str = Field("INFO", description="Log level of every process.")
 
     @model_validator(mode="after")
@@ -80,11 +98,34 @@ def settings_table() -> str:
     """The documented list of variables, as the Markdown table in docs/settings.md."""
     rows = ["| variable | default | what |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
-        default = field.default if field.default is not None else ""
-        if isinstance(default, Path) and str(default).startswith(str(Path.home())):
-            default = "~/" + str(default.relative_to(Path.home()))
+        default = _shown_default(field.default)
         rows.append(f"| `LLMQ_{name.upper()}` | `{default}` | {field.description} |")
     return "\n".join(rows) + "\n"
+
+
+# Settings docker compose refuses to start without: they are written out, empty, for the user.
+COMPOSE_REQUIRED = ("flower_basic_auth",)
+
+
+def env_example() -> str:
+    """The LLMQ_* part of `.env.example`: every setting, its default commented out."""
+    lines = []
+    for name, field in Settings.model_fields.items():
+        default = _shown_default(field.default)
+        lines.append(f"# {field.description}")
+        if name in COMPOSE_REQUIRED:
+            lines.append(f"LLMQ_{name.upper()}=")
+        else:
+            lines.append(f"# LLMQ_{name.upper()}={default}")
+    return "\n".join(lines) + "\n"
+
+
+def _shown_default(default: object) -> str:
+    if default is None:
+        return ""
+    if isinstance(default, Path) and str(default).startswith(str(Path.home())):
+        return "~/" + str(default.relative_to(Path.home()))
+    return str(default)
 
 
 @lru_cache

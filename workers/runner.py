@@ -135,12 +135,15 @@ class BatchRunner:
             self.cancelled.clear()  # cancels that arrive later are seen by the next claim
 
     def _run_claimed(self, claimed: list[Job]) -> dict[str, str]:
+        claimed_at = time.perf_counter()
         self._reset_streams(claimed)
+        for job in claimed:
+            metrics.QUEUE_WAIT.labels(self.spec.name).observe((job.queue_ms or 0) / 1000)
         deadline = time.monotonic() + self.settings.max_generation_s
         outcomes: list[jobs.Outcome] = []
         for group in group_by_key(claimed, lambda job: sampling_key(job.params)):
             metrics.BATCH_SIZE.labels(self.spec.name).observe(len(group))
-            outcomes.extend(self._generate(group, deadline))
+            outcomes.extend(self._generate(group, deadline, claimed_at))
         with session_scope() as session:
             done_ids = jobs.finish_jobs(session, outcomes)
         done = set(done_ids)
@@ -173,7 +176,7 @@ class BatchRunner:
             except redis.RedisError:
                 log.warning("could not reset streams", exc_info=True)
 
-    def _generate(self, group: list[Job], deadline: float) -> list[jobs.Outcome]:
+    def _generate(self, group: list[Job], deadline: float, claimed_at: float) -> list[jobs.Outcome]:
         requests = [self._request(job) for job in group]
         started = time.perf_counter()
         try:
@@ -193,10 +196,14 @@ class BatchRunner:
             ] * len(group)
         seconds = time.perf_counter() - started
         metrics.INFERENCE_SECONDS.labels(self.spec.name).observe(seconds)
+        for job, result in zip(group, results, strict=True):
+            if result.first_token_s is not None:
+                ttft = (job.queue_ms or 0) / 1000 + (started - claimed_at) + result.first_token_s
+                metrics.TIME_TO_FIRST_TOKEN.labels(self.spec.name).observe(ttft)
         gpu_costs = split_gpu_cost_usd(
             seconds,
             self.spec.gpu_hour_usd,
-            [r.prompt_tokens + r.completion_tokens for r in results],
+            [r.prompt_tokens + r.completion_tokens if r.succeeded else 0 for r in results],
         )
         return [
             jobs.Outcome(

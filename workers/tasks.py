@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from llmq.queues import GENERATE_TASK
+from llmq.queues import GENERATE_TASK, display_name
 from llmq.settings import get_settings
 from workers.app import app, runtime
 
 RETRY_DELAYS_S = (2, 5, 15, 30, 60)
 
 
-@app.task(name=GENERATE_TASK, bind=True, max_retries=len(RETRY_DELAYS_S))
+def _shadow_name(task, args, kwargs, options) -> str | None:
+    """A retry, sent from the worker, keeps the name Flower showed: `llmq.generate:<model>`."""
+    return display_name(runtime.model) if runtime.runner is not None else None
+
+
+@app.task(name=GENERATE_TASK, bind=True, max_retries=len(RETRY_DELAYS_S), shadow_name=_shadow_name)
 def generate(self, job_id: str) -> str:
     """Hand the job to the engine thread and wait for its batch to be written."""
     if runtime.runner is None:

@@ -1,14 +1,15 @@
-"""Liveness, readiness (Postgres and Redis answer) and Prometheus metrics."""
+"""Liveness, readiness (Postgres and Redis answer), Prometheus metrics and worker discovery."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from api.errors import problem
 from llmq.db import get_engine
+from llmq.queue_metrics import scrape_targets
 
 router = APIRouter(tags=["health"])
 
@@ -45,5 +46,14 @@ async def readyz(request: Request):
 
 
 @router.get("/metrics")
-def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+def metrics(request: Request) -> Response:
+    """This process's metrics, then the queue gauges read from Redis and Postgres now."""
+    body = generate_latest(REGISTRY) + generate_latest(request.app.state.queue_registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/metrics/targets")
+def metrics_targets(request: Request) -> list[dict]:
+    """Prometheus HTTP service discovery (`http_sd_configs`): every live worker's /metrics."""
+    settings = request.app.state.settings
+    return scrape_targets(request.app.state.sync_redis, settings.redis_prefix)

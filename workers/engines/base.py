@@ -27,6 +27,7 @@ class GenerationResult:
     completion_tokens: int = 0
     error: dict[str, str] | None = None
     batch_size: int = 1  # rows in the generate call that produced this result
+    first_token_s: float | None = None  # from the engine's generate() call to the first token
 
     @property
     def succeeded(self) -> bool:

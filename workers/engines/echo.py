@@ -24,11 +24,15 @@ class EchoEngine:
         on_text: TextSink | None = None,
         deadline: float | None = None,
     ) -> list[GenerationResult]:
+        started = time.perf_counter()
         if self.spec.echo_delay_ms:
             time.sleep(self.spec.echo_delay_ms / 1000)
         results = [self._one(r, is_cancelled(r.job_id)) for r in requests]
+        elapsed = time.perf_counter() - started  # the whole reply arrives at once
         for result in results:
             result.batch_size = len(requests)
+            if result.completion_tokens:
+                result.first_token_s = elapsed
         if on_text:
             on_text(
                 {r.job_id: res.text for r, res in zip(requests, results, strict=True) if res.text}

@@ -47,12 +47,15 @@ class _PerRowStop(StoppingCriteria):
     def __init__(self, rows, width, tokenizer, eos_ids, is_cancelled, on_text):
         self.rows, self.width, self.tokenizer = rows, width, tokenizer
         self.eos_ids, self.is_cancelled, self.on_text = eos_ids, is_cancelled, on_text
+        self.first_token_at: float | None = None  # perf_counter at the first generated token
         self.stop_window = {
             i: max(len(s) for s in r.request.stop) + 2 for i, r in enumerate(rows) if r.request.stop
         }
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         generated = input_ids.shape[1] - self.width
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         last = input_ids[:, -1].tolist()
         deltas: dict[str, str] = {}
@@ -128,6 +131,7 @@ class HFEngine:
         on_text: TextSink | None = None,
         deadline: float | None = None,
     ) -> list[GenerationResult]:
+        self._entered = time.perf_counter()  # time to first token counts from here
         results: list[GenerationResult | None] = [None] * len(requests)
         rows: list[tuple[int, _Row]] = []
         for i, req in enumerate(requests):
@@ -215,10 +219,17 @@ class HFEngine:
             **sampling,
         )
         generated = output[:, width:].tolist()
-        return [
+        first_s = (
+            None if criteria.first_token_at is None else criteria.first_token_at - self._entered
+        )
+        results = [
             self._result(row, tokens, len(rows))
             for row, tokens in zip(rows, generated, strict=True)
         ]
+        for result in results:
+            if result.completion_tokens:
+                result.first_token_s = first_s
+        return results
 
     def _time_left(self, deadline: float | None) -> float:
         if deadline is None:

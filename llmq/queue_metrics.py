@@ -1,0 +1,106 @@
+"""Queue gauges computed when Prometheus scrapes, from Redis and Postgres.
+
+A collector reads the truth at scrape time instead of keeping counters in step with every
+state change, so the numbers are right however many API processes there are (each reports
+the same values; dashboards take `max by (model)`). The API registers it; nothing else does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import redis
+import sqlalchemy as sa
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from llmq import events, metrics
+from llmq.db import session_scope
+from llmq.models import Job
+from llmq.queues import waiting_count
+
+log = logging.getLogger(__name__)
+
+
+def job_counts(session) -> dict[str, dict[str, float]]:
+    """Per model: queued and running job counts and the oldest queued job's age in seconds."""
+    age = sa.func.extract("epoch", sa.func.now() - sa.func.min(Job.created_at))
+    rows = session.execute(
+        sa.select(Job.model, Job.status, sa.func.count(), age)
+        .where(Job.status.in_(("queued", "running")))
+        .group_by(Job.model, Job.status)
+    ).all()
+    out: dict[str, dict[str, float]] = {}
+    for model, status, count, oldest_s in rows:
+        entry = out.setdefault(model, {"queued": 0, "running": 0, "oldest_queued_s": 0.0})
+        entry[status] = int(count)
+        if status == "queued":
+            entry["oldest_queued_s"] = max(0.0, float(oldest_s or 0))
+    return out
+
+
+class QueueCollector(Collector):
+    """Waiting and in-flight jobs, oldest waiting age and live workers, per catalog model."""
+
+    def __init__(self, models: Callable[[], list[str]], client: redis.Redis, prefix: str):
+        self.models, self.client, self.prefix = models, client, prefix
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        names = self.models()
+        try:
+            waiting = GaugeMetricFamily(
+                metrics.QUEUE_WAITING, metrics.COLLECTED[metrics.QUEUE_WAITING], labels=["model"]
+            )
+            live = GaugeMetricFamily(
+                metrics.WORKERS_LIVE, metrics.COLLECTED[metrics.WORKERS_LIVE], labels=["model"]
+            )
+            beats = Counter(b.get("model") for b in events.heartbeats(self.client, self.prefix))
+            for name in names:
+                waiting.add_metric([name], waiting_count(self.client, name, self.prefix))
+                live.add_metric([name], beats[name])
+            yield waiting
+            yield live
+        except redis.RedisError as exc:
+            log.warning("queue metrics: Redis unavailable (%s)", exc.__class__.__name__)
+        try:
+            with session_scope() as session:
+                counts = job_counts(session)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("queue metrics: Postgres unavailable (%s)", exc.__class__.__name__)
+            return
+        in_flight = GaugeMetricFamily(
+            metrics.QUEUE_IN_FLIGHT, metrics.COLLECTED[metrics.QUEUE_IN_FLIGHT], labels=["model"]
+        )
+        oldest = GaugeMetricFamily(
+            metrics.QUEUE_OLDEST_AGE, metrics.COLLECTED[metrics.QUEUE_OLDEST_AGE], labels=["model"]
+        )
+        for name in names:
+            entry = counts.get(name, {})
+            in_flight.add_metric([name], entry.get("running", 0))
+            oldest.add_metric([name], entry.get("oldest_queued_s", 0.0))
+        yield in_flight
+        yield oldest
+
+
+def scrape_targets(client: redis.Redis, prefix: str) -> list[dict]:
+    """Prometheus HTTP service discovery: one target per live worker that serves metrics.
+
+    Only `__meta_` labels are given, so the workers' own `model` label is not renamed.
+    """
+    targets = []
+    for beat in events.heartbeats(client, prefix):
+        host, port = beat.get("metrics_host"), beat.get("metrics_port")
+        if not host or not port:
+            continue
+        targets.append(
+            {
+                "targets": [f"{host}:{port}"],
+                "labels": {
+                    "__meta_llmq_model": str(beat.get("model", "")),
+                    "__meta_llmq_node": str(beat.get("node", "")),
+                },
+            }
+        )
+    return sorted(targets, key=lambda t: t["targets"][0])
