@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 
 from api import errors
-from api.routes import health, jobs, models, usage
+from api.routes import admin, health, jobs, models, usage, webhooks
 from llmq import __version__, metrics
 from llmq.catalog import load_catalog
 from llmq.settings import Settings, get_settings
@@ -23,9 +23,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.redis = aioredis.Redis.from_url(settings.redis_url)
         app.state.sync_redis = redis.Redis.from_url(settings.redis_url)
+        app.state.limit_redis = redis.Redis.from_url(
+            settings.rate_limit_redis_url or settings.redis_url,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+        )
         yield
         await app.state.redis.aclose()
         app.state.sync_redis.close()
+        app.state.limit_redis.close()
 
     app = FastAPI(
         title="llmq",
@@ -57,6 +63,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.HTTP_REQUESTS.labels(path, request.method, str(response.status_code)).inc()
         return response
 
-    for router in (jobs.router, models.router, usage.router, health.router):
+    for router in (
+        jobs.router,
+        webhooks.router,
+        models.router,
+        usage.router,
+        admin.router,
+        health.router,
+    ):
         app.include_router(router)
     return app

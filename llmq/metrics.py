@@ -41,3 +41,12 @@ def record_outcome(model: str, out: Outcome) -> None:
     COMPLETION_TOKENS.labels(model).inc(out.completion_tokens)
     JOBS_FINISHED.labels(model, "succeeded" if out.succeeded else "failed").inc()
     COST_USD.labels(model).inc(float(out.cost_usd))
+
+
+# Tenancy
+RATE_LIMIT_ERRORS = Counter(
+    "llmq_rate_limit_errors_total", "Rate-limit checks that could not reach Redis"
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "llmq_webhook_attempts_total", "Webhook delivery attempts by outcome", ["outcome"]
+)

@@ -90,3 +90,24 @@ def publish_generate(app: Celery, job_id: str, model: str, priority: int) -> Non
         queue=queue_name(model),
         priority=broker_priority(priority),
     )
+
+
+WEBHOOK_TASK = "llmq.webhook.deliver"
+WEBHOOK_QUEUE = "llmq.webhooks"
+
+
+def publish_webhooks(app: Celery, delivery_ids: list[str]) -> None:
+    """Ask the webhook workers to deliver these outbox rows now.
+
+    Best effort: a row whose message is lost stays `pending` and the webhook worker's sweep
+    sends it, so a failure here is logged, not raised (the job's end is already committed).
+    """
+    import logging
+
+    for delivery_id in delivery_ids:
+        try:
+            app.send_task(WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOK_QUEUE)
+        except Exception:
+            logging.getLogger(__name__).warning(
+                "could not publish webhook %s; the sweep will send it", delivery_id
+            )

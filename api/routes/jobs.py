@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 from typing import Literal
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from api import deps
+from api import deps, ratelimits
 from api.schemas import JobCreate, job_resource
-from llmq import events, jobs, metrics
+from llmq import admission, budgets, events, idempotency, jobs, metrics, outbox, ssrf
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.errors import InvalidField, QueueUnavailable
 from llmq.keys import Caller
 from llmq.models import Job, LedgerEntry
-from llmq.queues import get_celery, publish_generate
+from llmq.queues import get_celery, publish_generate, publish_webhooks
 from llmq.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -56,16 +57,53 @@ def validate_submit(body: JobCreate, catalog: Catalog, settings: Settings) -> in
     return max_tokens
 
 
+def _input_bytes(body: JobCreate) -> int:
+    if body.prompt is not None:
+        return len(body.prompt.encode())
+    return sum(len(m.content.encode()) for m in body.messages or [])
+
+
 @router.post("", status_code=202)
 def submit(
     body: JobCreate,
+    request: Request,
     response: Response,
+    idempotency_key: str | None = Header(None, alias=idempotency.HEADER),
     caller: Caller = Depends(deps.caller),
     catalog: Catalog = Depends(deps.catalog),
     settings: Settings = Depends(deps.settings),
 ) -> dict:
-    """Write the job, then put its message on the model's queue; answer at once."""
+    """Check limits, write the job, then put its message on the model's queue; answer at once.
+
+    Order: validation, rate limits (Redis), then one transaction for the concurrency limit,
+    the budget reservation, the idempotency key and the job row.
+    """
     max_tokens = validate_submit(body, catalog, settings)
+    claim = None
+    key = idempotency.parse_header(idempotency_key)
+    if key is not None:
+        claim = idempotency.Claim(key, idempotency.fingerprint(body.model_dump(mode="json")))
+    webhook_url = str(body.webhook_url) if body.webhook_url else None
+    if webhook_url is not None:
+        try:
+            ssrf.check_url(webhook_url, settings)
+        except ssrf.UnsafeUrl as exc:
+            raise InvalidField("webhook_url", str(exc)) from None
+    spec = catalog.get(body.model)
+    messages = len(body.messages or [])
+    prompt_tokens = budgets.estimate_prompt_tokens(
+        _input_bytes(body), messages, spec.context_length
+    )
+    reserved_tokens = prompt_tokens + max_tokens
+    tpm = caller.limits.tpm
+    if tpm is not None and reserved_tokens > tpm:
+        raise InvalidField(
+            "max_tokens",
+            f"the job may use {reserved_tokens} tokens (prompt estimate + max_tokens); "
+            f"this key allows {tpm} per minute",
+        )
+    limit_headers = ratelimits.enforce(request, caller, reserved_tokens)
+    response.headers.update(limit_headers)
     new = jobs.NewJob(
         model=body.model,
         params=body.params(max_tokens),
@@ -73,18 +111,36 @@ def submit(
         messages=[m.model_dump() for m in body.messages] if body.messages else None,
         priority=body.priority,
         metadata=body.metadata,
-        webhook_url=str(body.webhook_url) if body.webhook_url else None,
+        webhook_url=webhook_url,
+        reserved_tokens=reserved_tokens,
+        reserved_cost_usd=budgets.worst_case_cost_usd(
+            prompt_tokens,
+            max_tokens,
+            spec.price_input_per_mtok_usd,
+            spec.price_output_per_mtok_usd,
+        ),
     )
-    with session_scope() as session:
-        job = jobs.create_job(session, caller.key_id, new)
+    retention = timedelta(hours=settings.idempotency_retention_h)
+    try:
+        admitted = admission.admit(session_scope, caller, new, claim, retention)
+    except Exception:
+        ratelimits.refund_tokens(request, caller, reserved_tokens)
+        raise
+    job = admitted.job
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if admitted.replayed:
+        ratelimits.refund_tokens(request, caller, reserved_tokens)
+        response.headers["Idempotent-Replayed"] = "true"
+        with session_scope() as session:
+            return _render(session, jobs.get_job(session, job.id, caller.key_id), settings)
     try:
         publish_generate(get_celery(), str(job.id), job.model, job.priority)
     except Exception as exc:
         with session_scope() as session:
             jobs.delete_unpublished(session, job.id)
+        ratelimits.refund_tokens(request, caller, reserved_tokens)
         raise QueueUnavailable(f"the queue is unavailable, job not accepted: {exc}") from exc
     metrics.JOBS_SUBMITTED.labels(job.model).inc()
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_resource(job, None, settings.flower_url)
 
 
@@ -158,6 +214,10 @@ def cancel(
     with session_scope() as session:
         job, was_running = jobs.cancel_job(session, job_id, caller.key_id)
         resource = _render(session, job, settings)
+        deliveries = outbox.created_in(session)
+    if not was_running:  # it never ran: its tokens were never used
+        ratelimits.refund_tokens(request, caller, job.reserved_tokens or 0)
+    publish_webhooks(get_celery(), deliveries)
     client = request.app.state.sync_redis
     if was_running:
         events.publish_cancel(client, settings.redis_prefix, str(job.id))
