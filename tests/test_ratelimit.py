@@ -92,7 +92,7 @@ def test_tokens_per_minute_count_prompt_estimate_plus_max_tokens(client):
 
 
 def test_finished_jobs_give_back_what_they_did_not_use(client, start_worker, redis_client):
-    key_id, headers = limited_key(tpm=120)
+    _key_id, headers = limited_key(tpm=120)
     start_worker("echo")
     body = {"model": "echo", "prompt": "one two", "max_tokens": 64}  # charged 7+8+64 = 79
     job = client.post("/v1/jobs", json=body, headers=headers).json()
