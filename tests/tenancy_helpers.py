@@ -185,9 +185,21 @@ def redis_values_containing(needle: str) -> list[str]:
             values = client.zrange(key, 0, -1)
         else:
             values = []
-        if any(needle.encode() in (v or b"") for v in values):
+        if any(needle.encode() in _decoded(v or b"") for v in values):
             hits.append(key.decode())
     return hits
+
+
+def _decoded(value: bytes) -> bytes:
+    """A value plus, for a kombu message, its base64-encoded body in clear."""
+    import base64
+
+    try:
+        envelope = json.loads(value)
+        body = base64.b64decode(envelope["body"]) if isinstance(envelope, dict) else b""
+    except (ValueError, KeyError, TypeError):
+        body = b""
+    return value + b"\n" + body
 
 
 def dumps(obj) -> str:
