@@ -20,6 +20,8 @@ from llmq.keys import Caller
 from llmq.ledger import usd
 from llmq.models import Job
 
+ADJECTIVE = {"day": "daily", "month": "monthly"}
+
 
 class _LostRace(Exception):
     """Another request with the same Idempotency-Key committed first."""
@@ -58,7 +60,7 @@ def _check_limits(session: Session, caller: Caller, new: jobs.NewJob) -> None:
             resets = budgets.period_end(limits.budget_period, now)
             raise BudgetExceeded(
                 f"this job may cost up to ${usd(cost)}; the key has spent "
-                f"${usd(spent.total_usd)} of its {limits.budget_period}ly "
+                f"${usd(spent.total_usd)} of its {ADJECTIVE[limits.budget_period]} "
                 f"${usd(limits.budget_usd)} budget",
                 budget={
                     "budget_usd": usd(limits.budget_usd),

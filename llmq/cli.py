@@ -211,10 +211,10 @@ def keys_create(
             secret = webhook_secret(row)
     except InvalidField as exc:
         _fail(f"--{exc.field.replace('_', '-')}: {exc.message}")
-    console.print(f"created key {row.prefix}… for {name!r}; it is shown only now:")
-    print(plain)
     console.print("webhook signing secret (verify deliveries with it; shown only now):")
     print(secret)
+    console.print(f"created key {row.prefix}… for {name!r}; it is shown only now:")
+    print(plain)
 
 
 @keys_app.command("list")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
 
@@ -145,7 +146,11 @@ def test_webhook_secrets_are_random_unique_and_encrypted_at_rest():
 def test_cli_creates_lists_and_revokes_keys():
     def llmq(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "llmq.cli", *args], capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "llmq.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "400"},
         )
 
     made = llmq("keys", "create", "--name", "cli-key", "--rpm", "10", "--budget-usd", "3",
