@@ -153,3 +153,15 @@ def test_llmq_usage_prints_a_table(client, start_worker):
         server.stop()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "echo-priced" in result.stdout and "0.009" in result.stdout and "total" in result.stdout
+
+
+def test_a_failed_job_releases_its_reservation_and_costs_nothing(client, start_worker):
+    start_worker("echo-priced")
+    key_id, headers = budget_key("10")
+    long_prompt = "w " * 4096  # as many words as the context: the echo engine fails it
+    body = {"model": "echo-priced", "prompt": long_prompt, "max_tokens": 4}
+    job = client.post("/v1/jobs", json=body, headers=headers).json()
+    final = wait_final(client, headers, job["id"])
+    assert final["status"] == "failed" and final["error"]["code"] == "context_length_exceeded"
+    ledger, reserved, rows = _key_totals(key_id)
+    assert (ledger, reserved, rows) == (0, 0, 1)

@@ -163,3 +163,14 @@ def test_when_the_limiter_redis_is_down(fail_open):
         codes = [local.post("/v1/jobs", json=BODY, headers=headers).status_code for _ in range(3)]
     assert metrics.RATE_LIMIT_ERRORS._value.get() == before + 3
     assert codes == ([202] * 3 if fail_open else [503] * 3)
+
+
+def test_a_request_after_retry_after_succeeds(client):
+    _, headers = limited_key(rpm=60)  # one request a second once the burst is spent
+    admitted = 0
+    while (refused := client.post("/v1/jobs", json=BODY, headers=headers)).status_code == 202:
+        admitted += 1
+        assert admitted <= 120  # the burst is 60, plus one a second while this loop runs
+    assert refused.status_code == 429 and admitted >= 60
+    time.sleep(int(refused.headers["Retry-After"]))
+    assert client.post("/v1/jobs", json=BODY, headers=headers).status_code == 202
