@@ -103,10 +103,3 @@ def record(
         .returning(IdempotencyKey.key)
     ).first()
     return inserted is not None
-
-
-def purge_expired(session: Session, retention: timedelta) -> int:
-    result = session.execute(
-        sa.delete(IdempotencyKey).where(IdempotencyKey.created_at < sa.func.now() - retention)
-    )
-    return result.rowcount or 0
