@@ -90,7 +90,7 @@ def _resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in infos))
 
 
-def check_url(url: str, settings: Settings, resolve=_resolve) -> Target:
+def check_url(url: str, settings: Settings, resolve=None) -> Target:
     """Validate a webhook URL and resolve it; raises UnsafeUrl when it may not be called."""
     if len(url) > MAX_URL_CHARS:
         raise UnsafeUrl("the URL is too long")
@@ -109,7 +109,7 @@ def check_url(url: str, settings: Settings, resolve=_resolve) -> Target:
         raise UnsafeUrl("the URL has no host")
     port = port or (443 if scheme == "https" else 80)
     allowed = parse_networks(settings.webhook_allowed_networks)
-    addresses = resolve(host, port)
+    addresses = (resolve or _resolve)(host, port)
     if not addresses:
         raise UnsafeUrl(f"the host {host!r} does not resolve")
     ips = [ipaddress.ip_address(a) for a in addresses]

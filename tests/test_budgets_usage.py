@@ -165,3 +165,32 @@ def test_a_failed_job_releases_its_reservation_and_costs_nothing(client, start_w
     assert final["status"] == "failed" and final["error"]["code"] == "context_length_exceeded"
     ledger, reserved, rows = _key_totals(key_id)
     assert (ledger, reserved, rows) == (0, 0, 1)
+
+
+def test_budgets_and_concurrency_hold_across_two_replicas():
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    servers = [ApiServer().wait_ready(), ApiServer().wait_ready()]
+    try:
+        # No echo-priced worker runs here, so every admitted job keeps its reservation.
+        _, budgeted = budget_key("0.1")  # three worst cases ($0.096) fit, four do not
+        with session_scope() as session:
+            _, plain = create_key(session, "capped", limits=Limits(max_concurrent=3))
+        capped = {"Authorization": f"Bearer {plain}"}
+
+        def post(args: tuple[int, dict, dict]) -> int:
+            i, headers, body = args
+            url = f"{servers[i % 2].url}/v1/jobs"
+            return httpx.post(url, json=body, headers=headers, timeout=60).status_code
+
+        idle = {"model": "idle", "prompt": "wait", "max_tokens": 4}
+        with ThreadPoolExecutor(12) as pool:
+            budget_codes = list(pool.map(post, [(i, budgeted, BODY) for i in range(12)]))
+            capped_codes = list(pool.map(post, [(i, capped, idle) for i in range(12)]))
+    finally:
+        for server in servers:
+            server.stop()
+    assert sorted(budget_codes) == [202] * 3 + [402] * 9
+    assert sorted(capped_codes) == [202] * 3 + [429] * 9
