@@ -194,3 +194,25 @@ def test_budgets_and_concurrency_hold_across_two_replicas():
             server.stop()
     assert sorted(budget_codes) == [202] * 3 + [402] * 9
     assert sorted(capped_codes) == [202] * 3 + [429] * 9
+
+
+def test_admin_keys_see_every_keys_usage_and_others_their_own(client, start_worker):
+    from tests.conftest import make_key
+
+    start_worker("echo-priced")
+    keys_made = [budget_key("10") for _ in range(2)]
+    for _, headers in keys_made:
+        wait_final(
+            client, headers, client.post("/v1/jobs", json=BODY, headers=headers).json()["id"]
+        )
+    admin = {"Authorization": f"Bearer {make_key('usage-admin', admin=True)}"}
+    with session_scope() as session:
+        names = {
+            str(session.scalar(sa.text("SELECT name FROM api_keys WHERE id = :i"), {"i": key_id}))
+            for key_id, _ in keys_made
+        }
+    everyone = client.get("/v1/usage", params={"group_by": "key"}, headers=admin).json()
+    assert names <= {row["key"] for row in everyone["data"]}
+    own = client.get("/v1/usage", params={"group_by": "key"}, headers=keys_made[0][1]).json()
+    assert len(own["data"]) == 1 and own["data"][0]["key"] in names
+    assert Decimal(own["total"]["cost_usd"]) == ACTUAL
