@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry
 
 from api import errors
-from api.routes import health, jobs, models, streams, usage
+from api.routes import admin, health, jobs, models, streams, usage, webhooks
 from llmq import __version__, metrics
 from llmq.catalog import load_catalog
 from llmq.queue_metrics import QueueCollector
@@ -30,9 +30,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.redis = aioredis.Redis(connection_pool=pool)
         app.state.sync_redis = redis.Redis.from_url(settings.redis_url)
+        app.state.limit_redis = redis.Redis.from_url(
+            settings.rate_limit_redis_url or settings.redis_url,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+        )
         yield
         await app.state.redis.aclose()
         app.state.sync_redis.close()
+        app.state.limit_redis.close()
 
     app = FastAPI(
         title="llmq",
@@ -78,6 +84,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.HTTP_REQUESTS.labels(path, request.method, str(response.status_code)).inc()
         return response
 
-    for router in (jobs.router, streams.router, models.router, usage.router, health.router):
+    for router in (
+        jobs.router,
+        streams.router,
+        webhooks.router,
+        models.router,
+        usage.router,
+        admin.router,
+        health.router,
+    ):
         app.include_router(router)
     return app

@@ -12,14 +12,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmq import metrics
 from llmq.errors import (
+    BadRequest,
+    BudgetExceeded,
     CatalogError,
+    Forbidden,
+    IdempotencyMismatch,
     InvalidField,
     InvalidFields,
     JobNotFound,
     JobStateConflict,
+    KeyNotFound,
     QueueUnavailable,
+    RateLimited,
     Unauthorized,
 )
+
+QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -34,9 +42,11 @@ def problem(
     instance: str | None = None,
     errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
+    type_uri: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {
-        "type": f"/problems/{kind}",
+        "type": type_uri or f"/problems/{kind}",
         "title": title,
         "status": status,
         "detail": detail,
@@ -45,6 +55,7 @@ def problem(
         body["instance"] = instance
     if errors is not None:
         body["errors"] = errors
+    body.update(extra or {})
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
@@ -116,6 +127,62 @@ def install(app: FastAPI) -> None:
             instance=request.url.path,
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+    @app.exception_handler(RateLimited)
+    async def _rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
+        metrics.REJECTIONS.labels("rate_limit").inc()
+        return problem(
+            429,
+            "Too many requests",
+            str(exc),
+            kind="quota-exceeded",
+            type_uri=QUOTA_EXCEEDED,
+            instance=request.url.path,
+            headers={**exc.headers, "Retry-After": str(exc.retry_after_s)},
+            extra={"violated-policies": [p for p in exc.policy.split(",") if p]},
+        )
+
+    @app.exception_handler(BudgetExceeded)
+    async def _budget(request: Request, exc: BudgetExceeded) -> JSONResponse:
+        metrics.REJECTIONS.labels("budget").inc()
+        return problem(
+            402,
+            "Budget exceeded",
+            str(exc),
+            kind="budget-exceeded",
+            instance=request.url.path,
+            extra={"budget": exc.budget},
+        )
+
+    @app.exception_handler(IdempotencyMismatch)
+    async def _idempotency(request: Request, exc: IdempotencyMismatch) -> JSONResponse:
+        return problem(
+            422,
+            "Idempotency key reused",
+            str(exc),
+            kind="idempotency-key-reused",
+            instance=request.url.path,
+            errors=[{"field": "Idempotency-Key", "message": str(exc)}],
+        )
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(request: Request, exc: BadRequest) -> JSONResponse:
+        return problem(
+            400,
+            "Bad request",
+            str(exc),
+            kind="bad-request",
+            instance=request.url.path,
+            errors=[{"field": exc.field, "message": str(exc)}],
+        )
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+        return problem(403, "Forbidden", str(exc), kind="forbidden", instance=request.url.path)
+
+    @app.exception_handler(KeyNotFound)
+    async def _key_not_found(request: Request, exc: KeyNotFound) -> JSONResponse:
+        return problem(404, "Not found", str(exc), kind="not-found", instance=request.url.path)
 
     @app.exception_handler(QueueUnavailable)
     async def _unavailable(request: Request, exc: QueueUnavailable) -> JSONResponse:

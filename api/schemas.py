@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StringConstraints, field_validator
 
 from llmq.jobs import NewJob
-from llmq.models import Job
+from llmq.resources import job_resource
+
+__all__ = ["BulkCreate", "JobCreate", "Message", "job_resource"]
 
 NO_NUL = r"^[^\x00]*$"  # Postgres text cannot hold NUL
 Text = Annotated[str, StringConstraints(pattern=NO_NUL)]
@@ -88,46 +89,3 @@ class BulkCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     jobs: list[JobCreate] = Field(min_length=1, max_length=10_000)
-
-
-def job_resource(job: Job, cost: tuple[Decimal, Decimal] | None, flower_url: str | None) -> dict:
-    """The public shape of a job (see docs/api.md)."""
-    usage = None
-    if job.prompt_tokens is not None:
-        usage = {
-            "prompt_tokens": job.prompt_tokens,
-            "completion_tokens": job.completion_tokens,
-            "total_tokens": job.prompt_tokens + (job.completion_tokens or 0),
-            "cost_usd": str(cost[0].normalize()) if cost else None,
-            "gpu_cost_usd": str(cost[1].normalize()) if cost else None,
-        }
-    output = None
-    if job.output_text is not None:
-        output = {"text": job.output_text, "finish_reason": job.finish_reason}
-    resource = {
-        "id": str(job.id),
-        "object": "job",
-        "model": job.model,
-        "status": job.status,
-        "priority": job.priority,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "output": output,
-        "usage": usage,
-        "error": job.error,
-        "attempts": job.attempts,
-        "metadata": job.meta or {},
-        "timings": {
-            "queue_ms": job.queue_ms,
-            "inference_ms": job.inference_ms,
-            "batch_size": job.batch_size,
-        },
-    }
-    if flower_url:
-        resource["links"] = {"flower": f"{flower_url.rstrip('/')}/task/{job.id}"}
-    return resource
-
-
-def _iso(value) -> str | None:
-    return value.isoformat() if value else None

@@ -1,4 +1,4 @@
-"""The `llmq` command: local stack, worker, keys, submit, get, demo."""
+"""The `llmq` command: local stack, workers, keys, usage, submit, get, demo."""
 
 from __future__ import annotations
 
@@ -73,6 +73,24 @@ def worker(
         "--model", model, "-P", "threads", "-c", str(concurrency or spec.max_batch_size),
         "--prefetch-multiplier", "1", "-Q", queue_name(model), "-n", node, "-E",
         "--without-mingle", "--without-gossip", "-l", loglevel,
+    ]  # fmt: skip
+    os.execv(sys.executable, argv)
+
+
+@app.command("webhook-worker")
+def webhook_worker(
+    concurrency: Annotated[int, typer.Option(help="Deliveries in parallel.")] = 8,
+    node: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Run a webhook sender: Celery threads pool on `llmq.webhooks`; loads no model."""
+    from llmq.queues import WEBHOOK_QUEUE
+
+    node = node or f"webhooks-{os.getpid()}@%h"
+    argv = [
+        sys.executable, "-m", "celery", "-A", "workers.webhook_app", "worker",
+        "-P", "threads", "-c", str(concurrency), "--prefetch-multiplier", "1",
+        "-Q", WEBHOOK_QUEUE, "-n", node, "--without-mingle", "--without-gossip", "-l", loglevel,
     ]  # fmt: skip
     os.execv(sys.executable, argv)
 
@@ -178,16 +196,110 @@ def dev(
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Who or what the key is for.")],
-    admin: Annotated[bool, typer.Option(help="May see every key's usage.")] = False,
+    admin: Annotated[bool, typer.Option(help="May manage keys and see every key's usage.")] = False,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option(help="Jobs queued or running at once.")
+    ] = None,
+    budget_usd: Annotated[str | None, typer.Option(help="Spend limit per period, in USD.")] = None,
+    budget_period: Annotated[str | None, typer.Option(help="day or month.")] = None,
+    webhook_url: Annotated[str | None, typer.Option(help="Default webhook endpoint.")] = None,
 ) -> None:
     """Create an API key and print it once; only its hash is stored."""
-    from llmq.db import session_scope
-    from llmq.keys import create_key
+    from decimal import Decimal, InvalidOperation
 
-    with session_scope() as session:
-        row, plain = create_key(session, name, is_admin=admin)
+    from llmq import ssrf
+    from llmq.db import session_scope
+    from llmq.errors import InvalidField
+    from llmq.keys import Limits, create_key, webhook_secret
+
+    try:
+        budget = Decimal(budget_usd) if budget_usd is not None else None
+    except InvalidOperation:
+        _fail(f"--budget-usd {budget_usd!r} is not a number")
+    if webhook_url:
+        try:
+            ssrf.check_url(webhook_url, get_settings())
+        except ssrf.UnsafeUrl as exc:
+            _fail(f"--webhook-url: {exc}")
+    limits = Limits(rpm, tpm, max_concurrent, budget, budget_period)
+    try:
+        with session_scope() as session:
+            row, plain = create_key(session, name, admin, limits, webhook_url)
+            secret = webhook_secret(row)
+    except InvalidField as exc:
+        _fail(f"--{exc.field.replace('_', '-')}: {exc.message}")
+    console.print("webhook signing secret (verify deliveries with it; shown only now):")
+    print(secret)
     console.print(f"created key {row.prefix}… for {name!r}; it is shown only now:")
     print(plain)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every key with its limits (never the key itself)."""
+    from rich.table import Table
+
+    from llmq.db import session_scope
+    from llmq.keys import describe, list_keys
+
+    with session_scope() as session:
+        rows = [describe(r) for r in list_keys(session)]
+    table = Table("id", "prefix", "name", "admin", "rpm", "tpm", "concurrent", "budget", "revoked")
+    for r in rows:
+        budget = f"${r['budget_usd']}/{r['budget_period']}" if r["budget_usd"] else ""
+        table.add_row(
+            r["id"], r["prefix"], r["name"], "yes" if r["admin"] else "",
+            str(r["rpm"] or ""), str(r["tpm"] or ""), str(r["max_concurrent"] or ""),
+            budget, r["revoked_at"] or "",
+        )  # fmt: skip
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(ident: Annotated[str, typer.Argument(help="Key id or display prefix.")]) -> None:
+    """Revoke a key; its next request is refused."""
+    from llmq.db import session_scope
+    from llmq.errors import KeyNotFound
+    from llmq.keys import revoke_key
+
+    try:
+        with session_scope() as session:
+            row = revoke_key(session, ident)
+    except KeyNotFound as exc:
+        _fail(str(exc))
+    console.print(f"revoked {row.prefix}… ({row.name})")
+
+
+@app.command()
+def usage(
+    group_by: Annotated[str, typer.Option(help="model, day or key.")] = "model",
+    start: Annotated[str | None, typer.Option(help="ISO-8601 start (included).")] = None,
+    end: Annotated[str | None, typer.Option(help="ISO-8601 end (excluded).")] = None,
+) -> None:
+    """Print usage and cost from the ledger as a table (through the API, for the CLI's key)."""
+    from rich.table import Table
+
+    params = (
+        {"group_by": group_by} | ({"start": start} if start else {}) | ({"end": end} if end else {})
+    )
+    with _client() as client:
+        body = _check(client.get("/v1/usage", params=params))
+    table = Table(
+        group_by, "jobs", "prompt tokens", "completion tokens", "cost USD", "GPU cost USD"
+    )
+    for row in body["data"]:
+        table.add_row(
+            str(row[group_by]), str(row["jobs"]), str(row["prompt_tokens"]),
+            str(row["completion_tokens"]), row["cost_usd"], row["gpu_cost_usd"],
+        )  # fmt: skip
+    total = body["total"]
+    table.add_row(
+        "total", str(total["jobs"]), str(total["prompt_tokens"]),
+        str(total["completion_tokens"]), total["cost_usd"], total["gpu_cost_usd"], style="bold",
+    )  # fmt: skip
+    console.print(table)
 
 
 # -- jobs -----------------------------------------------------------------------------------

@@ -117,6 +117,8 @@ class Stack:
             LLMQ_API_URL=self.api_url,
             PYTHONUNBUFFERED="1",
         )
+        # A local stack delivers webhooks to local receivers; production allows public hosts only.
+        self.env.setdefault("LLMQ_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
         if self.flower:
             self.env.setdefault("LLMQ_FLOWER_URL", f"http://127.0.0.1:{self.settings.flower_port}")
         if ensure_database(database_url):
@@ -142,6 +144,7 @@ class Stack:
             self._spawn(
                 f"worker:{model}", [sys.executable, "-m", "llmq.cli", "worker", "--model", model]
             )
+        self._spawn("webhooks", [sys.executable, "-m", "llmq.cli", "webhook-worker"])
         if self.flower:
             self.env["LLMQ_FLOWER_BASIC_AUTH"] = self.flower_auth
             self._spawn("flower", [sys.executable, "-m", "llmq.cli", "flower"])

@@ -42,3 +42,41 @@ class QueueUnavailable(LlmqError):
 
 class Unauthorized(LlmqError):
     pass
+
+
+class KeyNotFound(LlmqError):
+    pass
+
+
+class Forbidden(LlmqError):
+    """The key is valid but may not do this (an admin route called with a normal key)."""
+
+
+class RateLimited(LlmqError):
+    """Over a rate or concurrency limit; carries what the 429's headers need."""
+
+    def __init__(self, message: str, retry_after_s: int, headers: dict[str, str], policy: str):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.headers = headers
+        self.policy = policy
+
+
+class BudgetExceeded(LlmqError):
+    """The job's worst-case cost does not fit in what is left of the key's budget."""
+
+    def __init__(self, message: str, budget: dict[str, str]):
+        super().__init__(message)
+        self.budget = budget
+
+
+class IdempotencyMismatch(LlmqError):
+    """An `Idempotency-Key` reused with another request body."""
+
+
+class BadRequest(LlmqError):
+    """A malformed header (an `Idempotency-Key` that is empty or too long)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field

@@ -1,5 +1,7 @@
 """The only place job state changes: create, claim, finish, cancel.
 
+A job that ends (finish, cancel) gets its webhook outbox row in the same transaction.
+
 Every write is safe to repeat. A claim is a conditional UPDATE, so a redelivered message
 never runs a finished or cancelled job again; a finish is fenced by the claim's attempt
 number; the ledger row is unique per job.
@@ -18,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from llmq import outbox
 from llmq.errors import InvalidField, JobNotFound, JobStateConflict
 from llmq.models import FINAL_STATUSES, Job, LedgerEntry
 
@@ -32,6 +35,8 @@ class NewJob:
     metadata: dict[str, Any] = field(default_factory=dict)
     webhook_url: str | None = None
     expires_at: datetime | None = None
+    reserved_tokens: int | None = None
+    reserved_cost_usd: Decimal | None = None
 
 
 @dataclass
@@ -65,6 +70,8 @@ def create_job(session: Session, api_key_id: uuid.UUID, new: NewJob) -> Job:
         meta=new.metadata,
         webhook_url=new.webhook_url,
         expires_at=new.expires_at,
+        reserved_tokens=new.reserved_tokens,
+        reserved_cost_usd=new.reserved_cost_usd,
     )
     session.add(job)
     session.flush()
@@ -88,6 +95,8 @@ def create_jobs(session: Session, api_key_id: uuid.UUID, new_jobs: list[NewJob])
             "meta": new.metadata,
             "webhook_url": new.webhook_url,
             "expires_at": new.expires_at,
+            "reserved_tokens": new.reserved_tokens,
+            "reserved_cost_usd": new.reserved_cost_usd,
         }
         for job_id, new in zip(ids, new_jobs, strict=True)
     ]
@@ -172,6 +181,7 @@ def cancel_job(
     ).first()
     if row is None:
         raise JobStateConflict(f"job {job.id} is already {job.status}")
+    outbox.enqueue_final_events(session, [job.id])
     session.refresh(job)
     return job, was_running
 
@@ -226,12 +236,15 @@ def _text(value: str | None) -> str | None:
 
 
 def finish_jobs(session: Session, outcomes: list[Outcome]) -> list[uuid.UUID]:
-    """Write a batch's results and ledger rows in the caller's transaction.
+    """Write a batch's results, ledger rows and webhook outbox rows in the caller's transaction.
 
     Returns the ids whose row this call finished. A job cancelled while it ran keeps its
     status but records the tokens it used. A stale worker (the attempt moved on) writes nothing.
+    The ledger row settles the job's budget reservation: once the job is final the
+    reservation no longer counts, and the ledger's cost does.
     """
     finished: list[uuid.UUID] = []
+    ended: list[uuid.UUID] = []
     ledger_rows: list[dict[str, Any]] = []
     for out in outcomes:
         error = {k: _text(v) for k, v in out.error.items()} if out.error else None
@@ -256,7 +269,9 @@ def finish_jobs(session: Session, outcomes: list[Outcome]) -> list[uuid.UUID]:
             )
             .returning(Job.id, Job.api_key_id, Job.model)
         ).first()
-        if row is None:
+        if row is not None:
+            ended.append(row.id)
+        else:
             row = session.execute(
                 sa.update(Job)
                 .where(fenced, Job.status == "cancelled", Job.completion_tokens.is_(None))
@@ -281,6 +296,7 @@ def finish_jobs(session: Session, outcomes: list[Outcome]) -> list[uuid.UUID]:
         session.execute(
             pg_insert(LedgerEntry).on_conflict_do_nothing(index_elements=["job_id"]), ledger_rows
         )
+    outbox.enqueue_final_events(session, ended)
     return finished
 
 

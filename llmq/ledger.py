@@ -38,3 +38,8 @@ def split_gpu_cost_usd(
         )
         for t in tokens_per_job
     ]
+
+
+def usd(amount: Decimal) -> str:
+    """An amount as a plain decimal string, trailing zeros dropped ("0.0000012", never 1.2E-6)."""
+    return f"{amount.normalize():f}"

@@ -117,6 +117,7 @@ def record_outcome(model: str, out: Outcome) -> None:
 
 
 API_SERIES = {
+    "llmq_rate_limit_errors",
     "llmq_http_requests",
     "llmq_http_request_duration_seconds",
     "llmq_jobs_submitted",
@@ -138,6 +139,8 @@ def served_by(name: str) -> str:
     """Which process's /metrics carries a metric (name without the `_total` suffix)."""
     if name in API_SERIES:
         return "api"
+    if name == "llmq_webhook_attempts":
+        return "webhook worker"
     return "scheduler" if name in SCHEDULER_SERIES else "worker"
 
 
@@ -194,3 +197,12 @@ def serve_metrics(base_port: int, span: int = 100, addr: str = "0.0.0.0") -> int
 def advertised_host(configured: str | None) -> str:
     """The host name Prometheus should use to reach this process."""
     return configured or socket.gethostname()
+
+
+# Tenancy
+RATE_LIMIT_ERRORS = Counter(
+    "llmq_rate_limit_errors_total", "Rate-limit checks that could not reach Redis"
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "llmq_webhook_attempts_total", "Webhook delivery attempts by outcome", ["outcome"]
+)

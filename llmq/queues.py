@@ -108,3 +108,24 @@ def publish_generate_many(app: Celery, messages: list[tuple[str, str, int]]) -> 
     with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
         for job_id, model, priority in messages:
             publish_generate(app, job_id, model, priority, producer=producer)
+
+
+WEBHOOK_TASK = "llmq.webhook.deliver"
+WEBHOOK_QUEUE = "llmq.webhooks"
+
+
+def publish_webhooks(app: Celery, delivery_ids: list[str]) -> None:
+    """Ask the webhook workers to deliver these outbox rows now.
+
+    Best effort: a row whose message is lost stays `pending` and the webhook worker's sweep
+    sends it, so a failure here is logged, not raised (the job's end is already committed).
+    """
+    import logging
+
+    for delivery_id in delivery_ids:
+        try:
+            app.send_task(WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOK_QUEUE)
+        except Exception:
+            logging.getLogger(__name__).warning(
+                "could not publish webhook %s; the sweep will send it", delivery_id
+            )

@@ -80,6 +80,50 @@ class Settings(BaseSettings):
         "(found through the API's `/metrics/targets`); default: the machine's host name.",
     )
     log_level: str = Field("INFO", description="Log level of every process.")
+    secret_key: str | None = Field(
+        None,
+        description="Fernet key (urlsafe base64 of 32 bytes) that encrypts webhook signing "
+        "secrets at rest. When unset, a key is read from (or made in) `secret_key_file`.",
+    )
+    secret_key_file: Path = Field(
+        Path(".llmq/secret.key"),
+        description="Where a local key lives when `LLMQ_SECRET_KEY` is unset (dev stacks).",
+    )
+    rate_limit_redis_url: str | None = Field(
+        None, description="Redis holding the rate-limit counters; default `LLMQ_REDIS_URL`."
+    )
+    rate_limit_fail_open: bool = Field(
+        True,
+        description="When the rate-limit Redis is unreachable: admit requests (true, counted "
+        "in `llmq_rate_limit_errors_total`) or refuse them with 503 (false). Budgets and "
+        "concurrency limits live in Postgres and hold either way.",
+    )
+    idempotency_retention_h: int = Field(
+        24, description="Hours an `Idempotency-Key` is remembered per API key."
+    )
+    webhook_timeout_s: float = Field(15.0, description="Timeout of one webhook delivery.")
+    webhook_max_response_bytes: int = Field(
+        65_536, description="Most bytes of a webhook response read before the connection is cut."
+    )
+    webhook_retry_delays_s: str = Field(
+        "5,300,1800,7200,18000,36000,50400,72000,86400",
+        description="Seconds before each retry of a failed webhook (comma-separated); "
+        "the number of entries is the number of retries.",
+    )
+    webhook_jitter: float = Field(
+        0.1, description="Random spread of each retry delay, as a fraction (0.1 = ±10%)."
+    )
+    webhook_allowed_networks: str = Field(
+        "",
+        description="Comma-separated networks (CIDR) webhooks may reach although they are "
+        "not public, e.g. `127.0.0.0/8` for local development. Any port is allowed there.",
+    )
+    webhook_allowed_ports: str = Field(
+        "80,443,8080,8443", description="Ports a webhook URL on a public address may use."
+    )
+    webhook_sweep_s: float = Field(
+        5.0, description="How often the webhook worker looks for due or lost deliveries."
+    )
 
     @model_validator(mode="after")
     def _visibility_covers_generation(self) -> Settings:

@@ -6,6 +6,7 @@ the machine's Redis and Postgres.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -36,6 +37,9 @@ os.environ.update(
     LLMQ_REDIS_PREFIX=REDIS_PREFIX,
     LLMQ_CATALOG_PATH=str(CATALOG),
     LLMQ_WORKER_HEARTBEAT_S="1",
+    LLMQ_SECRET_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
+    # The suite's webhook receivers listen on loopback; production allows public hosts only.
+    LLMQ_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
 )
 os.environ.pop("LLMQ_API_KEY", None)
 
@@ -73,6 +77,14 @@ engine = "echo"
 max_batch_size = 4
 max_batch_wait_ms = 100
 echo_delay_ms = 1500
+
+[models.echo-priced]
+engine = "echo"
+max_batch_size = 16
+max_batch_wait_ms = 20
+context_length = 4096
+price_input_per_mtok_usd = "1000"
+price_output_per_mtok_usd = "2000"
 
 [models.idle]
 engine = "echo"

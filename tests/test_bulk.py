@@ -59,3 +59,35 @@ def test_bulk_accepts_bodies_larger_than_a_single_submit(client, auth):
     response = client.post("/v1/jobs/bulk", json={"jobs": items}, headers=auth)
     assert response.status_code == 202, response.text[:300]
     assert len(response.json()["ids"]) == 4000
+
+
+def _limited_key(**limits) -> dict[str, str]:
+    from llmq.db import session_scope
+    from llmq.keys import Limits, create_key
+
+    with session_scope() as session:
+        _, plain = create_key(session, "bulk-limited", limits=Limits(**limits))
+    return {"Authorization": f"Bearer {plain}"}
+
+
+def test_bulk_counts_every_job_against_the_concurrency_limit(client):
+    auth = _limited_key(max_concurrent=5)
+    items = [{"model": "parked", "prompt": f"p{i}"} for i in range(6)]
+    before = _count()
+    refused = client.post("/v1/jobs/bulk", json={"jobs": items}, headers=auth)
+    assert refused.status_code == 429 and "Retry-After" in refused.headers
+    assert _count() == before
+    assert client.post("/v1/jobs/bulk", json={"jobs": items[:5]}, headers=auth).status_code == 202
+
+
+def test_bulk_reserves_the_budget_for_all_jobs(client):
+    from decimal import Decimal
+
+    auth = _limited_key(budget_usd=Decimal("1"), budget_period="day")
+    items = [{"model": "echo-priced", "prompt": "x" * 50, "max_tokens": 16} for _ in range(200)]
+    before = _count()
+    response = client.post("/v1/jobs/bulk", json={"jobs": items}, headers=auth)
+    assert response.status_code == 402, response.text  # each fits the budget; all do not
+    assert response.json()["budget"]["period"] == "day"
+    assert _count() == before
+    assert client.post("/v1/jobs/bulk", json={"jobs": items[:5]}, headers=auth).status_code == 202

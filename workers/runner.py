@@ -20,12 +20,12 @@ from decimal import Decimal
 
 import redis
 
-from llmq import events, jobs, metrics
+from llmq import events, jobs, metrics, outbox, ratelimit
 from llmq.catalog import ModelSpec
 from llmq.db import session_scope
 from llmq.ledger import split_gpu_cost_usd, token_cost_usd
 from llmq.models import Job
-from llmq.queues import waiting_count
+from llmq.queues import get_celery, publish_webhooks, waiting_count
 from llmq.settings import Settings
 from workers.batching import BatchState, batch_ready, group_by_key, sampling_key
 from workers.engines.base import Engine, GenerationRequest, GenerationResult
@@ -146,9 +146,12 @@ class BatchRunner:
             outcomes.extend(self._generate(group, deadline, claimed_at))
         with session_scope() as session:
             done_ids = jobs.finish_jobs(session, outcomes)
+            deliveries = outbox.created_in(session)
         done = set(done_ids)
         self._stream_rest([out for out in outcomes if out.job_id in done])
         events.publish_done(self.redis, self.settings.redis_prefix, [str(i) for i in done_ids])
+        publish_webhooks(get_celery(), deliveries)
+        self._reconcile_tokens(claimed, outcomes, done)
         for out in outcomes:
             self.streamed.pop(str(out.job_id), None)
             metrics.record_outcome(self.spec.name, out)
@@ -175,6 +178,24 @@ class BatchRunner:
                 self.redis.delete(*keys)
             except redis.RedisError:
                 log.warning("could not reset streams", exc_info=True)
+
+    def _reconcile_tokens(
+        self, claimed: list[Job], outcomes: list[jobs.Outcome], done: set[uuid.UUID]
+    ) -> None:
+        """Correct each key's per-minute token rate by what its jobs really used."""
+        used = {o.job_id: o.prompt_tokens + o.completion_tokens for o in outcomes}
+        for job in claimed:
+            if job.id not in done or job.reserved_tokens is None:
+                continue
+            try:
+                ratelimit.reconcile_tokens(
+                    self.redis,
+                    self.settings.redis_prefix,
+                    job.api_key_id,
+                    used.get(job.id, 0) - job.reserved_tokens,
+                )
+            except redis.RedisError:
+                log.warning("could not reconcile the token rate of job %s", job.id)
 
     def _generate(self, group: list[Job], deadline: float, claimed_at: float) -> list[jobs.Outcome]:
         requests = [self._request(job) for job in group]

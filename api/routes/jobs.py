@@ -1,4 +1,4 @@
-"""/v1/jobs: submit, read (with long-poll), list, cancel."""
+"""/v1/jobs: submit (one or in bulk), read (with long-poll), list, cancel."""
 
 from __future__ import annotations
 
@@ -6,23 +6,25 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 from typing import Literal
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from redis.exceptions import RedisError
 
-from api import deps
+from api import deps, ratelimits
 from api.schemas import BulkCreate, JobCreate, job_resource
-from llmq import events, jobs, metrics
+from api.submission import charge_rate, prepare
+from llmq import admission, events, idempotency, jobs, metrics, outbox
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.errors import InvalidField, InvalidFields, QueueUnavailable
 from llmq.keys import Caller
 from llmq.models import Job, LedgerEntry
-from llmq.queues import get_celery, publish_generate, publish_generate_many
+from llmq.queues import get_celery, publish_generate, publish_generate_many, publish_webhooks
 from llmq.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -44,70 +46,88 @@ def _render(session, job: Job, settings: Settings) -> dict:
     return job_resource(job, _costs(session, [job.id]).get(job.id), settings.flower_url)
 
 
-def validate_submit(body: JobCreate, catalog: Catalog, settings: Settings) -> int:
-    """Checks only the catalog and settings can make; returns the job's max_tokens."""
-    if body.model not in catalog:
-        raise InvalidField("model", f"unknown model {body.model!r}; see GET /v1/models")
-    if (body.prompt is None) == (body.messages is None):
-        raise InvalidField("prompt", "give exactly one of `prompt` or `messages`")
-    if body.input_chars() > settings.max_prompt_chars:
-        field = "prompt" if body.prompt is not None else "messages"
-        raise InvalidField(field, f"input exceeds {settings.max_prompt_chars} characters")
-    spec = catalog.get(body.model)
-    max_tokens = body.max_tokens or spec.default_max_tokens
-    if max_tokens > spec.max_new_tokens:
-        raise InvalidField("max_tokens", f"{body.model} allows at most {spec.max_new_tokens}")
-    return max_tokens
-
-
 @router.post("", status_code=202)
 def submit(
     body: JobCreate,
+    request: Request,
     response: Response,
+    idempotency_key: str | None = Header(None, alias=idempotency.HEADER),
     caller: Caller = Depends(deps.caller),
     catalog: Catalog = Depends(deps.catalog),
     settings: Settings = Depends(deps.settings),
 ) -> dict:
-    """Write the job, then put its message on the model's queue; answer at once."""
-    new = body.to_new_job(validate_submit(body, catalog, settings))
-    with session_scope() as session:
-        job = jobs.create_job(session, caller.key_id, new)
+    """Check limits, write the job, then put its message on the model's queue; answer at once."""
+    prepared = prepare(body, caller, catalog, settings)
+    reserved_tokens = prepared.reserved_tokens
+    claim = None
+    key = idempotency.parse_header(idempotency_key)
+    if key is not None:
+        claim = idempotency.Claim(key, idempotency.fingerprint(body.model_dump(mode="json")))
+    response.headers.update(charge_rate(request, caller, reserved_tokens))
+    retention = timedelta(hours=settings.idempotency_retention_h)
+    try:
+        admitted = admission.admit(session_scope, caller, prepared.new, claim, retention)
+    except Exception:
+        ratelimits.refund_tokens(request, caller, reserved_tokens)
+        raise
+    job = admitted.job
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if admitted.replayed:
+        ratelimits.refund_tokens(request, caller, reserved_tokens)
+        response.headers["Idempotent-Replayed"] = "true"
+        with session_scope() as session:
+            return _render(session, jobs.get_job(session, job.id, caller.key_id), settings)
     try:
         publish_generate(get_celery(), str(job.id), job.model, job.priority)
     except Exception as exc:
         with session_scope() as session:
             jobs.delete_unpublished(session, job.id)
+        ratelimits.refund_tokens(request, caller, reserved_tokens)
         raise QueueUnavailable(f"the queue is unavailable, job not accepted: {exc}") from exc
     metrics.JOBS_SUBMITTED.labels(job.model).inc()
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_resource(job, None, settings.flower_url)
 
 
 @router.post("/bulk", status_code=202)
 def submit_bulk(
     body: BulkCreate,
+    request: Request,
+    response: Response,
     caller: Caller = Depends(deps.caller),
     catalog: Catalog = Depends(deps.catalog),
     settings: Settings = Depends(deps.settings),
 ) -> dict:
     """Up to 10,000 jobs: every item is checked first, and one bad item means nothing is
-    written; then one transaction and one Redis pipeline. Ids come back in order."""
-    new_jobs, errors = [], []
+    written; then the key's limits for all of them at once, one transaction and one Redis
+    pipeline. Ids come back in the order of the items."""
+    prepared, errors = [], []
     for index, item in enumerate(body.jobs):
         try:
-            new_jobs.append(item.to_new_job(validate_submit(item, catalog, settings)))
+            prepared.append(prepare(item, caller, catalog, settings))
         except InvalidField as exc:
             errors.append({"field": f"jobs[{index}].{exc.field}", "message": exc.message})
     if errors:
         raise InvalidFields(errors)
-    with session_scope() as session:
-        ids = jobs.create_jobs(session, caller.key_id, new_jobs)
+    tokens = sum(p.reserved_tokens for p in prepared)
+    if caller.limits.tpm is not None and tokens > caller.limits.tpm:
+        raise InvalidField(
+            "jobs",
+            f"the jobs may use {tokens} tokens; this key allows {caller.limits.tpm} per minute",
+        )
+    response.headers.update(charge_rate(request, caller, tokens))
+    new_jobs = [p.new for p in prepared]
+    try:
+        ids = admission.admit_many(session_scope, caller, new_jobs)
+    except Exception:
+        ratelimits.refund_tokens(request, caller, tokens)
+        raise
     messages = [(str(i), new.model, new.priority) for i, new in zip(ids, new_jobs, strict=True)]
     try:
         publish_generate_many(get_celery(), messages)
     except Exception as exc:
         with session_scope() as session:
             jobs.delete_unpublished(session, ids)
+        ratelimits.refund_tokens(request, caller, tokens)
         raise QueueUnavailable(f"the queue is unavailable, no job accepted: {exc}") from exc
     for new in new_jobs:
         metrics.JOBS_SUBMITTED.labels(new.model).inc()
@@ -191,8 +211,12 @@ def cancel(
 ) -> dict:
     """A queued job never runs; a running one stops at its next token."""
     with session_scope() as session:
-        job, _ = jobs.cancel_job(session, job_id, caller.key_id)
+        job, was_running = jobs.cancel_job(session, job_id, caller.key_id)
         resource = _render(session, job, settings)
+        deliveries = outbox.created_in(session)
+    if not was_running:  # it never ran: its tokens were never used
+        ratelimits.refund_tokens(request, caller, job.reserved_tokens or 0)
+    publish_webhooks(get_celery(), deliveries)
     client = request.app.state.sync_redis
     try:
         # Always tell workers: the job may have been claimed just as it was cancelled.

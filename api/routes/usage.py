@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query, Response
 
 from api import deps
 from llmq.db import session_scope
@@ -22,8 +24,9 @@ def usage(
     group_by: Literal["model", "day", "key"] = "model",
     start: datetime | None = None,
     end: datetime | None = None,
+    format: Literal["json", "csv"] = Query("json", description="`csv` for a spreadsheet"),
     caller: Caller = Depends(deps.caller),
-) -> dict:
+):
     group = {
         "model": LedgerEntry.model,
         "day": sa.func.to_char(sa.func.date_trunc("day", LedgerEntry.created_at), "YYYY-MM-DD"),
@@ -58,8 +61,8 @@ def usage(
             "jobs": r.jobs,
             "prompt_tokens": int(r.prompt_tokens),
             "completion_tokens": int(r.completion_tokens),
-            "cost_usd": str(r.cost_usd.normalize()),
-            "gpu_cost_usd": str(r.gpu_cost_usd.normalize()),
+            "cost_usd": f"{r.cost_usd.normalize():f}",
+            "gpu_cost_usd": f"{r.gpu_cost_usd.normalize():f}",
         }
         for r in rows
     ]
@@ -67,6 +70,19 @@ def usage(
         "jobs": sum(r.jobs for r in rows),
         "prompt_tokens": sum(int(r.prompt_tokens) for r in rows),
         "completion_tokens": sum(int(r.completion_tokens) for r in rows),
-        "cost_usd": str(sum((r.cost_usd for r in rows), Decimal(0)).normalize()),
+        "cost_usd": f"{sum((r.cost_usd for r in rows), Decimal(0)).normalize():f}",
+        "gpu_cost_usd": f"{sum((r.gpu_cost_usd for r in rows), Decimal(0)).normalize():f}",
     }
+    if format == "csv":
+        return Response(_csv(group_by, data), media_type="text/csv; charset=utf-8")
     return {"object": "usage", "group_by": group_by, "data": data, "total": total}
+
+
+def _csv(group_by: str, data: list[dict]) -> str:
+    """One row per group; amounts exactly as in JSON (decimal strings, never floats)."""
+    out = io.StringIO()
+    columns = [group_by, "jobs", "prompt_tokens", "completion_tokens", "cost_usd", "gpu_cost_usd"]
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(data)
+    return out.getvalue()

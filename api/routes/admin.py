@@ -1,0 +1,73 @@
+"""/v1/admin/keys: create, list and revoke API keys. Admin keys only."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+from api import deps
+from llmq import keys, ssrf
+from llmq.db import session_scope
+from llmq.errors import Forbidden, InvalidField
+from llmq.keys import Caller
+from llmq.settings import Settings
+
+router = APIRouter(prefix="/v1/admin/keys", tags=["admin"])
+
+
+def admin(caller: Caller = Depends(deps.caller)) -> Caller:
+    if not caller.is_admin:
+        raise Forbidden("this route needs an admin key")
+    return caller
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    admin: bool = False
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    budget_usd: Decimal | None = Field(None, gt=0, max_digits=24, decimal_places=12)
+    budget_period: Literal["day", "month"] | None = None
+    webhook_url: HttpUrl | None = None
+
+
+@router.post("", status_code=201)
+def create(
+    body: KeyCreate,
+    _: Caller = Depends(admin),
+    settings: Settings = Depends(deps.settings),
+) -> dict:
+    """The answer holds the key and its webhook signing secret; neither is shown again."""
+    webhook_url = str(body.webhook_url) if body.webhook_url else None
+    if webhook_url:
+        try:
+            ssrf.check_url(webhook_url, settings)
+        except ssrf.UnsafeUrl as exc:
+            raise InvalidField("webhook_url", str(exc)) from None
+    limits = keys.Limits(
+        body.rpm, body.tpm, body.max_concurrent, body.budget_usd, body.budget_period
+    )
+    with session_scope() as session:
+        row, plain = keys.create_key(session, body.name, body.admin, limits, webhook_url)
+        resource = keys.describe(row)
+        secret = keys.webhook_secret(row)
+    return resource | {"key": plain, "webhook_secret": secret}
+
+
+@router.get("")
+def list_keys(_: Caller = Depends(admin)) -> dict:
+    with session_scope() as session:
+        return {"object": "list", "data": [keys.describe(r) for r in keys.list_keys(session)]}
+
+
+@router.post("/{key_id}/revoke")
+def revoke(key_id: str, _: Caller = Depends(admin)) -> dict:
+    """Revoked keys fail authentication on their next request (there is no auth cache)."""
+    with session_scope() as session:
+        return keys.describe(keys.revoke_key(session, key_id))

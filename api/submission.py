@@ -1,0 +1,80 @@
+"""Turning a submit body into an admitted job: checks, estimates, limits, budget, idempotency.
+
+Shared by `POST /v1/jobs` and `POST /v1/jobs/bulk`. Order: validation (catalog, sizes, the
+webhook URL), the token estimate, the Redis rate limits, then one transaction for the
+concurrency limit, the budget reservation, the idempotency key and the rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from api import ratelimits
+from api.schemas import JobCreate
+from llmq import budgets, jobs, ssrf
+from llmq.catalog import Catalog
+from llmq.errors import InvalidField
+from llmq.keys import Caller
+from llmq.settings import Settings
+
+
+@dataclass(frozen=True)
+class Prepared:
+    new: jobs.NewJob
+    reserved_tokens: int
+
+
+def validate_submit(body: JobCreate, catalog: Catalog, settings: Settings) -> int:
+    """Checks only the catalog and settings can make; returns the job's max_tokens."""
+    if body.model not in catalog:
+        raise InvalidField("model", f"unknown model {body.model!r}; see GET /v1/models")
+    if (body.prompt is None) == (body.messages is None):
+        raise InvalidField("prompt", "give exactly one of `prompt` or `messages`")
+    if body.input_chars() > settings.max_prompt_chars:
+        field = "prompt" if body.prompt is not None else "messages"
+        raise InvalidField(field, f"input exceeds {settings.max_prompt_chars} characters")
+    spec = catalog.get(body.model)
+    max_tokens = body.max_tokens or spec.default_max_tokens
+    if max_tokens > spec.max_new_tokens:
+        raise InvalidField("max_tokens", f"{body.model} allows at most {spec.max_new_tokens}")
+    return max_tokens
+
+
+def prepare(body: JobCreate, caller: Caller, catalog: Catalog, settings: Settings) -> Prepared:
+    """Validate one body and work out what it reserves: worst-case tokens and cost."""
+    max_tokens = validate_submit(body, catalog, settings)
+    if body.webhook_url is not None:
+        try:
+            ssrf.check_url(str(body.webhook_url), settings)
+        except ssrf.UnsafeUrl as exc:
+            raise InvalidField("webhook_url", str(exc)) from None
+    spec = catalog.get(body.model)
+    input_bytes = (
+        len(body.prompt.encode())
+        if body.prompt is not None
+        else sum(len(m.content.encode()) for m in body.messages or [])
+    )
+    prompt_tokens = budgets.estimate_prompt_tokens(
+        input_bytes, len(body.messages or []), spec.context_length
+    )
+    reserved_tokens = prompt_tokens + max_tokens
+    tpm = caller.limits.tpm
+    if tpm is not None and reserved_tokens > tpm:
+        raise InvalidField(
+            "max_tokens",
+            f"the job may use {reserved_tokens} tokens (prompt estimate + max_tokens); "
+            f"this key allows {tpm} per minute",
+        )
+    new = body.to_new_job(max_tokens)
+    new.reserved_tokens = reserved_tokens
+    new.reserved_cost_usd = budgets.worst_case_cost_usd(
+        prompt_tokens, max_tokens, spec.price_input_per_mtok_usd, spec.price_output_per_mtok_usd
+    )
+    return Prepared(new, reserved_tokens)
+
+
+def charge_rate(request: Request, caller: Caller, tokens: int) -> dict[str, str]:
+    """One request and `tokens` tokens against the key's rates; returns RateLimit headers."""
+    return ratelimits.enforce(request, caller, tokens)

@@ -1,0 +1,113 @@
+"""Admitting a job: concurrency limit, budget reservation, idempotency, and the job row.
+
+All of it happens in one transaction. Keys with a concurrency limit or a budget take a
+per-key advisory lock first, so the count of jobs in flight and the spend are read and
+reserved atomically across API replicas.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy.orm import Session
+
+from llmq import budgets, idempotency, jobs
+from llmq.errors import BudgetExceeded, JobStateConflict, RateLimited
+from llmq.keys import Caller
+from llmq.ledger import usd
+from llmq.models import Job
+
+ADJECTIVE = {"day": "daily", "month": "monthly"}
+
+
+class _LostRace(Exception):
+    """Another request with the same Idempotency-Key committed first."""
+
+    def __init__(self, job_id: uuid.UUID):
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class Admitted:
+    job: Job
+    replayed: bool
+
+
+def _check_limits(session: Session, caller: Caller, new_jobs: list[jobs.NewJob]) -> None:
+    limits = caller.limits
+    if limits.max_concurrent is None and limits.budget_usd is None:
+        return
+    budgets.lock_key(session, caller.key_id)
+    if limits.max_concurrent is not None:
+        running = budgets.in_flight(session, caller.key_id)
+        if running + len(new_jobs) > limits.max_concurrent:
+            policy = f'"concurrent";q={limits.max_concurrent};qu="concurrent-requests"'
+            raise RateLimited(
+                f"{running} jobs in flight; this key allows {limits.max_concurrent}",
+                retry_after_s=1,
+                headers={"RateLimit-Policy": policy, "RateLimit": '"concurrent";r=0'},
+                policy="concurrent",
+            )
+    if limits.budget_usd is not None and limits.budget_period is not None:
+        now = datetime.now(UTC)
+        start = budgets.period_start(limits.budget_period, now)
+        spent = budgets.spend(session, caller.key_id, start)
+        cost = sum((new.reserved_cost_usd or Decimal(0) for new in new_jobs), Decimal(0))
+        if spent.total_usd + cost > limits.budget_usd:
+            resets = budgets.period_end(limits.budget_period, now)
+            raise BudgetExceeded(
+                f"{'this job' if len(new_jobs) == 1 else f'these {len(new_jobs)} jobs'} "
+                f"may cost up to ${usd(cost)}; the key has spent "
+                f"${usd(spent.total_usd)} of its {ADJECTIVE[limits.budget_period]} "
+                f"${usd(limits.budget_usd)} budget",
+                budget={
+                    "budget_usd": usd(limits.budget_usd),
+                    "period": limits.budget_period,
+                    "period_start": start.isoformat(),
+                    "period_resets_at": resets.isoformat(),
+                    "spent_usd": usd(spent.settled_usd),
+                    "reserved_usd": usd(spent.reserved_usd),
+                    "job_worst_case_usd": usd(cost),
+                },
+            )
+
+
+def admit(
+    session_factory,
+    caller: Caller,
+    new: jobs.NewJob,
+    claim: idempotency.Claim | None,
+    retention: timedelta,
+) -> Admitted:
+    """Create the job, or return the one an identical earlier request created."""
+    try:
+        with session_factory() as session:
+            if claim is not None:
+                earlier = idempotency.find(session, caller.key_id, claim, retention)
+                if earlier is not None:
+                    return Admitted(jobs.get_job(session, earlier, caller.key_id), True)
+            _check_limits(session, caller, [new])
+            job = jobs.create_job(session, caller.key_id, new)
+            if claim is not None and not idempotency.record(
+                session, caller.key_id, claim, job.id, retention
+            ):
+                raise _LostRace(job.id)
+            return Admitted(job, False)
+    except _LostRace:
+        with session_factory() as session:
+            earlier = idempotency.find(session, caller.key_id, claim, retention)
+            if earlier is None:  # the winner's job was withdrawn (its publish failed)
+                raise JobStateConflict(
+                    f"a request with {idempotency.HEADER} {claim.key!r} did not complete; retry"
+                ) from None
+            return Admitted(jobs.get_job(session, earlier, caller.key_id), True)
+
+
+def admit_many(session_factory, caller: Caller, new_jobs: list[jobs.NewJob]) -> list[uuid.UUID]:
+    """Create many jobs in one transaction, after checking the key's limits for all of them."""
+    with session_factory() as session:
+        _check_limits(session, caller, new_jobs)
+        return jobs.create_jobs(session, caller.key_id, new_jobs)

@@ -1,0 +1,105 @@
+"""`Idempotency-Key` on submit: the same key and body give the same job, for a while.
+
+Keys are scoped per API key and remembered for `LLMQ_IDEMPOTENCY_RETENTION_H` hours. The
+key's row is written in the transaction that creates the job, on a primary key
+(api key, idempotency key): a concurrent twin waits for that transaction, finds the row and
+answers with the same job, so twenty identical requests create one job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from llmq.errors import BadRequest, IdempotencyMismatch
+from llmq.models import IdempotencyKey
+
+MAX_KEY_CHARS = 255
+HEADER = "Idempotency-Key"
+
+
+def parse_header(raw: str | None) -> str | None:
+    """The key from the header: an RFC 8941 string (`"abc"`) or a bare token."""
+    if raw is None:
+        return None
+    value = raw.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if not value or len(value) > MAX_KEY_CHARS:
+        raise BadRequest(HEADER, f"{HEADER} must be 1 to {MAX_KEY_CHARS} characters")
+    if any(not (0x20 < ord(c) < 0x7F) or c in '"\\' for c in value):
+        raise BadRequest(HEADER, f"{HEADER} must be printable ASCII without spaces or quotes")
+    return value
+
+
+def fingerprint(body: dict[str, Any]) -> str:
+    """SHA-256 of the request body in a canonical JSON form (key order does not matter)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    request_sha256: str
+
+
+def _live(api_key_id: uuid.UUID, key: str, retention: timedelta):
+    return sa.and_(
+        IdempotencyKey.api_key_id == api_key_id,
+        IdempotencyKey.key == key,
+        IdempotencyKey.created_at >= sa.func.now() - retention,
+    )
+
+
+def find(
+    session: Session, api_key_id: uuid.UUID, claim: Claim, retention: timedelta
+) -> uuid.UUID | None:
+    """The job an earlier request with this key made, or None; 422 if the body differs."""
+    row = session.execute(
+        sa.select(IdempotencyKey).where(_live(api_key_id, claim.key, retention))
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    if row.request_sha256 != claim.request_sha256:
+        raise IdempotencyMismatch(
+            f"{HEADER} {claim.key!r} was used with another request body; use a new key"
+        )
+    return row.job_id
+
+
+def record(
+    session: Session,
+    api_key_id: uuid.UUID,
+    claim: Claim,
+    job_id: uuid.UUID,
+    retention: timedelta,
+) -> bool:
+    """Tie the key to a new job. False when another request holds the key (it won the race)."""
+    session.execute(
+        sa.delete(IdempotencyKey).where(
+            IdempotencyKey.api_key_id == api_key_id,
+            IdempotencyKey.key == claim.key,
+            IdempotencyKey.created_at < sa.func.now() - retention,
+        )
+    )
+    inserted = session.execute(
+        pg_insert(IdempotencyKey)
+        .values(
+            api_key_id=api_key_id,
+            key=claim.key,
+            request_sha256=claim.request_sha256,
+            job_id=job_id,
+        )
+        .on_conflict_do_nothing(index_elements=["api_key_id", "key"])
+        .returning(IdempotencyKey.key)
+    ).first()
+    return inserted is not None

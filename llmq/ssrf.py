@@ -1,0 +1,127 @@
+"""Where a webhook may go: http(s) only, and every address the host resolves to is public.
+
+`check_url` runs at submit (a bad URL is a 422) and again before every delivery attempt, and
+returns the addresses it checked so the sender connects to one of them and never resolves the
+name a second time. Networks named in `LLMQ_WEBHOOK_ALLOWED_NETWORKS` (loopback in tests and
+`llmq dev`) pass although they are not public, on any port.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from llmq.settings import Settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+MAX_URL_CHARS = 2048
+
+
+class UnsafeUrl(ValueError):
+    """The URL may not be called; the message says why (never the resolved addresses)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+    path: str  # path and query, as given
+    addresses: tuple[str, ...]
+
+    def pinned_url(self, address: str) -> str:
+        """The URL with the host replaced by a checked address (IPv6 in brackets)."""
+        shown = f"[{address}]" if ":" in address else address
+        return f"{self.scheme}://{shown}:{self.port}{self.path}"
+
+    @property
+    def host_header(self) -> str:
+        default = {"http": 80, "https": 443}[self.scheme]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def parse_networks(spec: str) -> list[IPNetwork]:
+    return [
+        ipaddress.ip_network(part.strip(), strict=False) for part in spec.split(",") if part.strip()
+    ]
+
+
+def parse_ports(spec: str) -> set[int]:
+    return {int(part) for part in spec.split(",") if part.strip()}
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    if ip.sixtofour:
+        return ip.sixtofour
+    if ip.teredo:
+        return ip.teredo[1]
+    if ip in NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def is_public(ip: IPAddress) -> bool:
+    """Globally routable, not multicast, and no private IPv4 hidden inside an IPv6 address."""
+    if not ip.is_global or ip.is_multicast:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(ip)
+        if inner is not None:
+            return is_public(inner)
+    return True
+
+
+def address_allowed(ip: IPAddress, allowed: list[IPNetwork]) -> bool:
+    return any(ip in net for net in allowed if ip.version == net.version) or is_public(ip)
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UnsafeUrl(f"the host {host!r} does not resolve") from exc
+    return list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in infos))
+
+
+def check_url(url: str, settings: Settings, resolve=None) -> Target:
+    """Validate a webhook URL and resolve it; raises UnsafeUrl when it may not be called."""
+    if len(url) > MAX_URL_CHARS:
+        raise UnsafeUrl("the URL is too long")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeUrl("the URL is malformed") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise UnsafeUrl("only http and https URLs are allowed")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise UnsafeUrl("credentials in the URL are not allowed")
+    host = parts.hostname
+    if not host:
+        raise UnsafeUrl("the URL has no host")
+    port = port or (443 if scheme == "https" else 80)
+    allowed = parse_networks(settings.webhook_allowed_networks)
+    addresses = (resolve or _resolve)(host, port)
+    if not addresses:
+        raise UnsafeUrl(f"the host {host!r} does not resolve")
+    ips = [ipaddress.ip_address(a) for a in addresses]
+    if not all(address_allowed(ip, allowed) for ip in ips):
+        raise UnsafeUrl("the host resolves to an address that is not public")
+    on_allow_list = all(
+        any(ip in net for net in allowed if ip.version == net.version) for ip in ips
+    )
+    ports = parse_ports(settings.webhook_allowed_ports)
+    if ports and port not in ports and not on_allow_list:
+        raise UnsafeUrl(f"port {port} is not allowed; use one of {sorted(ports)}")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Target(scheme, host, port, path, tuple(addresses))
