@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -68,7 +69,48 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or "body"
 
 
+@dataclass(frozen=True)
+class Simple:
+    """How a domain error that needs nothing but its message becomes a problem."""
+
+    status: int
+    title: str
+    kind: str
+    rejection: str | None = None  # the llmq_rejections_total reason, when it counts as one
+    headers: dict[str, str] | None = None
+
+
+SIMPLE: dict[type[Exception], Simple] = {
+    Unauthorized: Simple(
+        401, "Unauthorized", "unauthorized", "auth", {"WWW-Authenticate": "Bearer"}
+    ),
+    Forbidden: Simple(403, "Forbidden", "forbidden"),
+    JobNotFound: Simple(404, "Not found", "not-found"),
+    KeyNotFound: Simple(404, "Not found", "not-found"),
+    JobStateConflict: Simple(409, "Conflict", "conflict"),
+    CatalogError: Simple(500, "Catalog error", "catalog"),
+    QueueUnavailable: Simple(
+        503, "Service unavailable", "unavailable", "queue_unavailable", {"Retry-After": "5"}
+    ),
+}
+
+
+def _simple_handler(how: Simple):
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if how.rejection:
+            metrics.REJECTIONS.labels(how.rejection).inc()
+        return problem(
+            how.status, how.title, str(exc), kind=how.kind, instance=request.url.path,
+            headers=how.headers,
+        )  # fmt: skip
+
+    return handle
+
+
 def install(app: FastAPI) -> None:
+    for exc_class, how in SIMPLE.items():
+        app.add_exception_handler(exc_class, _simple_handler(how))
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": field_path(e["loc"]), "message": e["msg"]} for e in exc.errors()]
@@ -106,26 +148,6 @@ def install(app: FastAPI) -> None:
             kind="validation-error",
             instance=request.url.path,
             errors=exc.errors,
-        )
-
-    @app.exception_handler(JobNotFound)
-    async def _not_found(request: Request, exc: JobNotFound) -> JSONResponse:
-        return problem(404, "Not found", str(exc), kind="not-found", instance=request.url.path)
-
-    @app.exception_handler(JobStateConflict)
-    async def _conflict(request: Request, exc: JobStateConflict) -> JSONResponse:
-        return problem(409, "Conflict", str(exc), kind="conflict", instance=request.url.path)
-
-    @app.exception_handler(Unauthorized)
-    async def _unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
-        metrics.REJECTIONS.labels("auth").inc()
-        return problem(
-            401,
-            "Unauthorized",
-            str(exc),
-            kind="unauthorized",
-            instance=request.url.path,
-            headers={"WWW-Authenticate": "Bearer"},
         )
 
     @app.exception_handler(RateLimited)
@@ -175,30 +197,6 @@ def install(app: FastAPI) -> None:
             instance=request.url.path,
             errors=[{"field": exc.field, "message": str(exc)}],
         )
-
-    @app.exception_handler(Forbidden)
-    async def _forbidden(request: Request, exc: Forbidden) -> JSONResponse:
-        return problem(403, "Forbidden", str(exc), kind="forbidden", instance=request.url.path)
-
-    @app.exception_handler(KeyNotFound)
-    async def _key_not_found(request: Request, exc: KeyNotFound) -> JSONResponse:
-        return problem(404, "Not found", str(exc), kind="not-found", instance=request.url.path)
-
-    @app.exception_handler(QueueUnavailable)
-    async def _unavailable(request: Request, exc: QueueUnavailable) -> JSONResponse:
-        metrics.REJECTIONS.labels("queue_unavailable").inc()
-        return problem(
-            503,
-            "Service unavailable",
-            str(exc),
-            kind="unavailable",
-            instance=request.url.path,
-            headers={"Retry-After": "5"},
-        )
-
-    @app.exception_handler(CatalogError)
-    async def _catalog(request: Request, exc: CatalogError) -> JSONResponse:
-        return problem(500, "Catalog error", str(exc), kind="catalog", instance=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
