@@ -34,6 +34,9 @@ class JobCreate(BaseModel):
     priority: int = Field(0, ge=0, le=9, description="0 (normal) to 9 (most urgent)")
     webhook_url: HttpUrl | None = None
     metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=16)
+    expires_in_s: int | None = Field(
+        None, ge=1, description="Expire the job if no worker has taken it within N seconds"
+    )
 
     @field_validator("stop")
     @classmethod
@@ -89,6 +92,7 @@ def job_resource(job: Job, cost: tuple[Decimal, Decimal] | None, flower_url: str
         "usage": usage,
         "error": job.error,
         "attempts": job.attempts,
+        "expires_at": _iso(job.expires_at),
         "metadata": job.meta or {},
         "timings": {
             "queue_ms": job.queue_ms,

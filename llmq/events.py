@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 
@@ -47,3 +48,34 @@ def publish_cancel(client: redis.Redis, prefix: str, job_id: str) -> None:
 
 def live_workers(client: redis.Redis, prefix: str, model: str) -> int:
     return sum(1 for _ in client.scan_iter(match=worker_pattern(prefix, model), count=100))
+
+
+def live_worker_records(client: redis.Redis, prefix: str) -> list[dict]:
+    """Every live worker's heartbeat record ({node, model, pid}), in one scan of the keys."""
+    keys = list(client.scan_iter(match=f"{prefix}worker:*", count=1000))
+    if not keys:
+        return []
+    records = []
+    for raw in client.mget(keys):
+        if raw is None:  # expired between the scan and the read
+            continue
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(raw))
+    return records
+
+
+def pools_key(prefix: str) -> str:
+    """Redis hash the scheduler leader writes: model -> its pool's last observed state."""
+    return f"{prefix}scheduler:pools"
+
+
+def leader_key(prefix: str) -> str:
+    return f"{prefix}scheduler:leader"
+
+
+def read_pools(client: redis.Redis, prefix: str) -> dict[str, dict]:
+    out = {}
+    for model, raw in client.hgetall(pools_key(prefix)).items():
+        with contextlib.suppress(ValueError):
+            out[model.decode()] = json.loads(raw)
+    return out

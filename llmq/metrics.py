@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from llmq.jobs import Outcome
@@ -41,3 +41,18 @@ def record_outcome(model: str, out: Outcome) -> None:
     COMPLETION_TOKENS.labels(model).inc(out.completion_tokens)
     JOBS_FINISHED.labels(model, "succeeded" if out.succeeded else "failed").inc()
     COST_USD.labels(model).inc(float(out.cost_usd))
+
+# Scheduler
+DESIRED_REPLICAS = Gauge("llmq_pool_desired_replicas", "Replicas the scheduler wants", ["model"])
+ACTUAL_REPLICAS = Gauge("llmq_pool_actual_replicas", "Replicas the backend runs", ["model"])
+POOL_WAITING = Gauge("llmq_pool_waiting", "Messages waiting in the model's queue", ["model"])
+POOL_IN_FLIGHT = Gauge("llmq_pool_in_flight", "Jobs running on the model's pool", ["model"])
+SCALING_EVENTS = Counter(
+    "llmq_scaling_events_total", "Pool size changes the scheduler made", ["model", "reason"]
+)
+SWEEPER_ACTIONS = Counter(
+    "llmq_sweeper_actions_total",
+    "Jobs the sweeper moved: requeued, failed, expired, republished",
+    ["action"],
+)
+IS_LEADER = Gauge("llmq_scheduler_is_leader", "1 while this scheduler holds the leader lock")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
@@ -53,6 +54,8 @@ def validate_submit(body: JobCreate, catalog: Catalog, settings: Settings) -> in
     max_tokens = body.max_tokens or spec.default_max_tokens
     if max_tokens > spec.max_new_tokens:
         raise InvalidField("max_tokens", f"{body.model} allows at most {spec.max_new_tokens}")
+    if body.expires_in_s is not None and body.expires_in_s > settings.max_expires_in_s:
+        raise InvalidField("expires_in_s", f"at most {settings.max_expires_in_s} seconds")
     return max_tokens
 
 
@@ -74,6 +77,8 @@ def submit(
         priority=body.priority,
         metadata=body.metadata,
         webhook_url=str(body.webhook_url) if body.webhook_url else None,
+        expires_at=datetime.now(UTC)
+        + timedelta(seconds=body.expires_in_s or settings.default_expires_in_s),
     )
     with session_scope() as session:
         job = jobs.create_job(session, caller.key_id, new)
