@@ -42,6 +42,7 @@ def record_outcome(model: str, out: Outcome) -> None:
     JOBS_FINISHED.labels(model, "succeeded" if out.succeeded else "failed").inc()
     COST_USD.labels(model).inc(float(out.cost_usd))
 
+
 # Scheduler
 DESIRED_REPLICAS = Gauge("llmq_pool_desired_replicas", "Replicas the scheduler wants", ["model"])
 ACTUAL_REPLICAS = Gauge("llmq_pool_actual_replicas", "Replicas the backend runs", ["model"])

@@ -90,3 +90,15 @@ def publish_generate(app: Celery, job_id: str, model: str, priority: int) -> Non
         queue=queue_name(model),
         priority=broker_priority(priority),
     )
+
+
+def declare_queue(app: Celery, model: str) -> None:
+    """(Re)create the queue's routing in Redis, bypassing kombu's per-connection cache.
+
+    kombu routes a message through a binding set it writes once per connection; if Redis
+    lost its data, publishes would be dropped until every process restarts. The sweeper
+    calls this before it publishes again.
+    """
+    queue = app.amqp.queues[queue_name(model)]
+    with app.connection_for_write() as conn:
+        queue.bind(conn.default_channel).declare()

@@ -30,9 +30,10 @@ def observe(
         sa.select(
             Job.model,
             sa.func.count().filter(Job.status == "running").label("running"),
-            sa.func.extract("epoch", sa.func.now() - sa.func.min(Job.created_at))
-            .filter(Job.status == "queued")
-            .label("oldest_s"),
+            sa.func.extract(
+                "epoch",
+                sa.func.now() - sa.func.min(Job.created_at).filter(Job.status == "queued"),
+            ).label("oldest_s"),
         )
         .where(Job.status.in_(("queued", "running")), Job.model.in_(models))
         .group_by(Job.model)

@@ -74,6 +74,8 @@ def decide(pool: Pool, memory: Memory, now_s: float, knobs: Knobs) -> Decision:
     if last_busy is None and pool.current > 0:
         last_busy = now_s  # a pool first seen running counts as busy until now
     window_start = now_s - knobs.scale_down_stabilization_s
+    if not memory.recommendations:  # first sight: the pool's size counts as recommended now
+        memory = Memory(((now_s, pool.current),), memory.last_busy_s)
     history = (*(r for r in memory.recommendations if r[0] > window_start), (now_s, raw))
     memory = Memory(history, last_busy)
 

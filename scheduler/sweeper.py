@@ -23,7 +23,7 @@ from celery import Celery
 
 from llmq import events, jobs, metrics
 from llmq.db import session_scope
-from llmq.queues import publish_generate, queue_keys, waiting_count
+from llmq.queues import declare_queue, publish_generate, queue_keys, waiting_count
 from llmq.settings import Settings
 
 log = logging.getLogger("llmq.sweeper")
@@ -58,6 +58,11 @@ class Sweeper:
         return report
 
     def _publish(self, moved: list[jobs.Moved]) -> None:
+        for model in {job.model for job in moved}:
+            try:
+                declare_queue(self.celery, model)
+            except Exception:
+                log.exception("could not declare the queue of %s", model)
         for job in moved:
             try:
                 publish_generate(self.celery, str(job.id), job.model, job.priority)
@@ -104,7 +109,9 @@ class Sweeper:
                 for key in queue_keys(model, prefix):
                     pipe.lrange(key, 0, -1)
                 queued = b"".join(b"".join(items) for items in pipe.execute())
-            lost += [i for i in ids if str(i).encode() not in queued and str(i).encode() not in held]
+            lost += [
+                i for i in ids if str(i).encode() not in queued and str(i).encode() not in held
+            ]
         if not lost:
             return
         with session_scope() as session:

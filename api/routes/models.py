@@ -31,9 +31,10 @@ async def list_models(
                 sa.select(
                     Job.model,
                     sa.func.count().filter(Job.status == "running").label("running"),
-                    sa.func.extract("epoch", sa.func.now() - sa.func.min(Job.created_at))
-                    .filter(Job.status == "queued")
-                    .label("oldest_s"),
+                    sa.func.extract(
+                        "epoch",
+                        sa.func.now() - sa.func.min(Job.created_at).filter(Job.status == "queued"),
+                    ).label("oldest_s"),
                 )
                 .where(Job.status.in_(("queued", "running")))
                 .group_by(Job.model)

@@ -130,7 +130,10 @@ class LocalBackend:
             if not worker.alive():
                 self.workers.remove(worker)
                 if worker.draining_since is None:
+                    # It died holding jobs, maybe: drop its heartbeat so they go back now.
                     log.warning("worker %s exited on its own", worker.node)
+                    self._forget(worker)
+                    killed += 1
                 continue
             if worker.draining_since is not None:
                 killed += self._progress_drain(worker)
@@ -168,19 +171,24 @@ class LocalBackend:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = (self.log_dir / f"{node.split('@')[0]}.log").open("ab")
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+        proc = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None
+        )
         if out is not None:
             out.close()
         self.workers.append(LocalWorker(model, node, proc.pid, proc, gpu, time.monotonic()))
-        log.info("started worker %s (pid %d%s)", node, proc.pid, f", GPU {gpu}" if gpu is not None else "")
+        log.info(
+            "started worker %s (pid %d%s)",
+            node,
+            proc.pid,
+            f", GPU {gpu}" if gpu is not None else "",
+        )
 
     def _drain(self, worker: LocalWorker) -> None:
         worker.draining_since = time.monotonic()
         log.info("draining worker %s", worker.node)
         try:
-            self.celery.control.cancel_consumer(
-                queue_name(worker.model), destination=[worker.node]
-            )
+            self.celery.control.cancel_consumer(queue_name(worker.model), destination=[worker.node])
         except Exception:  # SIGTERM below drains as well (Celery's warm shutdown)
             log.exception("could not cancel %s's consumer", worker.node)
 
@@ -212,8 +220,13 @@ class LocalBackend:
         if worker.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.proc.wait(timeout=5)
+        self._forget(worker)
+
+    def _forget(self, worker: LocalWorker) -> None:
         with contextlib.suppress(redis.RedisError):
-            self.redis.delete(events.worker_key(self.settings.redis_prefix, worker.model, worker.node))
+            self.redis.delete(
+                events.worker_key(self.settings.redis_prefix, worker.model, worker.node)
+            )
 
     def _adopt(self) -> None:
         """Take over live pool workers on this host that no scheduler here is tracking."""
