@@ -1,0 +1,78 @@
+"""Scale-down through the local backend while jobs run: none lost, none run twice."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+import sqlalchemy as sa
+
+from llmq.catalog import get_catalog
+from llmq.db import session_scope
+from llmq.models import Job, LedgerEntry
+from llmq.queues import make_celery
+from llmq.settings import get_settings
+from scheduler.backends.local import LocalBackend
+from tests.conftest import REDIS_URL, ROOT, kill_pool_workers, wait_for
+
+
+def test_scale_down_while_jobs_run_loses_none_and_runs_none_twice(client, auth):
+    model = "pool-drain"
+    settings = get_settings()
+    backend = LocalBackend(
+        settings,
+        get_catalog(),
+        [model],
+        redis.Redis.from_url(REDIS_URL),
+        make_celery(settings),
+        log_dir=ROOT / "drain-workers",
+    )
+    try:
+        backend.scale(model, 2)
+        assert backend.current(model) == 2
+        body = {"model": model, "prompt": "a b c", "temperature": 0}
+        ids = [client.post("/v1/jobs", json=body, headers=auth).json()["id"] for _ in range(8)]
+
+        def holders() -> set[str]:
+            with session_scope() as session:
+                return set(
+                    session.scalars(
+                        sa.select(Job.worker).where(Job.id.in_(ids), Job.status == "running")
+                    )
+                )
+
+        wait_for(lambda: len(holders()) == 2, 120, "both workers to hold jobs")
+        leaving = max(backend.workers, key=lambda w: w.started_s)
+        assert leaving.node in holders()
+        backend.scale(model, 1)  # drains the newest worker while it runs a batch
+        assert backend.current(model) == 1 and leaving.draining_since is not None
+
+        def settled() -> bool:
+            backend.tick()
+            with session_scope() as session:
+                open_ = session.scalar(
+                    sa.select(sa.func.count()).where(
+                        Job.id.in_(ids), Job.status.in_(("queued", "running"))
+                    )
+                )
+            return open_ == 0 and not leaving.alive()
+
+        wait_for(settled, 120, "all jobs to finish and the drained worker to exit")
+        assert leaving.proc is not None and leaving.proc.returncode == 0  # exited, not killed
+        with session_scope() as session:
+            rows = session.execute(
+                sa.select(Job.status, Job.attempts, Job.worker).where(Job.id.in_(ids))
+            ).all()
+            ledger = session.execute(
+                sa.select(LedgerEntry.job_id, sa.func.count())
+                .where(LedgerEntry.job_id.in_(ids))
+                .group_by(LedgerEntry.job_id)
+            ).all()
+        assert all(r.status == "succeeded" and r.attempts == 1 for r in rows), rows
+        assert any(r.worker == leaving.node for r in rows)  # it finished what it held
+        assert len(ledger) == 8 and all(n == 1 for _, n in ledger)
+    finally:
+        started = time.monotonic()
+        backend.close()
+        assert not backend.workers and time.monotonic() - started < 60
+        kill_pool_workers([model])
