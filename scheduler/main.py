@@ -70,7 +70,12 @@ class Scheduler:
         with session_scope() as session:
             seen = observe(session, self.redis, self.settings.redis_prefix, self.models)
         now = time.monotonic()
-        pools = [self._pool(seen[m]) for m in self.models]
+        pools = []
+        for model in self.models:
+            try:
+                pools.append(self._pool(seen[model]))
+            except Exception:  # one broken pool (say, a missing Deployment) skips a round
+                log.exception("cannot read the pool of %s", model)
         decisions = [decide(p, self.memory.get(p.model, Memory()), now, self.knobs) for p in pools]
         decisions = share_gpus(decisions, pools, self.gpu_budget)
         for pool, decision in zip(pools, decisions, strict=True):
@@ -118,6 +123,7 @@ class Scheduler:
         metrics.SCALING_EVENTS.labels(pool.model, decision.reason).inc()
 
     def _publish(self, seen: dict[str, Observation], decisions: list[Decision]) -> None:
+        """Write each pool's state for `GET /v1/models` and `llmq status`, and the gauges."""
         stamp = datetime.now(UTC).isoformat()
         state = {}
         for d in decisions:

@@ -79,6 +79,10 @@ echo_delay_ms = 1500
 engine = "echo"
 max_batch_size = 4
 
+# No worker ever serves it: the sweeper tests watch its queue.
+[models.unserved]
+engine = "echo"
+
 # Pools the scheduler tests resize, one per test so their queues and events stay apart.
 [models.pool-burst]
 engine = "echo"
@@ -303,10 +307,8 @@ class SchedulerProcess:
         """SIGTERM (the scheduler drains its workers), then kill the whole group."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):

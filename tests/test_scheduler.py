@@ -6,6 +6,7 @@ asserted; run with `-s` to see them.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -89,7 +90,7 @@ def test_burst_to_idle_pool_scales_up_finishes_and_returns_to_zero(
     wait_for(lambda: not workers_of(redis_client, model), 60, "workers to exit")
     steps = [(e.from_replicas, e.to_replicas, e.reason) for e in scaling_events(model)]
     assert steps[-1][1:] == (0, "scale_to_zero"), steps
-    for before, after in zip(steps, steps[1:], strict=False):
+    for before, after in itertools.pairwise(steps):
         assert after[0] == before[1], steps  # every change is recorded, in order
     row = wait_for(
         lambda: (r := pool_row(client, auth, model))["pool"]["actual_replicas"] == 0 and r,
