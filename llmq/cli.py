@@ -113,7 +113,12 @@ def scheduler(
         _fail(f"unknown backend {backend!r}: local or kubernetes")
     sched = build(settings, backend, model)
     if settings.scheduler_metrics_port:
-        start_http_server(settings.scheduler_metrics_port)
+        try:
+            start_http_server(settings.scheduler_metrics_port)
+        except OSError as exc:  # another process has the port: run on without metrics
+            logging.getLogger("llmq.scheduler").warning(
+                "no metrics endpoint on port %d: %s", settings.scheduler_metrics_port, exc
+            )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
