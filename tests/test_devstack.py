@@ -64,6 +64,14 @@ def test_dev_stack_runs_and_stops_cleanly(environment, auth):
         job = api.get(f"/v1/jobs/{job['id']}", params={"wait": 60}).json()
         assert job["status"] == "succeeded", job  # the scheduler started a worker for it
         assert len(processes_with(marker)) == before + 1
+        status = subprocess.run(
+            [sys.executable, "-m", "llmq.cli", "status"],
+            env=dict(env, LLMQ_API_URL=f"http://127.0.0.1:{port}",
+                     LLMQ_API_KEY=auth["Authorization"].split()[1]),
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        echo_row = next(line for line in status.stdout.splitlines() if " echo " in line)
+        assert "desired" in status.stdout and echo_row.split("│")[2].strip() == "1", status.stdout
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
