@@ -253,7 +253,7 @@ class Stack:
         client = redis.Redis.from_url(self.env["LLMQ_REDIS_URL"])
         prefix = self.settings.redis_prefix
         _wait(
-            lambda: client.hexists(events.pools_key(prefix), self.models[0]),
+            lambda: client.exists(events.leader_key(prefix, self.models)),
             60,
             "the scheduler",
             self._check_children,

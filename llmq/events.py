@@ -69,8 +69,9 @@ def pools_key(prefix: str) -> str:
     return f"{prefix}scheduler:pools"
 
 
-def leader_key(prefix: str) -> str:
-    return f"{prefix}scheduler:leader"
+def leader_key(prefix: str, models: list[str]) -> str:
+    """Who leads the schedulers of these pools ("host:pid"), refreshed while it leads."""
+    return f"{prefix}scheduler:leader:{','.join(sorted(set(models)))}"
 
 
 def read_pools(client: redis.Redis, prefix: str) -> dict[str, dict]:

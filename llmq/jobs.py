@@ -253,16 +253,26 @@ class Moved:
     priority: int
 
 
-def running_workers(session: Session) -> list[tuple[str, str]]:
+def _of_models(models: list[str] | None):
+    return sa.true() if models is None else Job.model.in_(models)
+
+
+def running_workers(session: Session, models: list[str] | None = None) -> list[tuple[str, str]]:
     """(model, worker) of every running job, so the caller can check their heartbeats."""
     rows = session.execute(
-        sa.select(Job.model, Job.worker).where(Job.status == "running").distinct()
+        sa.select(Job.model, Job.worker)
+        .where(Job.status == "running", _of_models(models))
+        .distinct()
     ).all()
     return [(r.model, r.worker) for r in rows if r.worker]
 
 
 def requeue_orphans(
-    session: Session, dead: list[tuple[str, str]], max_attempts: int, limit: int = 500
+    session: Session,
+    dead: list[tuple[str, str]],
+    max_attempts: int,
+    models: list[str] | None = None,
+    limit: int = 500,
 ) -> tuple[list[Moved], list[Moved]]:
     """Put back running jobs whose worker is dead (or whose lease ran out).
 
@@ -275,7 +285,7 @@ def requeue_orphans(
         orphaned = sa.or_(orphaned, sa.tuple_(Job.model, Job.worker).in_(dead))
     rows = session.execute(
         sa.select(Job.id, Job.model, Job.priority, Job.attempts)
-        .where(Job.status == "running", orphaned)
+        .where(Job.status == "running", orphaned, _of_models(models))
         .order_by(Job.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -310,11 +320,13 @@ def requeue_orphans(
     ]
 
 
-def expire_queued(session: Session, limit: int = 1000) -> list[Moved]:
+def expire_queued(
+    session: Session, models: list[str] | None = None, limit: int = 1000
+) -> list[Moved]:
     """Expire queued jobs whose deadline passed before any worker took them."""
     ids = (
         sa.select(Job.id)
-        .where(Job.status == "queued", Job.expires_at < sa.func.now())
+        .where(Job.status == "queued", Job.expires_at < sa.func.now(), _of_models(models))
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
@@ -339,12 +351,15 @@ def _unpublished_for(older_than: timedelta):
 
 
 def stale_queued(
-    session: Session, older_than: timedelta, limit: int = 10_000
+    session: Session,
+    older_than: timedelta,
+    models: list[str] | None = None,
+    limit: int = 10_000,
 ) -> dict[str, list[uuid.UUID]]:
     """Queued jobs not published for a while, by model: candidates for a lost message."""
     rows = session.execute(
         sa.select(Job.model, Job.id)
-        .where(_unpublished_for(older_than))
+        .where(_unpublished_for(older_than), _of_models(models))
         .order_by(Job.created_at)
         .limit(limit)
     ).all()

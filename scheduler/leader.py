@@ -18,8 +18,13 @@ from sqlalchemy.engine import make_url
 log = logging.getLogger("llmq.scheduler")
 
 
-def lock_key(name: str = "llmq.scheduler") -> int:
-    """A stable signed 64-bit key for pg_try_advisory_lock."""
+def lock_key(models: list[str]) -> int:
+    """A stable signed 64-bit key for pg_try_advisory_lock, one per set of pools.
+
+    Schedulers started for the same pools compete for one lock; a scheduler for other pools
+    (`llmq scheduler --model …`) leads its own.
+    """
+    name = "llmq.scheduler:" + ",".join(sorted(set(models)))
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
@@ -28,9 +33,9 @@ def _libpq_url(database_url: str) -> str:
 
 
 class LeaderLock:
-    def __init__(self, database_url: str, key: int | None = None):
+    def __init__(self, database_url: str, key: int):
         self.url = _libpq_url(database_url)
-        self.key = lock_key() if key is None else key
+        self.key = key
         self._conn: psycopg.Connection | None = None
         self.is_leader = False
 

@@ -25,7 +25,7 @@ from llmq.db import session_scope
 from llmq.models import ScalingEvent
 from llmq.settings import Settings
 from scheduler.backends import Backend
-from scheduler.leader import LeaderLock
+from scheduler.leader import LeaderLock, lock_key
 from scheduler.observe import Observation, observe
 from scheduler.policy import Decision, Knobs, Memory, Pool, decide, share_gpus
 from scheduler.sweeper import Sweeper
@@ -47,8 +47,9 @@ class Scheduler:
         self.models = models or catalog.names()
         self.gpu_budget = gpu_budget
         self.redis = redis.Redis.from_url(settings.redis_url)
-        self.lock = LeaderLock(settings.database_url)
-        self.sweeper = Sweeper(settings, self.redis, celery)
+        # Schedulers of the same pools share one lock; the sweeper looks after those pools.
+        self.lock = LeaderLock(settings.database_url, lock_key(self.models))
+        self.sweeper = Sweeper(settings, self.redis, celery, self.models)
         self.knobs = Knobs(
             scale_down_stabilization_s=settings.scale_down_stabilization_s,
             scale_to_zero_idle_s=settings.scale_to_zero_idle_s,
@@ -82,7 +83,8 @@ class Scheduler:
             self.memory[pool.model] = decision.memory
             if decision.changes:
                 self.backend.scale(pool.model, decision.desired)
-                self._record(pool, decision)
+                if self.backend.current(pool.model) != decision.current:
+                    self._record(pool, decision)  # a backend that held back records nothing
         self._publish(seen, decisions)
         if killed or now - self._last_sweep >= self.settings.sweeper_interval_s:
             self._last_sweep = now
@@ -163,7 +165,9 @@ class Scheduler:
                     metrics.IS_LEADER.set(1)
                     try:
                         self.redis.set(
-                            events.leader_key(self.settings.redis_prefix), self.identity, ex=ttl
+                            events.leader_key(self.settings.redis_prefix, self.models),
+                            self.identity,
+                            ex=ttl,
                         )
                         self.step()
                     except Exception:  # a failed round must not end the loop

@@ -43,8 +43,15 @@ class SweepReport:
 
 
 class Sweeper:
-    def __init__(self, settings: Settings, client: redis.Redis, celery: Celery):
-        self.settings, self.redis, self.celery = settings, client, celery
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        celery: Celery,
+        models: list[str] | None = None,
+    ):
+        """`models`: the pools this sweeper looks after (None: every model)."""
+        self.settings, self.redis, self.celery, self.models = settings, client, celery, models
 
     def sweep(self) -> SweepReport:
         report = SweepReport()
@@ -72,7 +79,7 @@ class Sweeper:
     def _requeue_orphans(self, report: SweepReport) -> None:
         prefix = self.settings.redis_prefix
         with session_scope() as session:
-            holders = jobs.running_workers(session)
+            holders = jobs.running_workers(session, self.models)
         dead = []
         if holders:
             with self.redis.pipeline(transaction=False) as pipe:
@@ -81,7 +88,9 @@ class Sweeper:
                 alive = pipe.execute()
             dead = [h for h, ok in zip(holders, alive, strict=True) if not ok]
         with session_scope() as session:
-            requeued, failed = jobs.requeue_orphans(session, dead, self.settings.max_attempts)
+            requeued, failed = jobs.requeue_orphans(
+                session, dead, self.settings.max_attempts, self.models
+            )
         self._publish(requeued)
         events.publish_done(self.redis, prefix, [str(j.id) for j in failed])
         report.requeued += [str(j.id) for j in requeued]
@@ -89,7 +98,7 @@ class Sweeper:
 
     def _expire(self, report: SweepReport) -> None:
         with session_scope() as session:
-            expired = jobs.expire_queued(session)
+            expired = jobs.expire_queued(session, self.models)
         events.publish_done(self.redis, self.settings.redis_prefix, [str(j.id) for j in expired])
         report.expired += [str(j.id) for j in expired]
 
@@ -97,7 +106,7 @@ class Sweeper:
         prefix = self.settings.redis_prefix
         older_than = timedelta(seconds=self.settings.republish_after_s)
         with session_scope() as session:
-            stale = jobs.stale_queued(session, older_than)
+            stale = jobs.stale_queued(session, older_than, self.models)
         if not stale:
             return
         held = b"".join(self.redis.hvals(prefix + UNACKED_KEY))

@@ -112,6 +112,10 @@ max_batch_size = 8
 max_batch_wait_ms = 50
 max_replicas = 1
 
+[models.pool-broken]
+source = {{ path = "does-not-exist" }}
+device = "cpu"
+
 [models.pool-leader]
 engine = "echo"
 max_batch_size = 4

@@ -166,11 +166,17 @@ def test_two_schedulers_one_acts_and_the_other_takes_over(
 ):
     model = "pool-leader"
     first = start_scheduler(model)
-    leader = wait_for(lambda: redis_client.get(events.leader_key(REDIS_PREFIX)), 30, "a leader")
+    leader = wait_for(
+        lambda: redis_client.get(events.leader_key(REDIS_PREFIX, [model])), 30, "a leader"
+    )
     assert leader.decode().endswith(f":{first.proc.pid}")
     second = start_scheduler(model)
     time.sleep(2)  # the second runs its loop but never wins the lock
-    assert redis_client.get(events.leader_key(REDIS_PREFIX)).decode().endswith(f":{first.proc.pid}")
+    assert (
+        redis_client.get(events.leader_key(REDIS_PREFIX, [model]))
+        .decode()
+        .endswith(f":{first.proc.pid}")
+    )
 
     ids = submit(client, auth, model, 2)
     assert all(wait_final(client, auth, i, 120)["status"] == "succeeded" for i in ids)
@@ -182,7 +188,7 @@ def test_two_schedulers_one_acts_and_the_other_takes_over(
     killed = time.monotonic()
     wait_for(
         lambda: (
-            (v := redis_client.get(events.leader_key(REDIS_PREFIX)))
+            (v := redis_client.get(events.leader_key(REDIS_PREFIX, [model])))
             and v.decode().endswith(f":{second.proc.pid}")
         ),
         30,

@@ -76,3 +76,28 @@ def test_scale_down_while_jobs_run_loses_none_and_runs_none_twice(client, auth):
         backend.close()
         assert not backend.workers and time.monotonic() - started < 60
         kill_pool_workers([model])
+
+
+def test_a_pool_whose_workers_keep_dying_backs_off(environment):
+    model = "pool-broken"  # its weights do not exist: every worker exits while loading
+    settings = get_settings()
+    backend = LocalBackend(
+        settings,
+        get_catalog(),
+        [model],
+        redis.Redis.from_url(REDIS_URL),
+        make_celery(settings),
+        log_dir=ROOT / "broken-workers",
+    )
+    try:
+        starts = 0
+        for _ in range(2):
+            backend.scale(model, 1)
+            assert backend.current(model) == 1
+            starts += 1
+            wait_for(lambda: backend.tick() or backend.current(model) == 0, 120, "the exit")
+        backend.scale(model, 1)  # the second exit in a row: held back for a while
+        assert backend.current(model) == 0 and starts == 2
+        wait_for(lambda: backend.scale(model, 1) or backend.current(model) == 1, 30, "a retry")
+    finally:
+        backend.close()

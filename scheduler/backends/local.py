@@ -39,6 +39,8 @@ log = logging.getLogger("llmq.scheduler")
 
 NODE_MARK = "-pool-"
 SETTLE_S = 1.0  # after cancelling the consumer, let held messages reach their claim
+HEALTHY_AFTER_S = 30.0  # a worker alive this long resets its pool's crash backoff
+MAX_BACKOFF_S = 60.0
 
 
 def count_gpus() -> int:
@@ -99,6 +101,8 @@ class LocalBackend:
         self.gpu_count, self.log_dir = gpu_count, log_dir
         self.host = socket.gethostname()
         self.workers: list[LocalWorker] = []
+        # model -> (workers that died on their own in a row, no new start before this time)
+        self._crashes: dict[str, tuple[int, float]] = {}
 
     def uses_gpu(self, model: str) -> bool:
         spec = self.catalog.get(model)
@@ -116,6 +120,11 @@ class LocalBackend:
 
     def scale(self, model: str, replicas: int) -> None:
         serving = [w for w in self.workers if w.model == model and w.draining_since is None]
+        crashes, not_before = self._crashes.get(model, (0, 0.0))
+        if replicas > len(serving) and time.monotonic() < not_before:
+            log.warning("%s workers keep exiting (%d in a row); next start after back-off",
+                        model, crashes)  # fmt: skip
+            return
         for _ in range(replicas - len(serving)):
             self._start(model)
         if replicas < len(serving):
@@ -131,10 +140,16 @@ class LocalBackend:
                 self.workers.remove(worker)
                 if worker.draining_since is None:
                     # It died holding jobs, maybe: drop its heartbeat so they go back now.
-                    log.warning("worker %s exited on its own", worker.node)
+                    code = worker.proc.returncode if worker.proc is not None else None
+                    log.error("worker %s exited on its own (code %s)", worker.node, code)
                     self._forget(worker)
+                    crashes = self._crashes.get(worker.model, (0, 0.0))[0] + 1
+                    delay = 0.0 if crashes == 1 else min(MAX_BACKOFF_S, 2.0 ** (crashes - 1))
+                    self._crashes[worker.model] = (crashes, time.monotonic() + delay)
                     killed += 1
                 continue
+            if time.monotonic() - worker.started_s > HEALTHY_AFTER_S:
+                self._crashes.pop(worker.model, None)
             if worker.draining_since is not None:
                 killed += self._progress_drain(worker)
         return killed
