@@ -119,3 +119,64 @@ def test_a_missing_deployment_is_an_error_not_a_silent_zero(apiserver):
     with pytest.raises(k8s.ApiException) as err:
         backend.current("gamma")
     assert err.value.status == 404
+
+
+def test_a_scheduler_step_scales_the_deployment_and_records_it(client, auth, redis_client):
+    """The loop's step with the Kubernetes backend: a waiting job becomes one PATCH, one
+    scaling_events row, the gauges and the pool state that GET /v1/models shows."""
+    import sqlalchemy as sa
+
+    from llmq import events, metrics
+    from llmq.catalog import get_catalog
+    from llmq.db import session_scope
+    from llmq.models import ScalingEvent
+    from llmq.queues import make_celery
+    from scheduler.main import Scheduler
+    from tests.conftest import REDIS_PREFIX
+
+    model = "unserved"
+    server = FakeApiServer({("llmq", f"llmq-worker-{model}"): 0})
+    try:
+        settings = get_settings()
+        sched = Scheduler(
+            settings, get_catalog(), _backend(server.url), make_celery(settings), [model]
+        )
+        job = client.post("/v1/jobs", json={"model": model, "prompt": "x"}, headers=auth).json()
+        [decision] = sched.step()
+        assert (decision.current, decision.desired) == (0, 1)
+        assert server.replicas[("llmq", f"llmq-worker-{model}")] == 1
+        with session_scope() as session:
+            event = session.scalars(
+                sa.select(ScalingEvent)
+                .where(ScalingEvent.model == model)
+                .order_by(ScalingEvent.id.desc())
+            ).first()
+        assert (event.from_replicas, event.to_replicas, event.backend) == (0, 1, "kubernetes")
+        assert event.reason == "scale_up_from_zero" and event.waiting >= 1
+        assert metrics.DESIRED_REPLICAS.labels(model)._value.get() == 1
+        state = events.read_pools(redis_client, REDIS_PREFIX)[model]
+        assert state["desired_replicas"] == 1 and state["backend"] == "kubernetes"
+
+        def pool() -> dict:
+            models = client.get("/v1/models", headers=auth).json()["data"]
+            return next(m for m in models if m["id"] == model)["pool"]
+
+        assert pool()["desired_replicas"] == 1
+        assert pool()["actual_replicas"] == 0  # the pods it counted before the PATCH
+
+        def rows() -> int:
+            with session_scope() as session:
+                return session.scalar(sa.select(sa.func.count()).where(ScalingEvent.model == model))
+
+        patches, before = len([c for c in server.calls if c[0] == "PATCH"]), rows()
+        sched.step()  # nothing changed: no second PATCH, no second row
+        assert len([c for c in server.calls if c[0] == "PATCH"]) == patches
+        assert rows() == before
+        assert pool()["actual_replicas"] == 1  # read afresh from the Deployment
+    finally:
+        server.close()
+        with session_scope() as session:
+            session.execute(sa.text("DELETE FROM jobs WHERE id = :id"), {"id": job["id"]})
+        from llmq.queues import queue_keys
+
+        redis_client.delete(*queue_keys(model, REDIS_PREFIX))
