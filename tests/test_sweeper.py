@@ -21,9 +21,9 @@ from tests.conftest import REDIS_PREFIX, REDIS_URL
 MODEL = "unserved"  # no worker serves it, so messages stay where the sweeper puts them
 
 
-def _sweeper(**overrides) -> Sweeper:
+def _sweeper(models: list[str] | None = None, **overrides) -> Sweeper:
     settings = get_settings().model_copy(update=overrides)
-    return Sweeper(settings, redis.Redis.from_url(REDIS_URL), make_celery(settings))
+    return Sweeper(settings, redis.Redis.from_url(REDIS_URL), make_celery(settings), models)
 
 
 def _jobs(n: int, **values) -> list[uuid.UUID]:
@@ -139,3 +139,45 @@ def test_lost_messages_are_found_and_two_sweepers_publish_each_once(redis_client
     _clear_queue(redis_client)
     with session_scope() as session:
         session.execute(sa.delete(Job).where(Job.id.in_(lost + present + fresh)))
+
+
+def test_jobs_of_a_worker_whose_heartbeat_expired_finish_on_another(client, auth, start_worker):
+    """No backend noticed this death (another host, a pod): only the heartbeat tells."""
+    import os
+    import signal
+    import time
+
+    from llmq.models import LedgerEntry
+    from tests.conftest import wait_final, wait_for
+
+    model = "pool-kill"
+    victim = start_worker(model)
+    body = {"model": model, "prompt": "a b", "temperature": 0}
+    ids = [client.post("/v1/jobs", json=body, headers=auth).json()["id"] for _ in range(4)]
+    wait_for(lambda: {j.status for j in _rows(ids)} == {"running"}, 120, "the batch to run")
+    os.killpg(victim.proc.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    start_worker(model, wait=False)
+
+    sweeper = _sweeper([model])
+    requeued_s = None
+    while requeued_s is None and time.monotonic() - killed < 60:
+        if sweeper.sweep().requeued:
+            requeued_s = time.monotonic() - killed
+        time.sleep(0.2)
+    assert requeued_s is not None
+    finals = [wait_final(client, auth, i, timeout_s=120) for i in ids]
+    done_s = time.monotonic() - killed
+    assert all(j["status"] == "succeeded" and j["attempts"] == 2 for j in finals), finals
+    with session_scope() as session:
+        counts = session.execute(
+            sa.select(LedgerEntry.job_id, sa.func.count())
+            .where(LedgerEntry.job_id.in_(ids))
+            .group_by(LedgerEntry.job_id)
+        ).all()
+    assert len(counts) == 4 and all(n == 1 for _, n in counts)
+    ttl = 3 * get_settings().worker_heartbeat_s
+    print(
+        f"\n[measured] SIGKILL, heartbeat only (TTL {ttl:.0f}s): requeued after "
+        f"{requeued_s:.2f}s, its 4 jobs done after {done_s:.2f}s"
+    )
