@@ -41,8 +41,10 @@ class Scheduler:
         backend: Backend,
         celery: Celery,
         models: list[str] | None = None,
-        gpu_budget: int = 0,
+        gpu_budget: int | None = None,
     ):
+        """`gpu_budget`: GPUs the backend hands out, one per GPU worker (None: the backend's
+        own scheduler places GPU pods, as Kubernetes does)."""
         self.settings, self.catalog, self.backend = settings, catalog, backend
         self.models = models or catalog.names()
         self.gpu_budget = gpu_budget
@@ -61,9 +63,7 @@ class Scheduler:
 
     def uses_gpu(self, model: str) -> bool:
         check = getattr(self.backend, "uses_gpu", None)
-        if check is not None:
-            return bool(check(model))
-        return self.catalog.get(model).device.startswith("cuda")
+        return bool(check(model)) if check is not None else False
 
     def step(self) -> list[Decision]:
         """One round as leader: tidy the backend, observe, decide, act, record, sweep."""
@@ -78,7 +78,8 @@ class Scheduler:
             except Exception:  # one broken pool (say, a missing Deployment) skips a round
                 log.exception("cannot read the pool of %s", model)
         decisions = [decide(p, self.memory.get(p.model, Memory()), now, self.knobs) for p in pools]
-        decisions = share_gpus(decisions, pools, self.gpu_budget)
+        if self.gpu_budget is not None:
+            decisions = share_gpus(decisions, pools, self.gpu_budget)
         for pool, decision in zip(pools, decisions, strict=True):
             self.memory[pool.model] = decision.memory
             if decision.changes:

@@ -116,6 +116,25 @@ max_replicas = 1
 source = {{ path = "does-not-exist" }}
 device = "cpu"
 
+# "GPU" pools for the device budget: echo ignores the device, so they run on any machine.
+[models.gpu-a]
+engine = "echo"
+device = "cuda"
+max_batch_size = 2
+max_batch_wait_ms = 50
+echo_delay_ms = 1000
+max_replicas = 2
+target_backlog_per_replica = 2
+
+[models.gpu-b]
+engine = "echo"
+device = "cuda"
+max_batch_size = 2
+max_batch_wait_ms = 50
+echo_delay_ms = 1000
+max_replicas = 2
+target_backlog_per_replica = 2
+
 [models.pool-leader]
 engine = "echo"
 max_batch_size = 4

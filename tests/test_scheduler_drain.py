@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from pathlib import Path
 
 import redis
 import sqlalchemy as sa
@@ -101,3 +103,67 @@ def test_a_pool_whose_workers_keep_dying_backs_off(environment):
         wait_for(lambda: backend.scale(model, 1) or backend.current(model) == 1, 30, "a retry")
     finally:
         backend.close()
+
+
+def _visible_gpus(pid: int) -> str | None:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    for item in raw:
+        if item.startswith(b"CUDA_VISIBLE_DEVICES="):
+            return item.split(b"=", 1)[1].decode()
+    return None
+
+
+def test_gpu_pools_share_the_devices_one_worker_per_gpu(client, auth):
+    from llmq.models import ScalingEvent
+    from scheduler.main import Scheduler
+
+    models = ["gpu-a", "gpu-b"]
+    settings = get_settings().model_copy(
+        update={"scale_down_stabilization_s": 1, "scale_to_zero_idle_s": 2, "sweeper_interval_s": 1}
+    )
+    catalog = get_catalog()
+    celery = make_celery(settings)
+    client_redis = redis.Redis.from_url(REDIS_URL)
+    backend = LocalBackend(
+        settings, catalog, models, client_redis, celery, gpu_count=1, log_dir=ROOT / "gpu"
+    )
+    sched = Scheduler(settings, catalog, backend, celery, models, gpu_budget=1)
+    body = {"prompt": "a b", "temperature": 0}
+    a_ids = [
+        client.post("/v1/jobs", json={"model": "gpu-a", **body}, headers=auth).json()["id"]
+        for _ in range(4)
+    ]
+    b_id = client.post("/v1/jobs", json={"model": "gpu-b", **body}, headers=auth).json()["id"]
+    seen_gpus: dict[str, set[str | None]] = {m: set() for m in models}
+    most_alive = 0
+    try:
+        first = {d.model: d for d in sched.step()}
+        assert first["gpu-a"].desired == 1 and first["gpu-b"].desired == 0
+        assert first["gpu-b"].reason == "gpu_budget"  # the larger backlog gets the one GPU
+
+        def b_done() -> bool:
+            nonlocal most_alive
+            sched.step()
+            alive = [w for w in backend.workers if w.alive()]
+            most_alive = max(most_alive, len(alive))
+            for w in alive:
+                with contextlib.suppress(OSError):
+                    if (gpus := _visible_gpus(w.pid)) is not None:  # None: it just exited
+                        seen_gpus[w.model].add(gpus)
+            with session_scope() as session:
+                status = session.scalar(sa.select(Job.status).where(Job.id == b_id))
+            return status == "succeeded"
+
+        wait_for(b_done, 120, "gpu-b's job, once gpu-a gave the GPU back")
+        assert most_alive == 1  # never two GPU workers on one GPU
+        assert seen_gpus == {"gpu-a": {"0"}, "gpu-b": {"0"}}
+        with session_scope() as session:
+            states = session.scalars(sa.select(Job.status).where(Job.id.in_(a_ids))).all()
+            reasons = session.scalars(
+                sa.select(ScalingEvent.reason).where(ScalingEvent.model == "gpu-a")
+            ).all()
+        assert set(states) == {"succeeded"}
+        assert "gpu_budget" in reasons  # gpu-a was shrunk to make room for gpu-b
+    finally:
+        backend.close()
+        kill_pool_workers(models)

@@ -103,6 +103,7 @@ class LocalBackend:
         self.workers: list[LocalWorker] = []
         # model -> (workers that died on their own in a row, no new start before this time)
         self._crashes: dict[str, tuple[int, float]] = {}
+        self._waiting_for_gpu: set[str] = set()
 
     def uses_gpu(self, model: str) -> bool:
         spec = self.catalog.get(model)
@@ -177,8 +178,11 @@ class LocalBackend:
             taken = {w.gpu for w in self.workers if w.gpu is not None}
             free = [i for i in range(self.gpu_count) if i not in taken]
             if not free:
-                log.warning("no free GPU for another %s worker", model)
+                if model not in self._waiting_for_gpu:
+                    log.warning("no free GPU for another %s worker yet", model)
+                    self._waiting_for_gpu.add(model)
                 return
+            self._waiting_for_gpu.discard(model)
             gpu = free[0]
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         argv = [sys.executable, "-m", "llmq.cli", "worker", "--model", model, "--node", node]
