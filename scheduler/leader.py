@@ -4,6 +4,10 @@ The lock is session-level, so it lives exactly as long as the connection: when t
 process dies, Postgres drops the connection and the lock with it, and the next scheduler to
 try takes it. The connection is direct (never through a transaction pooler, which would hand
 the session to someone else).
+
+Keepalives on both ends bound the case where the leader's host vanishes without closing the
+connection: Postgres drops the session (and the lock) after about 20 s of silence, and the
+leader's own queries fail after 10 s instead of hanging, so it stops acting first.
 """
 
 from __future__ import annotations
@@ -44,7 +48,20 @@ class LeaderLock:
         try:
             if self._conn is None or self._conn.closed:
                 self.is_leader = False
-                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+                self._conn = psycopg.connect(
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=5,
+                    keepalives=1,
+                    keepalives_idle=5,
+                    keepalives_interval=2,
+                    keepalives_count=3,
+                    tcp_user_timeout=10_000,
+                )
+                self._conn.execute(
+                    "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 3; "
+                    "SET tcp_keepalives_count = 3"
+                )
             if self.is_leader:
                 self._conn.execute("SELECT 1")  # the lock lives while this session does
             else:
