@@ -82,10 +82,15 @@ class Scheduler:
             decisions = share_gpus(decisions, pools, self.gpu_budget)
         for pool, decision in zip(pools, decisions, strict=True):
             self.memory[pool.model] = decision.memory
-            if decision.changes:
+            if not decision.changes:
+                continue
+            try:
                 self.backend.scale(pool.model, decision.desired)
-                if self.backend.current(pool.model) != decision.current:
-                    self._record(pool, decision)  # a backend that held back records nothing
+            except Exception:  # the next step tries again; the other pools go on
+                log.exception("could not scale %s to %d", pool.model, decision.desired)
+                continue
+            if self.backend.current(pool.model) != decision.current:
+                self._record(pool, decision)  # a backend that held back records nothing
         self._publish(seen, decisions)
         if killed or now - self._last_sweep >= self.settings.sweeper_interval_s:
             self._last_sweep = now
