@@ -45,6 +45,9 @@ class JobCreate(BaseModel):
     priority: int = Field(0, ge=0, le=9, description="0 (normal) to 9 (most urgent)")
     webhook_url: HttpUrl | None = None
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=16)
+    expires_in_s: int | None = Field(
+        None, ge=1, description="Expire the job if no worker has taken it within N seconds"
+    )
 
     @field_validator("stop")
     @classmethod

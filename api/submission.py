@@ -8,6 +8,7 @@ concurrency limit, the budget reservation, the idempotency key and the rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from fastapi import Request
 
@@ -39,6 +40,8 @@ def validate_submit(body: JobCreate, catalog: Catalog, settings: Settings) -> in
     max_tokens = body.max_tokens or spec.default_max_tokens
     if max_tokens > spec.max_new_tokens:
         raise InvalidField("max_tokens", f"{body.model} allows at most {spec.max_new_tokens}")
+    if body.expires_in_s is not None and body.expires_in_s > settings.max_expires_in_s:
+        raise InvalidField("expires_in_s", f"at most {settings.max_expires_in_s} seconds")
     return max_tokens
 
 
@@ -68,6 +71,9 @@ def prepare(body: JobCreate, caller: Caller, catalog: Catalog, settings: Setting
             f"this key allows {tpm} per minute",
         )
     new = body.to_new_job(max_tokens)
+    new.expires_at = datetime.now(UTC) + timedelta(
+        seconds=body.expires_in_s or settings.default_expires_in_s
+    )
     new.reserved_tokens = reserved_tokens
     new.reserved_cost_usd = budgets.worst_case_cost_usd(
         prompt_tokens, max_tokens, spec.price_input_per_mtok_usd, spec.price_output_per_mtok_usd

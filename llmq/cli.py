@@ -123,6 +123,70 @@ def flower(
 
 
 @app.command()
+def scheduler(
+    backend: Annotated[
+        str | None, typer.Option(help="local or kubernetes (default: LLMQ_SCHEDULER_BACKEND).")
+    ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option(help="Pools to manage (default: every catalog model).")
+    ] = None,
+) -> None:
+    """Run the scheduler: resize each model's pool from its queue, and sweep lost jobs."""
+    import logging
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from scheduler.main import build
+
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if backend not in (None, "local", "kubernetes"):
+        _fail(f"unknown backend {backend!r}: local or kubernetes")
+    sched = build(settings, backend, model)
+    if settings.scheduler_metrics_port:
+        try:
+            start_http_server(settings.scheduler_metrics_port)
+        except OSError as exc:  # another process has the port: run on without metrics
+            logging.getLogger("llmq.scheduler").warning(
+                "no metrics endpoint on port %d: %s", settings.scheduler_metrics_port, exc
+            )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    sched.run(stop)
+
+
+@app.command()
+def status() -> None:
+    """Per pool: desired and actual replicas, waiting, in flight, oldest wait."""
+    from rich.table import Table
+
+    with _client() as client:
+        models = _check(client.get("/v1/models"))["data"]
+    table = Table("model", "desired", "actual", "waiting", "in flight", "oldest wait", "workers")
+    for m in models:
+        live, pool = m["live"], m["pool"]
+        oldest = live.get("oldest_wait_s")
+        table.add_row(
+            m["id"],
+            _dash(pool.get("desired_replicas")),
+            _dash(pool.get("actual_replicas")),
+            str(live["waiting"]),
+            str(live["in_flight"]),
+            f"{oldest:.1f}s" if oldest is not None else "-",
+            str(live["workers"]),
+        )
+    console.print(table)
+
+
+def _dash(value) -> str:
+    return "-" if value is None else str(value)
+
+
+@app.command()
 def services() -> None:
     """Check that Redis and Postgres answer; say what to run when they do not."""
     from llmq.devstack import INSTALL_HINT, postgres_answers, redis_answers

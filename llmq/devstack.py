@@ -1,4 +1,8 @@
-"""The local stack behind `llmq dev` and `llmq demo`: API, one worker per model, and Flower.
+"""The local stack behind `llmq dev` and `llmq demo`: API, scheduler, and Flower.
+
+The scheduler runs with the local backend: it starts a model's worker when the first job
+for it waits and stops it once the pool has been idle, so no model is loaded before it is
+needed.
 
 Redis and Postgres come from LLMQ_REDIS_URL / LLMQ_DATABASE_URL when they answer; otherwise
 the stack starts its own from the machine's binaries under `.llmq/` and stops them on exit.
@@ -119,6 +123,9 @@ class Stack:
         )
         # A local stack delivers webhooks to local receivers; production allows public hosts only.
         self.env.setdefault("LLMQ_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
+        # A local stack shrinks idle pools sooner than a production default would.
+        self.env.setdefault("LLMQ_SCALE_DOWN_STABILIZATION_S", "30")
+        self.env.setdefault("LLMQ_SCALE_TO_ZERO_IDLE_S", "60")
         if self.flower:
             self.env.setdefault("LLMQ_FLOWER_URL", f"http://127.0.0.1:{self.settings.flower_port}")
         if ensure_database(database_url):
@@ -140,10 +147,10 @@ class Stack:
                 "warning",
             ],
         )
+        scheduler = [sys.executable, "-m", "llmq.cli", "scheduler", "--backend", "local"]
         for model in self.models:
-            self._spawn(
-                f"worker:{model}", [sys.executable, "-m", "llmq.cli", "worker", "--model", model]
-            )
+            scheduler += ["--model", model]
+        self._spawn("scheduler", scheduler)
         self._spawn("webhooks", [sys.executable, "-m", "llmq.cli", "webhook-worker"])
         if self.flower:
             self.env["LLMQ_FLOWER_BASIC_AUTH"] = self.flower_auth
@@ -234,14 +241,12 @@ class Stack:
         _wait(self._api_ready, 60, "the API")
         client = redis.Redis.from_url(self.env["LLMQ_REDIS_URL"])
         prefix = self.settings.redis_prefix
-        for model in self.models:
-            self.log(f"waiting for the {model} worker to load its model…")
-            _wait(
-                lambda m=model: events.live_workers(client, prefix, m) > 0,
-                600,
-                f"the {model} worker",
-                self._check_children,
-            )
+        _wait(
+            lambda: client.exists(events.leader_key(prefix, self.models)),
+            60,
+            "the scheduler",
+            self._check_children,
+        )
 
     def _api_ready(self) -> bool:
         self._check_children()

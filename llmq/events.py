@@ -7,6 +7,7 @@ replay from the start or from its Last-Event-ID.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 
@@ -76,15 +77,33 @@ def live_workers(client: redis.Redis, prefix: str, model: str) -> int:
     return sum(1 for _ in client.scan_iter(match=worker_pattern(prefix, model), count=100))
 
 
-def heartbeats(client: redis.Redis, prefix: str) -> list[dict]:
-    """What every live worker says about itself (model, node, pid, metrics address)."""
-    keys = list(client.scan_iter(match=f"{prefix}worker:*", count=100))
-    out = []
-    for raw in client.mget(keys) if keys else []:
+def live_worker_records(client: redis.Redis, prefix: str) -> list[dict]:
+    """Every live worker's heartbeat record (node, model, pid, metrics address), in one scan."""
+    keys = list(client.scan_iter(match=f"{prefix}worker:*", count=1000))
+    if not keys:
+        return []
+    records = []
+    for raw in client.mget(keys):
         if raw is None:  # expired between the scan and the read
             continue
-        try:
-            out.append(json.loads(raw))
-        except ValueError:
-            continue
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(raw))
+    return records
+
+
+def pools_key(prefix: str) -> str:
+    """Redis hash the scheduler leader writes: model -> its pool's last observed state."""
+    return f"{prefix}scheduler:pools"
+
+
+def leader_key(prefix: str, models: list[str]) -> str:
+    """Who leads the schedulers of these pools ("host:pid"), refreshed while it leads."""
+    return f"{prefix}scheduler:leader:{','.join(sorted(set(models)))}"
+
+
+def read_pools(client: redis.Redis, prefix: str) -> dict[str, dict]:
+    out = {}
+    for model, raw in client.hgetall(pools_key(prefix)).items():
+        with contextlib.suppress(ValueError):
+            out[model.decode()] = json.loads(raw)
     return out

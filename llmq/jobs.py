@@ -1,4 +1,4 @@
-"""The only place job state changes: create, claim, finish, cancel.
+"""The only place job state changes: create, claim, finish, cancel, and the sweeper's moves.
 
 A job that ends (finish, cancel) gets its webhook outbox row in the same transaction.
 
@@ -205,6 +205,7 @@ def claim_jobs(
                 Job.status == "queued",
                 sa.and_(Job.status == "running", Job.lease_expires_at < now),
             ),
+            sa.or_(Job.expires_at.is_(None), Job.expires_at > now),
         )
         .values(
             status="running",
@@ -298,6 +299,159 @@ def finish_jobs(session: Session, outcomes: list[Outcome]) -> list[uuid.UUID]:
         )
     outbox.enqueue_final_events(session, ended)
     return finished
+
+
+@dataclass(frozen=True)
+class Moved:
+    """A job the sweeper moved, with what it needs to publish its message again."""
+
+    id: uuid.UUID
+    model: str
+    priority: int
+
+
+def _of_models(models: list[str] | None):
+    return sa.true() if models is None else Job.model.in_(models)
+
+
+def running_workers(session: Session, models: list[str] | None = None) -> list[tuple[str, str]]:
+    """(model, worker) of every running job, so the caller can check their heartbeats."""
+    rows = session.execute(
+        sa.select(Job.model, Job.worker)
+        .where(Job.status == "running", _of_models(models))
+        .distinct()
+    ).all()
+    return [(r.model, r.worker) for r in rows if r.worker]
+
+
+def requeue_orphans(
+    session: Session,
+    dead: list[tuple[str, str]],
+    max_attempts: int,
+    models: list[str] | None = None,
+    limit: int = 500,
+) -> tuple[list[Moved], list[Moved]]:
+    """Put back running jobs whose worker is dead (or whose lease ran out).
+
+    Returns (requeued, failed): a job that has used `max_attempts` claims is failed with a
+    clear error instead, so a job that kills its worker does not loop forever. Rows are taken
+    with SKIP LOCKED, so two sweepers never move the same job.
+    """
+    orphaned = Job.lease_expires_at < sa.func.now()
+    if dead:
+        orphaned = sa.or_(orphaned, sa.tuple_(Job.model, Job.worker).in_(dead))
+    rows = session.execute(
+        sa.select(Job.id, Job.model, Job.priority, Job.attempts)
+        .where(Job.status == "running", orphaned, _of_models(models))
+        .order_by(Job.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    spent = [r for r in rows if r.attempts >= max_attempts]
+    again = [r for r in rows if r.attempts < max_attempts]
+    if again:
+        session.execute(
+            sa.update(Job)
+            .where(Job.id.in_([r.id for r in again]))
+            .values(status="queued", worker=None, lease_expires_at=None, published_at=sa.func.now())
+            .execution_options(synchronize_session=False)
+        )
+    for r in spent:
+        session.execute(
+            sa.update(Job)
+            .where(Job.id == r.id)
+            .values(
+                status="failed",
+                finished_at=sa.func.now(),
+                lease_expires_at=None,
+                error={
+                    "code": "max_attempts_exceeded",
+                    "message": f"the job's worker was lost on each of its {r.attempts} "
+                    f"attempts (max_attempts={max_attempts}); it is not retried again",
+                },
+            )
+            .execution_options(synchronize_session=False)
+        )
+    outbox.enqueue_final_events(session, [r.id for r in spent])
+    return [Moved(r.id, r.model, r.priority) for r in again], [
+        Moved(r.id, r.model, r.priority) for r in spent
+    ]
+
+
+def expire_queued(
+    session: Session, models: list[str] | None = None, limit: int = 1000
+) -> list[Moved]:
+    """Expire queued jobs whose deadline passed before any worker took them."""
+    ids = (
+        sa.select(Job.id)
+        .where(Job.status == "queued", Job.expires_at < sa.func.now(), _of_models(models))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = session.execute(
+        sa.update(Job)
+        .where(Job.id.in_(ids.scalar_subquery()))
+        .values(
+            status="expired",
+            finished_at=sa.func.now(),
+            error={"code": "expired", "message": "the job's deadline passed before it ran"},
+        )
+        .returning(Job.id, Job.model, Job.priority)
+        .execution_options(synchronize_session=False)
+    ).all()
+    outbox.enqueue_final_events(session, [r.id for r in rows])
+    return [Moved(r.id, r.model, r.priority) for r in rows]
+
+
+def _unpublished_for(older_than: timedelta):
+    """Queued, and neither created nor published again within `older_than`."""
+    last = sa.func.coalesce(Job.published_at, Job.created_at)
+    return sa.and_(Job.status == "queued", last < sa.func.now() - older_than)
+
+
+def stale_queued(
+    session: Session,
+    older_than: timedelta,
+    models: list[str] | None = None,
+    limit: int = 10_000,
+) -> dict[str, list[uuid.UUID]]:
+    """Queued jobs not published for a while, by model: candidates for a lost message."""
+    rows = session.execute(
+        sa.select(Job.model, Job.id)
+        .where(_unpublished_for(older_than), _of_models(models))
+        .order_by(Job.created_at)
+        .limit(limit)
+    ).all()
+    out: dict[str, list[uuid.UUID]] = {}
+    for r in rows:
+        out.setdefault(r.model, []).append(r.id)
+    return out
+
+
+def mark_republished(
+    session: Session, job_ids: list[uuid.UUID], older_than: timedelta
+) -> list[Moved]:
+    """Take the jobs whose message is lost (still queued, still stale) for publishing again.
+
+    SKIP LOCKED plus the re-checked age means that of two sweepers racing on the same job,
+    only one publishes it.
+    """
+    if not job_ids:
+        return []
+    ids = (
+        sa.select(Job.id)
+        .where(Job.id.in_(job_ids), _unpublished_for(older_than))
+        .with_for_update(skip_locked=True)
+    )
+    rows = session.execute(
+        sa.update(Job)
+        .where(Job.id.in_(ids.scalar_subquery()))
+        .values(published_at=sa.func.now())
+        .returning(Job.id, Job.model, Job.priority)
+        .execution_options(synchronize_session=False)
+    ).all()
+    outbox.enqueue_final_events(session, [r.id for r in rows])
+    return [Moved(r.id, r.model, r.priority) for r in rows]
 
 
 def is_final(status: str) -> bool:

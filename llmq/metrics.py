@@ -79,8 +79,6 @@ DEVICE_MEMORY_TOTAL = "llmq_device_memory_total_bytes"
 GPU_UTILIZATION = "llmq_gpu_utilization_ratio"
 
 # Scheduler (recorded by the scheduler process)
-POOL_DESIRED = Gauge("llmq_pool_desired_replicas", "Replicas the policy wants", ["model"])
-POOL_ACTUAL = Gauge("llmq_pool_actual_replicas", "Replicas the backend runs", ["model"])
 SCALING_EVENTS = Counter(
     "llmq_scaling_events_total", "Pool resizes by direction (up, down)", ["model", "direction"]
 )
@@ -130,6 +128,9 @@ API_SERIES = {
 SCHEDULER_SERIES = {
     "llmq_pool_desired_replicas",
     "llmq_pool_actual_replicas",
+    "llmq_pool_waiting",
+    "llmq_pool_in_flight",
+    "llmq_scheduler_is_leader",
     "llmq_scaling_events",
     "llmq_sweeper_actions",
 }
@@ -206,3 +207,11 @@ RATE_LIMIT_ERRORS = Counter(
 WEBHOOK_ATTEMPTS = Counter(
     "llmq_webhook_attempts_total", "Webhook delivery attempts by outcome", ["outcome"]
 )
+
+
+# Scheduler
+DESIRED_REPLICAS = Gauge("llmq_pool_desired_replicas", "Replicas the scheduler wants", ["model"])
+ACTUAL_REPLICAS = Gauge("llmq_pool_actual_replicas", "Replicas the backend runs", ["model"])
+POOL_WAITING = Gauge("llmq_pool_waiting", "Messages waiting in the model's queue", ["model"])
+POOL_IN_FLIGHT = Gauge("llmq_pool_in_flight", "Jobs running on the model's pool", ["model"])
+IS_LEADER = Gauge("llmq_scheduler_is_leader", "1 while this scheduler holds the leader lock")

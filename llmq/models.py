@@ -80,6 +80,7 @@ class Job(Base):
             postgresql_where=text("status = 'running'"),
         ),
         Index("ix_jobs_queued_created", "created_at", postgresql_where=text("status = 'queued'")),
+        Index("ix_jobs_queued_expires", "expires_at", postgresql_where=text("status = 'queued'")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -107,6 +108,9 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when the sweeper publishes the job's message again; the API's first publish is
+    # covered by created_at.
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=text("'{}'"))
     webhook_url: Mapped[str | None] = mapped_column(Text)
     # What submit reserved: counted against the key's limits until the job ends.
@@ -197,3 +201,20 @@ class WebhookAttempt(Base):
     duration_ms: Mapped[int] = mapped_column(Integer)
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class ScalingEvent(Base):
+    """One row per change of a pool's size the scheduler made, and why."""
+
+    __tablename__ = "scaling_events"
+    __table_args__ = (Index("ix_scaling_events_model_created", "model", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(Text)
+    from_replicas: Mapped[int] = mapped_column(Integer)
+    to_replicas: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    waiting: Mapped[int] = mapped_column(Integer)
+    in_flight: Mapped[int] = mapped_column(Integer)
+    backend: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -56,7 +56,9 @@ class QueueCollector(Collector):
             live = GaugeMetricFamily(
                 metrics.WORKERS_LIVE, metrics.COLLECTED[metrics.WORKERS_LIVE], labels=["model"]
             )
-            beats = Counter(b.get("model") for b in events.heartbeats(self.client, self.prefix))
+            beats = Counter(
+                b.get("model") for b in events.live_worker_records(self.client, self.prefix)
+            )
             for name in names:
                 waiting.add_metric([name], waiting_count(self.client, name, self.prefix))
                 live.add_metric([name], beats[name])
@@ -90,7 +92,7 @@ def scrape_targets(client: redis.Redis, prefix: str) -> list[dict]:
     Only `__meta_` labels are given, so the workers' own `model` label is not renamed.
     """
     targets = []
-    for beat in events.heartbeats(client, prefix):
+    for beat in events.live_worker_records(client, prefix):
         host, port = beat.get("metrics_host"), beat.get("metrics_port")
         if not host or not port:
             continue

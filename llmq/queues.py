@@ -129,3 +129,15 @@ def publish_webhooks(app: Celery, delivery_ids: list[str]) -> None:
             logging.getLogger(__name__).warning(
                 "could not publish webhook %s; the sweep will send it", delivery_id
             )
+
+
+def declare_queue(app: Celery, model: str) -> None:
+    """(Re)create the queue's routing in Redis, bypassing kombu's per-connection cache.
+
+    kombu routes a message through a binding set it writes once per connection; if Redis
+    lost its data, publishes would be dropped until every process restarts. The sweeper
+    calls this before it publishes again.
+    """
+    queue = app.amqp.queues[queue_name(model)]
+    with app.connection_for_write() as conn:
+        queue.bind(conn.default_channel).declare()

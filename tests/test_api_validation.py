@@ -38,6 +38,9 @@ def _job_count() -> int:
         ({"model": "tiny-serial", "messages": [{"role": "user"}]}, 422, "messages[0].content"),
         ({**GOOD, "prompt": "x" * 200_001}, 422, "prompt"),
         ({**GOOD, "webhook_url": "not a url"}, 422, "webhook_url"),
+        ({**GOOD, "expires_in_s": 0}, 422, "expires_in_s"),
+        ({**GOOD, "expires_in_s": "soon"}, 422, "expires_in_s"),
+        ({**GOOD, "expires_in_s": 2_592_001}, 422, "expires_in_s"),
     ],
 )
 def test_bad_submit_is_problem_json_naming_field(client, auth, redis_client, body, status, field):

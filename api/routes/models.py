@@ -1,4 +1,4 @@
-"""/v1/models: the catalog, with each model's live queue."""
+"""/v1/models: the catalog, with each model's live queue and its pool as the scheduler sees it."""
 
 from __future__ import annotations
 
@@ -27,14 +27,22 @@ async def list_models(
 ) -> dict:
     def gather() -> list[dict]:
         with session_scope() as session:
-            running = dict(
-                session.execute(
-                    sa.select(Job.model, sa.func.count())
-                    .where(Job.status == "running")
-                    .group_by(Job.model)
-                ).all()
-            )
+            rows = session.execute(
+                sa.select(
+                    Job.model,
+                    sa.func.count().filter(Job.status == "running").label("running"),
+                    sa.func.extract(
+                        "epoch",
+                        sa.func.now() - sa.func.min(Job.created_at).filter(Job.status == "queued"),
+                    ).label("oldest_s"),
+                )
+                .where(Job.status.in_(("queued", "running")))
+                .group_by(Job.model)
+            ).all()
+        running = {r.model: int(r.running) for r in rows}
+        oldest = {r.model: float(r.oldest_s) for r in rows if r.oldest_s is not None}
         client = request.app.state.sync_redis
+        pools = events.read_pools(client, settings.redis_prefix)
         data = []
         for name in catalog.names():
             spec = catalog.get(name)
@@ -57,11 +65,16 @@ async def list_models(
                         "min_replicas": spec.min_replicas,
                         "max_replicas": spec.max_replicas,
                         "target_backlog_per_replica": spec.target_backlog_per_replica,
+                        # What the scheduler leader last decided and ran (null: no scheduler)
+                        "desired_replicas": pools.get(name, {}).get("desired_replicas"),
+                        "actual_replicas": pools.get(name, {}).get("actual_replicas"),
+                        "updated_at": pools.get(name, {}).get("updated_at"),
                     },
                     "live": {
                         "waiting": waiting_count(client, name, settings.redis_prefix),
                         "in_flight": int(running.get(name, 0)),
                         "workers": events.live_workers(client, settings.redis_prefix, name),
+                        "oldest_wait_s": round(oldest[name], 3) if name in oldest else None,
                     },
                 }
             )

@@ -1,0 +1,56 @@
+"""What each pool looks like right now: queue length, jobs in flight, live workers, oldest wait."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from llmq import events
+from llmq.models import Job
+from llmq.queues import waiting_count
+
+
+@dataclass(frozen=True)
+class Observation:
+    model: str
+    waiting: int  # messages in the model's Redis queue, every priority list counted
+    in_flight: int  # jobs a worker has claimed and not finished
+    workers: int  # live heartbeats
+    oldest_wait_s: float | None  # age of the oldest queued job
+
+
+def observe(
+    session: Session, client: redis.Redis, prefix: str, models: list[str]
+) -> dict[str, Observation]:
+    """One read of Postgres (grouped by model) and one of Redis for every pool."""
+    rows = session.execute(
+        sa.select(
+            Job.model,
+            sa.func.count().filter(Job.status == "running").label("running"),
+            sa.func.extract(
+                "epoch",
+                sa.func.now() - sa.func.min(Job.created_at).filter(Job.status == "queued"),
+            ).label("oldest_s"),
+        )
+        .where(Job.status.in_(("queued", "running")), Job.model.in_(models))
+        .group_by(Job.model)
+    ).all()
+    by_model = {r.model: r for r in rows}
+    workers: dict[str, int] = {}
+    for record in events.live_worker_records(client, prefix):
+        workers[record.get("model", "")] = workers.get(record.get("model", ""), 0) + 1
+    out = {}
+    for model in models:
+        row = by_model.get(model)
+        oldest = row.oldest_s if row is not None else None
+        out[model] = Observation(
+            model=model,
+            waiting=waiting_count(client, model, prefix),
+            in_flight=int(row.running) if row is not None else 0,
+            workers=workers.get(model, 0),
+            oldest_wait_s=float(oldest) if oldest is not None else None,
+        )
+    return out
