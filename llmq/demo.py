@@ -39,7 +39,9 @@ PROMPTS = [
 def run_demo(console: Console, *, port: int, model: str, max_tokens: int) -> None:
     settings = get_settings()
     started = time.perf_counter()
-    with Stack(settings, port=port, models=[model], flower=False, log=console.print) as stack:
+    stack = Stack(settings, port=port, models=[model], flower=False, log=console.print, quiet=True)
+    console.print(f"starting the stack (process logs in {stack.log_dir})")
+    with stack:
         key = _make_key(stack)
         console.print(
             f"stack up in {time.perf_counter() - started:.1f}s; submitting {len(PROMPTS)} prompts"

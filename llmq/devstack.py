@@ -89,9 +89,12 @@ class Stack:
         flower: bool = True,
         data_dir: Path = Path(".llmq"),
         log=print,
+        quiet: bool = False,
     ):
         self.settings, self.port, self.models, self.flower = settings, port, models, flower
         self.data_dir, self.log = data_dir.resolve(), log
+        # quiet: each process writes to .llmq/logs/<name>.log instead of this terminal
+        self.log_dir = self.data_dir / "logs" if quiet else None
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self._pg_data: Path | None = None
         self.env = dict(os.environ)
@@ -234,7 +237,15 @@ class Stack:
         return f"postgresql+psycopg://postgres@127.0.0.1:{port}/{database}"
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        proc = subprocess.Popen(argv, env=self.env, start_new_session=True)
+        output = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            output = (self.log_dir / f"{name.replace(':', '-')}.log").open("ab")
+        proc = subprocess.Popen(
+            argv, env=self.env, start_new_session=True, stdout=output, stderr=output
+        )
+        if output is not None:
+            output.close()  # the child holds its own copy
         self.procs.append((name, proc))
 
     def _wait_ready(self) -> None:
