@@ -483,5 +483,33 @@ def mark_republished(
     return [Moved(r.id, r.model, r.priority) for r in rows]
 
 
+@dataclass(frozen=True)
+class Activity:
+    """A model's jobs in Postgres right now: how many run, how long the oldest has waited."""
+
+    running: int
+    oldest_queued_s: float | None
+
+
+def activity_by_model(session: Session, models: list[str] | None = None) -> dict[str, Activity]:
+    """One grouped read for every model with queued or running jobs (others are absent)."""
+    rows = session.execute(
+        sa.select(
+            Job.model,
+            sa.func.count().filter(Job.status == "running").label("running"),
+            sa.func.extract(
+                "epoch",
+                sa.func.now() - sa.func.min(Job.created_at).filter(Job.status == "queued"),
+            ).label("oldest_s"),
+        )
+        .where(Job.status.in_(("queued", "running")), _of_models(models))
+        .group_by(Job.model)
+    ).all()
+    return {
+        r.model: Activity(int(r.running), float(r.oldest_s) if r.oldest_s is not None else None)
+        for r in rows
+    }
+
+
 def is_final(status: str) -> bool:
     return status in FINAL_STATUSES

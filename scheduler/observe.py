@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from llmq import events
-from llmq.models import Job
+from llmq import events, jobs
 from llmq.queues import waiting_count
 
 
@@ -26,31 +24,18 @@ def observe(
     session: Session, client: redis.Redis, prefix: str, models: list[str]
 ) -> dict[str, Observation]:
     """One read of Postgres (grouped by model) and one of Redis for every pool."""
-    rows = session.execute(
-        sa.select(
-            Job.model,
-            sa.func.count().filter(Job.status == "running").label("running"),
-            sa.func.extract(
-                "epoch",
-                sa.func.now() - sa.func.min(Job.created_at).filter(Job.status == "queued"),
-            ).label("oldest_s"),
-        )
-        .where(Job.status.in_(("queued", "running")), Job.model.in_(models))
-        .group_by(Job.model)
-    ).all()
-    by_model = {r.model: r for r in rows}
+    activity = jobs.activity_by_model(session, models)
     workers: dict[str, int] = {}
     for record in events.live_worker_records(client, prefix):
         workers[record.get("model", "")] = workers.get(record.get("model", ""), 0) + 1
     out = {}
     for model in models:
-        row = by_model.get(model)
-        oldest = row.oldest_s if row is not None else None
+        row = activity.get(model)
         out[model] = Observation(
             model=model,
             waiting=waiting_count(client, model, prefix),
-            in_flight=int(row.running) if row is not None else 0,
+            in_flight=row.running if row is not None else 0,
             workers=workers.get(model, 0),
-            oldest_wait_s=float(oldest) if oldest is not None else None,
+            oldest_wait_s=row.oldest_queued_s if row is not None else None,
         )
     return out

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
 from api import deps
-from llmq import events
+from llmq import events, jobs
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.keys import Caller
-from llmq.models import Job
 from llmq.queues import queue_name, waiting_count
 from llmq.settings import Settings
 
@@ -27,20 +25,11 @@ async def list_models(
 ) -> dict:
     def gather() -> list[dict]:
         with session_scope() as session:
-            rows = session.execute(
-                sa.select(
-                    Job.model,
-                    sa.func.count().filter(Job.status == "running").label("running"),
-                    sa.func.extract(
-                        "epoch",
-                        sa.func.now() - sa.func.min(Job.created_at).filter(Job.status == "queued"),
-                    ).label("oldest_s"),
-                )
-                .where(Job.status.in_(("queued", "running")))
-                .group_by(Job.model)
-            ).all()
-        running = {r.model: int(r.running) for r in rows}
-        oldest = {r.model: float(r.oldest_s) for r in rows if r.oldest_s is not None}
+            activity = jobs.activity_by_model(session)
+        running = {model: a.running for model, a in activity.items()}
+        oldest = {
+            m: a.oldest_queued_s for m, a in activity.items() if a.oldest_queued_s is not None
+        }
         client = request.app.state.sync_redis
         pools = events.read_pools(client, settings.redis_prefix)
         data = []
