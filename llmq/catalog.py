@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from llmq.errors import CatalogError
 
-Engine = Literal["hf", "echo", "auto"]
+Engine = Literal["hf", "hf-continuous", "echo", "auto"]
 Quantization = Literal["none", "8bit", "4bit"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 

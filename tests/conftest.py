@@ -59,6 +59,15 @@ price_input_per_mtok_usd = "1.5"
 price_output_per_mtok_usd = "3"
 gpu_hour_usd = "3.6"
 
+[models.tiny-cb]
+source = {{ path = "{tiny}" }}
+engine = "hf-continuous"
+device = "cpu"
+max_batch_size = 8
+max_new_tokens = 240
+default_max_tokens = 8
+context_length = 256
+
 [models.tiny-serial]
 source = {{ path = "{tiny}" }}
 device = "cpu"

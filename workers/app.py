@@ -15,7 +15,7 @@ import time
 
 import click
 import redis
-from celery import bootsteps
+from celery import bootsteps, signals
 
 from llmq import events, metrics
 from llmq.catalog import get_catalog
@@ -58,7 +58,10 @@ class Runtime:
         self.settings, self.model, self.node = settings, model_name, node
         self.redis = redis.Redis.from_url(settings.redis_url)
         engine = build_engine(spec, settings)
-        self.runner = BatchRunner(spec, engine, settings, node)
+        runner_class = BatchRunner
+        if getattr(engine, "continuous", False):
+            from workers.continuous_runner import ContinuousRunner as runner_class
+        self.runner = runner_class(spec, engine, settings, node)
         self.runner.start()
         self.metrics_port = self._serve_metrics(model_name, str(getattr(engine, "device", "cpu")))
         for target in (self._heartbeat, self._listen_cancels):
@@ -119,6 +122,14 @@ class Runtime:
 
 
 runtime = Runtime()
+
+
+@signals.worker_shutdown.connect
+def _close_engine(**_) -> None:
+    """After the pool has finished its tasks: stop engine threads that would keep us alive."""
+    engine = getattr(runtime.runner, "engine", None)
+    if engine is not None and hasattr(engine, "close"):
+        engine.close()
 
 
 class ModelStep(bootsteps.StartStopStep):

@@ -144,6 +144,10 @@ class BatchRunner:
         for group in group_by_key(claimed, lambda job: sampling_key(job.params)):
             metrics.BATCH_SIZE.labels(self.spec.name).observe(len(group))
             outcomes.extend(self._generate(group, deadline, claimed_at))
+        return self._write(claimed, outcomes)
+
+    def _write(self, claimed: list[Job], outcomes: list[jobs.Outcome]) -> dict[str, str]:
+        """One transaction for the results, then the notifications that follow a commit."""
         with session_scope() as session:
             done_ids = jobs.finish_jobs(session, outcomes)
             deliveries = outbox.created_in(session)
@@ -227,29 +231,34 @@ class BatchRunner:
             [r.prompt_tokens + r.completion_tokens if r.succeeded else 0 for r in results],
         )
         return [
-            jobs.Outcome(
-                job_id=job.id,
-                attempt=job.attempts,
-                succeeded=result.succeeded,
-                text=result.text,
-                finish_reason=result.finish_reason,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                error=result.error,
-                inference_ms=int(seconds * 1000),
-                batch_size=result.batch_size,
-                cost_usd=token_cost_usd(
-                    result.prompt_tokens,
-                    result.completion_tokens,
-                    self.spec.price_input_per_mtok_usd,
-                    self.spec.price_output_per_mtok_usd,
-                )
-                if result.succeeded
-                else Decimal(0),
-                gpu_cost_usd=gpu_cost,
-            )
+            self._outcome(job, result, seconds, gpu_cost)
             for job, result, gpu_cost in zip(group, results, gpu_costs, strict=True)
         ]
+
+    def _outcome(
+        self, job: Job, result: GenerationResult, seconds: float, gpu_cost: Decimal
+    ) -> jobs.Outcome:
+        return jobs.Outcome(
+            job_id=job.id,
+            attempt=job.attempts,
+            succeeded=result.succeeded,
+            text=result.text,
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            error=result.error,
+            inference_ms=int(seconds * 1000),
+            batch_size=result.batch_size,
+            cost_usd=token_cost_usd(
+                result.prompt_tokens,
+                result.completion_tokens,
+                self.spec.price_input_per_mtok_usd,
+                self.spec.price_output_per_mtok_usd,
+            )
+            if result.succeeded
+            else Decimal(0),
+            gpu_cost_usd=gpu_cost,
+        )
 
     def _stream(self, deltas: dict[str, str]) -> None:
         """Publish text as it is generated; a Redis hiccup costs the stream, never the job."""

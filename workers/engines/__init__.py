@@ -13,6 +13,16 @@ def build_engine(spec: ModelSpec, settings: Settings) -> Engine:
         from workers.engines.echo import EchoEngine
 
         return EchoEngine(spec)
+    if spec.engine == "hf-continuous" or (spec.engine == "auto" and _cuda()):
+        from workers.engines.continuous import ContinuousEngine
+
+        return ContinuousEngine(spec, settings)
     from workers.engines.hf import HFEngine
 
     return HFEngine(spec, settings)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

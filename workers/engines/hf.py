@@ -101,6 +101,30 @@ class _PerRowStop(StoppingCriteria):
         return earliest_stop(text, row.request.stop) is not None
 
 
+def render_prompt(tokenizer, req: GenerationRequest) -> list[int]:
+    """Token ids of the prompt: chat template for `messages`, plain text for `prompt`."""
+    if req.messages is not None:
+        text = tokenizer.apply_chat_template(
+            req.messages, add_generation_prompt=True, tokenize=False
+        )
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(req.prompt)["input_ids"]
+
+
+def too_long(prompt_tokens: int, context_length: int) -> GenerationResult:
+    return failure(
+        "context_length_exceeded",
+        f"prompt is {prompt_tokens} tokens; the model's context is {context_length}",
+        prompt_tokens,
+    )
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    eos_list = eos if isinstance(eos, list) else [eos]
+    return {int(e) for e in eos_list if e is not None} | {tokenizer.eos_token_id}
+
+
 class HFEngine:
     name = "hf"
 
@@ -111,18 +135,10 @@ class HFEngine:
         self.model, self.tokenizer, self.device = load_model(spec, settings.cache_dir)
         config_len = getattr(self.model.config, "max_position_embeddings", None)
         self.context_length = min(spec.context_length, config_len or spec.context_length)
-        eos = self.model.generation_config.eos_token_id
-        eos_list = eos if isinstance(eos, list) else [eos]
-        self.eos_ids = {int(e) for e in eos_list if e is not None} | {self.tokenizer.eos_token_id}
+        self.eos_ids = eos_ids(self.model, self.tokenizer)
 
     def render(self, req: GenerationRequest) -> list[int]:
-        """Token ids of the prompt: chat template for `messages`, plain text for `prompt`."""
-        if req.messages is not None:
-            text = self.tokenizer.apply_chat_template(
-                req.messages, add_generation_prompt=True, tokenize=False
-            )
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(req.prompt)["input_ids"]
+        return render_prompt(self.tokenizer, req)
 
     def generate(
         self,
@@ -138,11 +154,7 @@ class HFEngine:
             ids = self.render(req)
             room = self.context_length - len(ids)
             if room <= 0:
-                results[i] = failure(
-                    "context_length_exceeded",
-                    f"prompt is {len(ids)} tokens; the model's context is {self.context_length}",
-                    len(ids),
-                )
+                results[i] = too_long(len(ids), self.context_length)
             else:
                 rows.append((i, _Row(req, ids, min(req.max_tokens, room))))
         plan = plan_sub_batches(

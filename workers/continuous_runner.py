@@ -1,0 +1,167 @@
+"""The engine loop for continuous batching: jobs join the running batch as they arrive.
+
+Unlike the batch runner, nothing waits for a batch to fill. Each loop turn claims the jobs
+that arrived (one UPDATE), hands them to the engine, reads the tokens every running job
+produced, streams them, stops jobs that hit a stop sequence or were cancelled, and writes the
+jobs that ended, many per transaction, through the batch runner's write path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from llmq import jobs, metrics
+from llmq.db import session_scope
+from llmq.models import Job
+from workers.batching import earliest_stop
+from workers.engines.base import GenerationRequest, GenerationResult
+from workers.engines.hf import too_long
+from workers.runner import BatchRunner, _Waiting
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.005  # how long one turn waits for tokens while jobs run
+WRITE_EVERY_S = 0.02  # ended jobs wait at most this long to share a transaction
+
+
+@dataclass
+class _Running:
+    job: Job
+    request: GenerationRequest
+    prompt_tokens: int
+    joined_with: int  # jobs in the running batch when this one joined
+    started: float = field(default_factory=time.perf_counter)
+    text: str = ""
+    stopped: str | None = None  # finish reason forced here: stop sequence, cancel, time bound
+
+
+class ContinuousRunner(BatchRunner):
+    def _loop(self) -> None:
+        waiting: dict[str, list[_Waiting]] = {}
+        running: dict[str, _Running] = {}
+        ended: list[tuple[Job, GenerationResult, float]] = []
+        last_write = time.perf_counter()
+        while True:
+            arrivals = self._drain()
+            if not arrivals and not running and not ended:
+                arrivals = [self.inbox.get()]
+            for item in arrivals:
+                waiting.setdefault(item.job_id, []).append(item)
+            fresh = [job_id for job_id in waiting if job_id not in running]
+            if fresh:
+                ended += self._admit(fresh, running, waiting)
+            if running:
+                ended += self._collect(running)
+                self.cancelled.intersection_update(running)  # the rest will never be claimed
+            due = time.perf_counter() - last_write >= WRITE_EVERY_S or not running
+            if ended and due:
+                self._finish(ended, waiting)
+                ended, last_write = [], time.perf_counter()
+
+    def _admit(self, job_ids, running, waiting) -> list[tuple[Job, GenerationResult, float]]:
+        """Claim newly arrived jobs and add them to the running batch."""
+        try:
+            with session_scope() as session:
+                claimed = jobs.claim_jobs(
+                    session, [uuid.UUID(j) for j in job_ids], self.node, self.lease
+                )
+        except Exception as exc:
+            log.exception("could not claim %d jobs", len(job_ids))
+            for job_id in job_ids:
+                for item in waiting.pop(job_id, []):
+                    item.future.set_exception(exc)
+            return []
+        claimed_ids = {str(job.id) for job in claimed}
+        for job_id in job_ids:
+            if job_id not in claimed_ids:  # finished, cancelled or held elsewhere
+                for item in waiting.pop(job_id, []):
+                    item.future.set_result("skipped")
+        self._reset_streams(claimed)
+        failed = []
+        for job in claimed:
+            metrics.QUEUE_WAIT.labels(self.spec.name).observe((job.queue_ms or 0) / 1000)
+            request = self._request(job)
+            prompt = self.engine.render(request)
+            room = self.engine.context_length - len(prompt)
+            if room <= 0:
+                failed.append((job, too_long(len(prompt), self.engine.context_length), 0.0))
+                continue
+            running[str(job.id)] = _Running(job, request, len(prompt), len(running) + 1)
+            self.engine.add(request, prompt, min(request.max_tokens, room))
+        return failed
+
+    def _collect(self, running: dict[str, _Running]) -> list[tuple[Job, GenerationResult, float]]:
+        """Read what the engine produced; return the jobs that ended."""
+        deltas: dict[str, str] = {}
+        ended = []
+        for output in self.engine.poll(POLL_S):
+            run = running.get(output.request_id)
+            if run is None:
+                continue
+            tokens = list(output.generated_tokens)
+            text = self.engine.decode(tokens)
+            cut = earliest_stop(text, run.request.stop)
+            if cut is not None and run.stopped is None:
+                run.stopped = "stop"
+                self.engine.cancel(output.request_id)
+            elif output.request_id in self.cancelled and run.stopped is None:
+                run.stopped = "cancelled"
+                self.engine.cancel(output.request_id)
+            elif time.perf_counter() - run.started > self.settings.max_generation_s:
+                run.stopped = "length"  # the same bound the batch engine's max_time sets
+                self.engine.cancel(output.request_id)
+            text = text if cut is None else text[:cut]
+            holdback = max((len(s) for s in run.request.stop), default=1) - 1
+            ready = text if output.is_finished() or run.stopped else text[: len(text) - holdback]
+            if not ready.endswith("\ufffd") and len(ready) > len(run.text):
+                deltas[output.request_id] = ready[len(run.text) :]
+                run.text = ready
+            if output.is_finished() or run.stopped:
+                ended.append(self._ended(running.pop(output.request_id), output, tokens, text))
+        if deltas:
+            self._stream(deltas)
+        return ended
+
+    def _ended(self, run: _Running, output, tokens: list[int], text: str):
+        seconds = time.perf_counter() - run.started
+        if output.error:
+            result = GenerationResult(
+                None,
+                None,
+                run.prompt_tokens,
+                0,
+                {"code": "engine_error", "message": str(output.error)},
+            )
+        else:
+            hit_eos = bool(tokens) and tokens[-1] in self.engine.eos_ids
+            reason = run.stopped or ("stop" if hit_eos else "length")
+            result = GenerationResult(text, reason, run.prompt_tokens, len(tokens))
+        result.batch_size = run.joined_with
+        metrics.INFERENCE_SECONDS.labels(self.spec.name).observe(seconds)
+        return run.job, result, seconds
+
+    def _finish(self, ended, waiting) -> None:
+        outcomes = [
+            self._outcome(job, result, seconds, Decimal(0)) for job, result, seconds in ended
+        ]
+        for _, result, _ in ended:
+            metrics.BATCH_SIZE.labels(self.spec.name).observe(result.batch_size)
+        claimed = [job for job, _, _ in ended]
+        try:
+            finished = self._write(claimed, outcomes)
+        except Exception as exc:
+            log.exception("could not write %d ended jobs", len(ended))
+            self._release(claimed)
+            finished, error = {}, exc
+        else:
+            error = None
+        for job in claimed:
+            for item in waiting.pop(str(job.id), []):
+                if error is not None:
+                    item.future.set_exception(error)
+                else:
+                    item.future.set_result(finished.get(str(job.id), "skipped"))
