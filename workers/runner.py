@@ -186,20 +186,21 @@ class BatchRunner:
     def _reconcile_tokens(
         self, claimed: list[Job], outcomes: list[jobs.Outcome], done: set[uuid.UUID]
     ) -> None:
-        """Correct each key's per-minute token rate by what its jobs really used."""
+        """Correct each key's per-minute token rate by what its jobs really used: one call per
+        key per batch, not per job."""
         used = {o.job_id: o.prompt_tokens + o.completion_tokens for o in outcomes}
+        delta_by_key: dict[uuid.UUID, int] = {}
         for job in claimed:
-            if job.id not in done or job.reserved_tokens is None:
+            if job.id in done and job.reserved_tokens is not None:
+                delta = used.get(job.id, 0) - job.reserved_tokens
+                delta_by_key[job.api_key_id] = delta_by_key.get(job.api_key_id, 0) + delta
+        for key_id, delta in delta_by_key.items():
+            if not delta:
                 continue
             try:
-                ratelimit.reconcile_tokens(
-                    self.redis,
-                    self.settings.redis_prefix,
-                    job.api_key_id,
-                    used.get(job.id, 0) - job.reserved_tokens,
-                )
+                ratelimit.reconcile_tokens(self.redis, self.settings.redis_prefix, key_id, delta)
             except redis.RedisError:
-                log.warning("could not reconcile the token rate of job %s", job.id)
+                log.warning("could not reconcile the token rate of key %s", key_id)
 
     def _generate(self, group: list[Job], deadline: float, claimed_at: float) -> list[jobs.Outcome]:
         requests = [self._request(job) for job in group]
