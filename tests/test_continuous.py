@@ -27,6 +27,13 @@ def submit(client, auth, **body) -> str:
     return response.json()["id"]
 
 
+def wait_until_running(client, auth, job_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while client.get(f"/v1/jobs/{job_id}", headers=auth).json()["status"] == "queued":
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
 def test_each_job_keeps_its_budget_and_matches_the_batch_engine(
     client, auth, cb_worker, tiny_worker
 ):
@@ -58,10 +65,7 @@ def test_stop_sequence_and_streaming(client, auth, cb_worker):
 
 def test_a_short_job_joins_a_running_batch_and_leaves_first(client, auth, cb_worker):
     long_id = submit(client, auth, prompt="A long story", max_tokens=230)
-    deadline = time.monotonic() + 30
-    while client.get(f"/v1/jobs/{long_id}", headers=auth).json()["status"] == "queued":
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_until_running(client, auth, long_id)
     short_id = submit(client, auth, prompt="Quick", max_tokens=2)
     short, long = wait_final(client, auth, short_id), wait_final(client, auth, long_id)
     assert short["status"] == long["status"] == "succeeded"
@@ -78,10 +82,7 @@ def test_prompt_longer_than_the_context_fails_alone(client, auth, cb_worker):
 
 def test_cancel_stops_a_running_job_at_its_next_token(client, auth, cb_worker):
     job_id = submit(client, auth, prompt="Cancel me", max_tokens=230)
-    deadline = time.monotonic() + 30
-    while client.get(f"/v1/jobs/{job_id}", headers=auth).json()["status"] == "queued":
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_until_running(client, auth, job_id)
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth).status_code == 200
     deadline = time.monotonic() + 30
     while (job := client.get(f"/v1/jobs/{job_id}", headers=auth).json())["usage"] is None:
