@@ -10,6 +10,7 @@ number; the ledger row is unique per job.
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -198,10 +199,11 @@ def claim_jobs(
     if not job_ids:
         return []
     now = sa.func.now()
+    ids = sa.bindparam("claim_ids", job_ids, type_=ARRAY(UUID(as_uuid=True)))
     stmt = (
         sa.update(Job)
         .where(
-            Job.id.in_(job_ids),
+            Job.id == sa.any_(ids),  # one statement text for every batch size
             sa.or_(
                 Job.status == "queued",
                 sa.and_(Job.status == "running", Job.lease_expires_at < now),
@@ -243,7 +245,7 @@ _RESULT_COLUMNS = (
     ("status", sa.Text),
     ("output_text", sa.Text),
     ("finish_reason", sa.Text),
-    ("error", JSONB),
+    ("error", sa.Text),  # JSON text; cast to jsonb in the UPDATE
     ("prompt_tokens", sa.Integer),
     ("completion_tokens", sa.Integer),
     ("inference_ms", sa.Integer),
@@ -252,24 +254,37 @@ _RESULT_COLUMNS = (
 
 
 def _results_table(outcomes: list[Outcome]):
-    """The batch's results as a VALUES list, so one UPDATE writes them all."""
-    rows = [
-        (
+    """The batch's results as `unnest` of one array per column, so one UPDATE writes them all.
+
+    The statement's text is the same for every batch size: SQLAlchemy compiles it once and
+    Postgres can prepare it, where a VALUES list would be compiled anew for every batch.
+    """
+    columns: dict[str, list] = {name: [] for name, _ in _RESULT_COLUMNS}
+    for out in outcomes:
+        error = {k: _text(v) for k, v in out.error.items()} if out.error else None
+        row = (
             out.job_id,
             out.attempt,
             "succeeded" if out.succeeded else "failed",
             _text(out.text),
             out.finish_reason,
-            {k: _text(v) for k, v in out.error.items()} if out.error else None,
+            json.dumps(error) if error else None,
             out.prompt_tokens,
             out.completion_tokens,
             out.inference_ms,
             out.batch_size,
         )
-        for out in outcomes
+        for name, value in zip(columns, row, strict=True):
+            columns[name].append(value)
+    arrays = [
+        sa.bindparam(f"r_{name}", columns[name], type_=ARRAY(type_))
+        for name, type_ in _RESULT_COLUMNS
     ]
-    columns = [sa.column(name, type_) for name, type_ in _RESULT_COLUMNS]
-    return sa.values(*columns, name="results").data(rows)
+    return (
+        sa.func.unnest(*arrays)
+        .table_valued(*(sa.column(name, type_) for name, type_ in _RESULT_COLUMNS))
+        .render_derived(name="results")
+    )
 
 
 def finish_jobs(session: Session, outcomes: list[Outcome]) -> list[uuid.UUID]:
@@ -285,20 +300,20 @@ def finish_jobs(session: Session, outcomes: list[Outcome]) -> list[uuid.UUID]:
         return []
     results = _results_table(outcomes)
     recorded = {
-        "output_text": sa.cast(results.c.output_text, sa.Text),
-        "finish_reason": sa.cast(results.c.finish_reason, sa.Text),
+        "output_text": results.c.output_text,
+        "finish_reason": results.c.finish_reason,
         "error": sa.cast(results.c.error, JSONB),
-        "prompt_tokens": sa.cast(results.c.prompt_tokens, sa.Integer),
-        "completion_tokens": sa.cast(results.c.completion_tokens, sa.Integer),
-        "inference_ms": sa.cast(results.c.inference_ms, sa.Integer),
-        "batch_size": sa.cast(results.c.batch_size, sa.Integer),
+        "prompt_tokens": results.c.prompt_tokens,
+        "completion_tokens": results.c.completion_tokens,
+        "inference_ms": results.c.inference_ms,
+        "batch_size": results.c.batch_size,
         "lease_expires_at": None,
     }
     fenced = sa.and_(Job.id == results.c.id, Job.attempts == results.c.attempt)
     ended = session.execute(
         sa.update(Job)
         .where(fenced, Job.status == "running")
-        .values(status=sa.cast(results.c.status, sa.Text), finished_at=sa.func.now(), **recorded)
+        .values(status=results.c.status, finished_at=sa.func.now(), **recorded)
         .returning(Job.id, Job.api_key_id, Job.model)
         .execution_options(synchronize_session=False)
     ).all()
