@@ -45,11 +45,11 @@ device = "cpu"
 max_batch_size = 1
 max_new_tokens = 256
 
-[models.echo]
+[models.echo]  # a 50 ms window lets a batch fill while Celery hands over messages one by one
 engine = "echo"
 max_batch_size = 64
-max_batch_wait_ms = 5
-batch_settle_ms = 2
+max_batch_wait_ms = 50
+batch_settle_ms = 10
 
 [models.echo-unserved]  # no worker: submit rates measure the API alone
 engine = "echo"
