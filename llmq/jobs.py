@@ -77,7 +77,6 @@ def create_job(session: Session, api_key_id: uuid.UUID, new: NewJob) -> Job:
     )
     session.add(job)
     session.flush()
-    session.refresh(job)
     return job
 
 

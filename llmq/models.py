@@ -82,6 +82,8 @@ class Job(Base):
         Index("ix_jobs_queued_created", "created_at", postgresql_where=text("status = 'queued'")),
         Index("ix_jobs_queued_expires", "expires_at", postgresql_where=text("status = 'queued'")),
     )
+    # The INSERT returns the server's defaults (created_at, attempts, ...): no second query.
+    __mapper_args__ = {"eager_defaults": True}
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     api_key_id: Mapped[uuid.UUID] = mapped_column(
