@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from contextlib import asynccontextmanager
 
 import redis
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from api import errors
+from api.middleware import RequestMetrics
 from api.routes import admin, health, jobs, models, streams, usage, webhooks
-from llmq import __version__, metrics
+from llmq import __version__
 from llmq.catalog import load_catalog
 from llmq.queue_metrics import QueueCollector
 from llmq.settings import Settings, get_settings
@@ -58,31 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        length = request.headers.get("content-length")
-        limit = (
-            settings.max_bulk_request_bytes
-            if request.url.path.endswith("/bulk")
-            else settings.max_request_bytes
-        )
-        if length and length.isdigit() and int(length) > limit:
-            metrics.REJECTIONS.labels("too_large").inc()
-            metrics.HTTP_REQUESTS.labels("unmatched", request.method, "413").inc()
-            return errors.problem(
-                413,
-                "Request too large",
-                f"body exceeds {limit} bytes",
-                kind="too-large",
-                instance=request.url.path,
-            )
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.HTTP_LATENCY.labels(path, request.method).observe(time.perf_counter() - started)
-        metrics.HTTP_REQUESTS.labels(path, request.method, str(response.status_code)).inc()
-        return response
+    app.add_middleware(RequestMetrics, settings=settings)
 
     for router in (
         jobs.router,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,36 +48,42 @@ def run_jobs(client: httpx.Client, model: str, prompts: list[str], concurrent: b
     }
 
 
-def bare_generate(prompts: list[str], repeats: int) -> dict:
+class BareGenerate:
     """The same model and prompts through one batched `generate` call, in this process."""
-    import torch
 
-    from llmq.catalog import get_catalog
-    from llmq.settings import get_settings
-    from workers.loader import load_model
+    def __init__(self, prompts: list[str]):
+        from llmq.catalog import get_catalog
+        from llmq.settings import get_settings
+        from workers.loader import load_model
 
-    model, tokenizer, device = load_model(
-        get_catalog().get("smollm2-135m"), get_settings().cache_dir
-    )
-    texts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+        self.model, self.tokenizer, device = load_model(
+            get_catalog().get("smollm2-135m"), get_settings().cache_dir
         )
-        for p in prompts
-    ]
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    eos = tokenizer.eos_token_id
-    rates = []
-    for _ in range(repeats):
+        texts = [
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+            )
+            for p in prompts
+        ]
+        self.batch = self.tokenizer(
+            texts, return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(device)
+
+    def run(self) -> dict:
+        import torch
+
+        eos = self.tokenizer.eos_token_id
         started = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(
-                **batch, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=eos
+            out = self.model.generate(
+                **self.batch, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=eos
             )
         seconds = time.perf_counter() - started
         tokens = 0
-        for row in out[:, batch["input_ids"].shape[1] :].tolist():
+        for row in out[:, self.batch["input_ids"].shape[1] :].tolist():
             tokens += row.index(eos) + 1 if eos in row else len(row)
-        rates.append(tokens / seconds)
-    del model
-    return {"tokens_per_s": statistics.median(rates), "runs": rates}
+        return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
+def median_run(runs: list[dict]) -> dict:
+    return sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]

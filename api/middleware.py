@@ -1,0 +1,59 @@
+"""Request metrics and the body-size limit, as plain ASGI middleware.
+
+Starlette's `BaseHTTPMiddleware` runs every request through an extra task and a wrapped
+response stream; a plain ASGI callable costs one function call.
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import errors
+from llmq import metrics
+from llmq.settings import Settings
+
+
+class RequestMetrics:
+    """Count and time every request by route; refuse a body over the limit before reading it."""
+
+    def __init__(self, app: ASGIApp, settings: Settings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        limit = (
+            self.settings.max_bulk_request_bytes
+            if path.endswith("/bulk")
+            else self.settings.max_request_bytes
+        )
+        length = Headers(scope=scope).get("content-length")
+        if length and length.isdigit() and int(length) > limit:
+            metrics.REJECTIONS.labels("too_large").inc()
+            metrics.HTTP_REQUESTS.labels("unmatched", method, "413").inc()
+            response = errors.problem(
+                413, "Request too large", f"body exceeds {limit} bytes", kind="too-large",
+                instance=path,
+            )  # fmt: skip
+            await response(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")  # set by the router
+            metrics.HTTP_LATENCY.labels(route, method).observe(time.perf_counter() - started)
+            metrics.HTTP_REQUESTS.labels(route, method, str(status)).inc()
