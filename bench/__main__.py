@@ -19,7 +19,7 @@ from bench.env import ROOT, BenchEnv, api, wait_for_worker, worker
 from llmq.devstack import free_port
 
 console = Console()
-PAIRED_RUNS = 5  # pipeline and bare generate, taken in turns; the medians are compared
+PAIRED_RUNS = 5  # pipeline and bare generate, taken in turns so each pair sees the same machine
 
 
 def machine() -> str:
@@ -75,14 +75,17 @@ def main() -> None:
         w = worker(env, "smollm2-135m")
         wait_for_worker(env, "smollm2-135m")
         bare = pipeline.BareGenerate(pipeline.PROMPTS)
-        pipeline.run_jobs(client, "smollm2-135m", pipeline.PROMPTS[:4], concurrent=True)  # warm up
-        bare.run()
+        pipeline.run_jobs(client, "smollm2-135m", pipeline.PROMPTS, concurrent=True)  # warm up
+        bare.run()  # both sides have run the full batch once
         runs, bare_runs = [], []
-        for _ in range(PAIRED_RUNS):  # alternate, so both sides see the same machine
+        for _ in range(PAIRED_RUNS):
             runs.append(pipeline.run_jobs(client, "smollm2-135m", pipeline.PROMPTS, True))
             bare_runs.append(bare.run())
         del bare
         r["batched"], r["bare"] = pipeline.median_run(runs), pipeline.median_run(bare_runs)
+        r["efficiency"] = statistics.median(
+            p["tokens_per_s"] / b["tokens_per_s"] for p, b in zip(runs, bare_runs, strict=True)
+        )
         r["serial"] = pipeline.run_jobs(client, "smollm2-135m", pipeline.PROMPTS[:6], False)
         r["rss_mb"] = w.peak_rss_mb()
         w.stop()
@@ -112,9 +115,9 @@ def main() -> None:
 def write(r: dict) -> None:
     b, s, bare = r["batched"], r["serial"], r["bare"]
     rows = [
-        ("Pipeline efficiency", f"{b['tokens_per_s'] / bare['tokens_per_s']:.2f}", "≥ 0.90",
+        ("Pipeline efficiency", f"{r['efficiency']:.2f}", "≥ 0.90",
          f"{b['tokens_per_s']:.0f} tok/s through API→Redis→worker→Postgres (32 jobs, batches {b['batch_sizes']}) "
-         f"/ {bare['tokens_per_s']:.0f} tok/s bare batched generate (32 prompts); medians of {PAIRED_RUNS} runs taken in turns"),
+         f"/ {bare['tokens_per_s']:.0f} tok/s bare batched generate (32 prompts); {PAIRED_RUNS} runs of each taken in turns, the median of the {PAIRED_RUNS} ratios"),
         ("Batching gain", f"{b['tokens_per_s'] / s['tokens_per_s']:.1f}x", "≥ 6x",
          f"{b['tokens_per_s']:.0f} tok/s with 32 concurrent jobs / {s['tokens_per_s']:.0f} tok/s one at a time"),
         ("Continuous / static batching", f"{r['continuous']['tokens_per_s'] / b['tokens_per_s']:.2f}", "",
