@@ -39,11 +39,14 @@ def machine() -> str:
     )
 
 
-def cold_start(env: BenchEnv, client: httpx.Client) -> list[float]:
-    """Seconds from starting a worker process to its first finished job: empty cache, then cached."""
+def cold_start(
+    env: BenchEnv, client: httpx.Client, cached_runs: int = 3
+) -> tuple[float, float, list[float]]:
+    """Seconds from starting a worker process to its first finished job: with an empty cache,
+    then the median of `cached_runs` starts from the cache (and each of them)."""
     cache = env.dir / "cache"
     times = []
-    for _ in range(2):
+    for _ in range(1 + cached_runs):
         body = {"model": "smollm2-cold", "prompt": "Hello", "max_tokens": 4, "temperature": 0}
         job = client.post("/v1/jobs", json=body).json()
         started = time.perf_counter()
@@ -52,7 +55,7 @@ def cold_start(env: BenchEnv, client: httpx.Client) -> list[float]:
             job = client.get(f"/v1/jobs/{job['id']}", params={"wait": 60}).json()
         times.append(time.perf_counter() - started)
         proc.stop()
-    return times
+    return times[0], statistics.median(times[1:]), times[1:]
 
 
 def main() -> None:
@@ -83,9 +86,9 @@ def main() -> None:
             bare_runs.append(bare.run())
         del bare
         r["batched"], r["bare"] = pipeline.median_run(runs), pipeline.median_run(bare_runs)
-        r["efficiency"] = statistics.median(
+        r["ratios"] = [
             p["tokens_per_s"] / b["tokens_per_s"] for p, b in zip(runs, bare_runs, strict=True)
-        )
+        ]
         r["serial"] = pipeline.run_jobs(client, "smollm2-135m", pipeline.PROMPTS[:6], False)
         r["rss_mb"] = w.peak_rss_mb()
         w.stop()
@@ -115,9 +118,9 @@ def main() -> None:
 def write(r: dict) -> None:
     b, s, bare = r["batched"], r["serial"], r["bare"]
     rows = [
-        ("Pipeline efficiency", f"{r['efficiency']:.2f}", "≥ 0.90",
+        ("Pipeline efficiency", f"{statistics.median(r['ratios']):.2f}", "≥ 0.90",
          f"{b['tokens_per_s']:.0f} tok/s through API→Redis→worker→Postgres (32 jobs, batches {b['batch_sizes']}) "
-         f"/ {bare['tokens_per_s']:.0f} tok/s bare batched generate (32 prompts); {PAIRED_RUNS} runs of each taken in turns, the median of the {PAIRED_RUNS} ratios"),
+         f"/ {bare['tokens_per_s']:.0f} tok/s bare batched generate (32 prompts); {PAIRED_RUNS} runs of each taken in turns, the median of the pair ratios {', '.join(f'{x:.2f}' for x in r['ratios'])}; the tok/s are the medians of each side"),
         ("Batching gain", f"{b['tokens_per_s'] / s['tokens_per_s']:.1f}x", "≥ 6x",
          f"{b['tokens_per_s']:.0f} tok/s with 32 concurrent jobs / {s['tokens_per_s']:.0f} tok/s one at a time"),
         ("Continuous / static batching", f"{r['continuous']['tokens_per_s'] / b['tokens_per_s']:.2f}", "",
@@ -130,7 +133,7 @@ def write(r: dict) -> None:
         ("Submit → result visible", f"p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms", "",
          "echo engine, 40 jobs/s for 10 s, long-poll"),
         ("Cold start", f"{r['cold'][0]:.1f} s first, {r['cold'][1]:.1f} s cached", "cached < 4 s",
-         "worker process start → first finished job (SmolLM2; first start dequantizes the GGUF)"),
+         "worker process start → first finished job (SmolLM2; the first start dequantizes the GGUF; cached: median of " + ", ".join(f"{t:.1f}" for t in r["cold"][2]) + " s)"),
         ("Memory", f"{r['rss_mb']:.0f} MB", "",
          "peak resident memory of the SmolLM2 worker after batches of 32"),
     ]  # fmt: skip
