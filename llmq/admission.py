@@ -8,6 +8,7 @@ reserved atomically across API replicas.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,9 +26,6 @@ ADJECTIVE = {"day": "daily", "month": "monthly"}
 
 class _LostRace(Exception):
     """Another request with the same Idempotency-Key committed first."""
-
-    def __init__(self, job_id: uuid.UUID):
-        self.job_id = job_id
 
 
 @dataclass(frozen=True)
@@ -83,31 +81,66 @@ def admit(
     retention: timedelta,
 ) -> Admitted:
     """Create the job, or return the one an identical earlier request created."""
+    created: list[Job] = []
+
+    def create(session: Session) -> list[uuid.UUID]:
+        created.append(jobs.create_job(session, caller.key_id, new))
+        return [created[0].id]
+
+    ids, replayed = _admit(session_factory, caller, [new], claim, retention, create)
+    if not replayed:
+        return Admitted(created[0], False)
+    with session_factory() as session:
+        return Admitted(jobs.get_job(session, ids[0], caller.key_id), True)
+
+
+def admit_many(
+    session_factory,
+    caller: Caller,
+    new_jobs: list[jobs.NewJob],
+    claim: idempotency.Claim | None = None,
+    retention: timedelta = timedelta(0),
+) -> tuple[list[uuid.UUID], bool]:
+    """Create many jobs in one transaction, after checking the key's limits for all of them;
+    or return the ids an identical earlier request created. Returns (ids, replayed)."""
+    return _admit(
+        session_factory,
+        caller,
+        new_jobs,
+        claim,
+        retention,
+        lambda session: jobs.create_jobs(session, caller.key_id, new_jobs),
+    )
+
+
+def _admit(
+    session_factory,
+    caller: Caller,
+    new_jobs: list[jobs.NewJob],
+    claim: idempotency.Claim | None,
+    retention: timedelta,
+    create: Callable[[Session], list[uuid.UUID]],
+) -> tuple[list[uuid.UUID], bool]:
+    """Limits, rows and the idempotency key in one transaction; a request that loses the race
+    for its key answers with the winner's jobs."""
     try:
         with session_factory() as session:
             if claim is not None:
                 earlier = idempotency.find(session, caller.key_id, claim, retention)
                 if earlier is not None:
-                    return Admitted(jobs.get_job(session, earlier, caller.key_id), True)
-            _check_limits(session, caller, [new])
-            job = jobs.create_job(session, caller.key_id, new)
+                    return earlier, True
+            _check_limits(session, caller, new_jobs)
+            ids = create(session)
             if claim is not None and not idempotency.record(
-                session, caller.key_id, claim, job.id, retention
+                session, caller.key_id, claim, ids, retention
             ):
-                raise _LostRace(job.id)
-            return Admitted(job, False)
+                raise _LostRace()
+            return ids, False
     except _LostRace:
         with session_factory() as session:
             earlier = idempotency.find(session, caller.key_id, claim, retention)
-            if earlier is None:  # the winner's job was withdrawn (its publish failed)
-                raise JobStateConflict(
-                    f"a request with {idempotency.HEADER} {claim.key!r} did not complete; retry"
-                ) from None
-            return Admitted(jobs.get_job(session, earlier, caller.key_id), True)
-
-
-def admit_many(session_factory, caller: Caller, new_jobs: list[jobs.NewJob]) -> list[uuid.UUID]:
-    """Create many jobs in one transaction, after checking the key's limits for all of them."""
-    with session_factory() as session:
-        _check_limits(session, caller, new_jobs)
-        return jobs.create_jobs(session, caller.key_id, new_jobs)
+        if earlier is None:  # the winner's jobs were withdrawn (their publish failed)
+            raise JobStateConflict(
+                f"a request with {idempotency.HEADER} {claim.key!r} did not complete; retry"
+            ) from None
+        return earlier, True

@@ -1,9 +1,9 @@
-"""`Idempotency-Key` on submit: the same key and body give the same job, for a while.
+"""`Idempotency-Key` on submit: the same key and body give the same job(s), for a while.
 
 Keys are scoped per API key and remembered for `LLMQ_IDEMPOTENCY_RETENTION_H` hours. The
-key's row is written in the transaction that creates the job, on a primary key
+key's row is written in the transaction that creates the jobs, on a primary key
 (api key, idempotency key): a concurrent twin waits for that transaction, finds the row and
-answers with the same job, so twenty identical requests create one job.
+answers with the same jobs, so twenty identical requests create one job (or one bulk).
 """
 
 from __future__ import annotations
@@ -62,8 +62,9 @@ def _live(api_key_id: uuid.UUID, key: str, retention: timedelta):
 
 def find(
     session: Session, api_key_id: uuid.UUID, claim: Claim, retention: timedelta
-) -> uuid.UUID | None:
-    """The job an earlier request with this key made, or None; 422 if the body differs."""
+) -> list[uuid.UUID] | None:
+    """The jobs an earlier request with this key made, in order, or None; 422 if the body
+    differs."""
     row = session.execute(
         sa.select(IdempotencyKey).where(_live(api_key_id, claim.key, retention))
     ).scalar_one_or_none()
@@ -73,17 +74,17 @@ def find(
         raise IdempotencyMismatch(
             f"{HEADER} {claim.key!r} was used with another request body; use a new key"
         )
-    return row.job_id
+    return list(row.job_ids) if row.job_ids else [row.job_id]
 
 
 def record(
     session: Session,
     api_key_id: uuid.UUID,
     claim: Claim,
-    job_id: uuid.UUID,
+    job_ids: list[uuid.UUID],
     retention: timedelta,
 ) -> bool:
-    """Tie the key to a new job. False when another request holds the key (it won the race)."""
+    """Tie the key to new jobs. False when another request holds the key (it won the race)."""
     session.execute(
         sa.delete(IdempotencyKey).where(
             IdempotencyKey.api_key_id == api_key_id,
@@ -97,7 +98,8 @@ def record(
             api_key_id=api_key_id,
             key=claim.key,
             request_sha256=claim.request_sha256,
-            job_id=job_id,
+            job_id=job_ids[0],
+            job_ids=job_ids if len(job_ids) > 1 else None,
         )
         .on_conflict_do_nothing(index_elements=["api_key_id", "key"])
         .returning(IdempotencyKey.key)

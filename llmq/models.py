@@ -21,7 +21,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
@@ -143,7 +143,11 @@ class LedgerEntry(Base):
 
 
 class IdempotencyKey(Base):
-    """An `Idempotency-Key` seen on submit, scoped to the API key that sent it."""
+    """An `Idempotency-Key` seen on submit, scoped to the API key that sent it.
+
+    `job_id` is the (first) job the request made; a bulk request also keeps all of its jobs,
+    in order, in `job_ids`. Deleting the first job (its publish failed) frees the key.
+    """
 
     __tablename__ = "idempotency_keys"
 
@@ -155,6 +159,7 @@ class IdempotencyKey(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE")
     )
+    job_ids: Mapped[list[uuid.UUID] | None] = mapped_column(ARRAY(UUID(as_uuid=True)))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -1,4 +1,4 @@
-"""Idempotency-Key on submit: replay, conflict, scope, expiry, and twenty racing requests."""
+"""Idempotency-Key on submit and bulk: replay, conflict, scope, expiry, twenty racing requests."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from llmq.db import session_scope
 from llmq.keys import hash_key
 from llmq.models import ApiKey, IdempotencyKey, Job
-from tests.conftest import make_key
+from llmq.queues import waiting_count
+from tests.conftest import REDIS_PREFIX, make_key
 from tests.tenancy_helpers import ApiServer
 
 BODY = {"model": "idle", "prompt": "make this once", "max_tokens": 4}
@@ -105,3 +106,37 @@ def test_twenty_concurrent_identical_requests_create_one_job():
             .where(ApiKey.key_hash == hash_key(plain))
         )
     assert made == 1 and jobs_for(headers["Idempotency-Key"]) == 1
+
+
+BULK = {"jobs": [{"model": "idle", "prompt": f"bulk item {i}", "max_tokens": 4} for i in range(5)]}
+
+
+def test_bulk_with_the_same_key_and_body_replays_the_same_ids(client, auth, redis_client):
+    idem = {"Idempotency-Key": str(uuid.uuid4())}
+    queued = waiting_count(redis_client, "idle", REDIS_PREFIX)
+    first = client.post("/v1/jobs/bulk", json=BULK, headers=auth | idem)
+    again = client.post("/v1/jobs/bulk", json=BULK, headers=auth | idem)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["ids"] == first.json()["ids"] and len(first.json()["ids"]) == 5
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert waiting_count(redis_client, "idle", REDIS_PREFIX) == queued + 5  # one publish
+    with session_scope() as session:
+        ids = [uuid.UUID(i) for i in first.json()["ids"]]
+        assert session.scalar(sa.select(sa.func.count()).where(Job.id.in_(ids))) == 5
+
+
+def test_bulk_with_the_same_key_and_another_body_is_a_422(client, auth):
+    idem = {"Idempotency-Key": str(uuid.uuid4())}
+    assert client.post("/v1/jobs/bulk", json=BULK, headers=auth | idem).status_code == 202
+    other = {"jobs": BULK["jobs"][:4]}
+    response = client.post("/v1/jobs/bulk", json=other, headers=auth | idem)
+    assert response.status_code == 422
+    assert response.json()["type"] == "/problems/idempotency-key-reused"
+
+
+def test_a_key_used_on_submit_is_not_replayed_by_bulk(client, auth):
+    idem = {"Idempotency-Key": str(uuid.uuid4())}
+    assert client.post("/v1/jobs", json=BODY, headers=auth | idem).status_code == 202
+    response = client.post("/v1/jobs/bulk", json={"jobs": [BODY]}, headers=auth | idem)
+    assert response.status_code == 422

@@ -46,6 +46,13 @@ def _render(session, job: Job, settings: Settings) -> dict:
     return job_resource(job, _costs(session, [job.id]).get(job.id), settings.flower_url)
 
 
+def _claim(header: str | None, body: JobCreate | BulkCreate) -> idempotency.Claim | None:
+    key = idempotency.parse_header(header)
+    if key is None:
+        return None
+    return idempotency.Claim(key, idempotency.fingerprint(body.model_dump(mode="json")))
+
+
 @router.post("", status_code=202)
 def submit(
     body: JobCreate,
@@ -59,10 +66,7 @@ def submit(
     """Check limits, write the job, then put its message on the model's queue; answer at once."""
     prepared = prepare(body, caller, catalog, settings)
     reserved_tokens = prepared.reserved_tokens
-    claim = None
-    key = idempotency.parse_header(idempotency_key)
-    if key is not None:
-        claim = idempotency.Claim(key, idempotency.fingerprint(body.model_dump(mode="json")))
+    claim = _claim(idempotency_key, body)
     response.headers.update(charge_rate(request, caller, reserved_tokens))
     retention = timedelta(hours=settings.idempotency_retention_h)
     try:
@@ -93,13 +97,16 @@ def submit_bulk(
     body: BulkCreate,
     request: Request,
     response: Response,
+    idempotency_key: str | None = Header(None, alias=idempotency.HEADER),
     caller: Caller = Depends(deps.caller),
     catalog: Catalog = Depends(deps.catalog),
     settings: Settings = Depends(deps.settings),
 ) -> dict:
     """Up to 10,000 jobs: every item is checked first, and one bad item means nothing is
     written; then the key's limits for all of them at once, one transaction and one Redis
-    pipeline. Ids come back in the order of the items."""
+    pipeline. Ids come back in the order of the items. With an `Idempotency-Key`, a repeat
+    of the same request answers with the same ids and creates nothing."""
+    claim = _claim(idempotency_key, body)
     prepared, errors = [], []
     for index, item in enumerate(body.jobs):
         try:
@@ -116,11 +123,16 @@ def submit_bulk(
         )
     response.headers.update(charge_rate(request, caller, tokens))
     new_jobs = [p.new for p in prepared]
+    retention = timedelta(hours=settings.idempotency_retention_h)
     try:
-        ids = admission.admit_many(session_scope, caller, new_jobs)
+        ids, replayed = admission.admit_many(session_scope, caller, new_jobs, claim, retention)
     except Exception:
         ratelimits.refund_tokens(request, caller, tokens)
         raise
+    if replayed:
+        ratelimits.refund_tokens(request, caller, tokens)
+        response.headers["Idempotent-Replayed"] = "true"
+        return {"object": "bulk", "count": len(ids), "ids": [str(i) for i in ids]}
     messages = [(str(i), new.model, new.priority) for i, new in zip(ids, new_jobs, strict=True)]
     try:
         publish_generate_many(get_celery(), messages)
