@@ -40,6 +40,12 @@ def split_gpu_cost_usd(
     ]
 
 
+def gpu_seconds_cost_usd(gpu_seconds: float, gpu_hour_usd: Decimal) -> Decimal:
+    """The cost of a job's own share of GPU time (continuous batching measures it per job)."""
+    cost = Decimal(str(gpu_seconds)) * gpu_hour_usd / SECONDS_PER_HOUR
+    return cost.quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
 def usd(amount: Decimal) -> str:
     """An amount as a plain decimal string, trailing zeros dropped ("0.0000012", never 1.2E-6)."""
     return f"{amount.normalize():f}"

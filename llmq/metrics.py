@@ -91,7 +91,9 @@ SWEEPER_ACTIONS = Counter(
 # Money
 COST_USD = Counter("llmq_cost_usd_total", "Token-price cost of finished jobs", ["model"])
 GPU_COST_USD = Counter(
-    "llmq_gpu_cost_usd_total", "GPU-hour cost of finished jobs, split by tokens", ["model"]
+    "llmq_gpu_cost_usd_total",
+    "GPU-hour cost of finished jobs (their share of device time)",
+    ["model"],
 )
 
 # Metric names served by collectors (queue gauges in the API, device gauges in workers), with their help, for docs and dashboards.

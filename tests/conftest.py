@@ -67,6 +67,7 @@ max_batch_size = 8
 max_new_tokens = 240
 default_max_tokens = 8
 context_length = 256
+gpu_hour_usd = "3.6"
 
 [models.tiny-serial]
 source = {{ path = "{tiny}" }}

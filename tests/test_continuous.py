@@ -4,6 +4,8 @@ joining a batch that is already running."""
 from __future__ import annotations
 
 import time
+from datetime import datetime
+from decimal import Decimal
 
 import pytest
 
@@ -18,6 +20,10 @@ def cb_worker(environment):
     worker = WorkerProcess("tiny-cb").wait_ready()
     yield worker
     worker.stop()
+
+
+def iso(value: str) -> datetime:
+    return datetime.fromisoformat(value)
 
 
 def submit(client, auth, **body) -> str:
@@ -71,6 +77,19 @@ def test_a_short_job_joins_a_running_batch_and_leaves_first(client, auth, cb_wor
     assert short["status"] == long["status"] == "succeeded"
     assert long["usage"]["completion_tokens"] == 230
     assert short["finished_at"] < long["finished_at"]  # it did not wait for the long job
+
+
+def test_jobs_sharing_the_device_split_its_time(client, auth, cb_worker):
+    """Each job pays for its share of the intervals it ran in; the shares never add up to more
+    than the time the two jobs were on the device."""
+    long_id = submit(client, auth, prompt="A long story", max_tokens=120)
+    wait_until_running(client, auth, long_id)
+    short_id = submit(client, auth, prompt="Quick", max_tokens=20)
+    short, long = wait_final(client, auth, short_id), wait_final(client, auth, long_id)
+    costs = [Decimal(job["usage"]["gpu_cost_usd"]) for job in (short, long)]
+    assert all(cost > 0 for cost in costs) and costs[0] < costs[1]
+    span_s = (iso(long["finished_at"]) - iso(long["started_at"])).total_seconds()
+    assert sum(costs) <= Decimal(str(span_s + 0.05)) * Decimal("3.6") / 3600
 
 
 def test_prompt_longer_than_the_context_fails_alone(client, auth, cb_worker):

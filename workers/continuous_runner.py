@@ -4,6 +4,9 @@ Unlike the batch runner, nothing waits for a batch to fill. Each loop turn claim
 that arrived (one UPDATE), hands them to the engine, reads the tokens every running job
 produced, streams them, stops jobs that hit a stop sequence or were cancelled, and writes the
 jobs that ended, many per transaction, through the batch runner's write path.
+
+GPU time is charged per job as its share of each interval it ran in: an interval in which n
+jobs ran adds 1/n of it to each, so the shares add up to the time the device was busy.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from decimal import Decimal
 
 from llmq import jobs, metrics
 from llmq.db import session_scope
+from llmq.ledger import gpu_seconds_cost_usd
 from llmq.models import Job
 from workers.batching import earliest_stop
 from workers.engines.base import GenerationRequest, GenerationResult
@@ -29,12 +33,21 @@ WRITE_EVERY_S = 0.02  # ended jobs wait at most this long to share a transaction
 
 
 @dataclass
+class _Ended:
+    job: Job
+    result: GenerationResult
+    seconds: float = 0.0
+    gpu_cost_usd: Decimal = Decimal(0)
+
+
+@dataclass
 class _Running:
     job: Job
     request: GenerationRequest
     prompt_tokens: int
     joined_with: int  # jobs in the running batch when this one joined
     started: float = field(default_factory=time.perf_counter)
+    gpu_seconds: float = 0.0  # its share of the device's time: each interval split evenly
     text: str = ""
     stopped: str | None = None  # finish reason forced here: stop sequence, cancel, time bound
 
@@ -43,8 +56,8 @@ class ContinuousRunner(BatchRunner):
     def _loop(self) -> None:
         waiting: dict[str, list[_Waiting]] = {}
         running: dict[str, _Running] = {}
-        ended: list[tuple[Job, GenerationResult, float]] = []
-        last_write = time.perf_counter()
+        ended: list[_Ended] = []
+        last_write = self._last_tick = time.perf_counter()
         while True:
             arrivals = self._drain()
             if not arrivals and not running and not ended:
@@ -52,6 +65,8 @@ class ContinuousRunner(BatchRunner):
             for item in arrivals:
                 waiting.setdefault(item.job_id, []).append(item)
             fresh = [job_id for job_id in waiting if job_id not in running]
+            if not running:
+                self._last_tick = time.perf_counter()  # idle time is nobody's
             if fresh:
                 ended += self._admit(fresh, running, waiting)
             if running:
@@ -62,7 +77,7 @@ class ContinuousRunner(BatchRunner):
                 self._finish(ended, waiting)
                 ended, last_write = [], time.perf_counter()
 
-    def _admit(self, job_ids, running, waiting) -> list[tuple[Job, GenerationResult, float]]:
+    def _admit(self, job_ids, running, waiting) -> list[_Ended]:
         """Claim newly arrived jobs and add them to the running batch."""
         try:
             with session_scope() as session:
@@ -88,17 +103,19 @@ class ContinuousRunner(BatchRunner):
             prompt = self.engine.render(request)
             room = self.engine.context_length - len(prompt)
             if room <= 0:
-                failed.append((job, too_long(len(prompt), self.engine.context_length), 0.0))
+                failed.append(_Ended(job, too_long(len(prompt), self.engine.context_length)))
                 continue
             running[str(job.id)] = _Running(job, request, len(prompt), len(running) + 1)
             self.engine.add(request, prompt, min(request.max_tokens, room))
         return failed
 
-    def _collect(self, running: dict[str, _Running]) -> list[tuple[Job, GenerationResult, float]]:
+    def _collect(self, running: dict[str, _Running]) -> list[_Ended]:
         """Read what the engine produced; return the jobs that ended."""
         deltas: dict[str, str] = {}
         ended = []
-        for output in self.engine.poll(POLL_S):
+        outputs = self.engine.poll(POLL_S)
+        self._share_time(running)
+        for output in outputs:
             run = running.get(output.request_id)
             if run is None:
                 continue
@@ -126,7 +143,13 @@ class ContinuousRunner(BatchRunner):
             self._stream(deltas)
         return ended
 
-    def _ended(self, run: _Running, output, tokens: list[int], text: str):
+    def _share_time(self, running: dict[str, _Running]) -> None:
+        now = time.perf_counter()
+        for run in running.values():
+            run.gpu_seconds += (now - self._last_tick) / len(running)
+        self._last_tick = now
+
+    def _ended(self, run: _Running, output, tokens: list[int], text: str) -> _Ended:
         seconds = time.perf_counter() - run.started
         if output.error:
             result = GenerationResult(
@@ -142,15 +165,14 @@ class ContinuousRunner(BatchRunner):
             result = GenerationResult(text, reason, run.prompt_tokens, len(tokens))
         result.batch_size = run.joined_with
         metrics.INFERENCE_SECONDS.labels(self.spec.name).observe(seconds)
-        return run.job, result, seconds
+        gpu_cost = gpu_seconds_cost_usd(run.gpu_seconds, self.spec.gpu_hour_usd)
+        return _Ended(run.job, result, seconds, gpu_cost)
 
-    def _finish(self, ended, waiting) -> None:
-        outcomes = [
-            self._outcome(job, result, seconds, Decimal(0)) for job, result, seconds in ended
-        ]
-        for _, result, _ in ended:
-            metrics.BATCH_SIZE.labels(self.spec.name).observe(result.batch_size)
-        claimed = [job for job, _, _ in ended]
+    def _finish(self, ended: list[_Ended], waiting) -> None:
+        outcomes = [self._outcome(e.job, e.result, e.seconds, e.gpu_cost_usd) for e in ended]
+        for e in ended:
+            metrics.BATCH_SIZE.labels(self.spec.name).observe(e.result.batch_size)
+        claimed = [e.job for e in ended]
         try:
             finished = self._write(claimed, outcomes)
         except Exception as exc:
