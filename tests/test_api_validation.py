@@ -146,3 +146,16 @@ def test_bad_last_event_id_is_refused(client, auth):
     response = client.get(f"/v1/jobs/{job['id']}/events", headers={**auth, "Last-Event-ID": "x"})
     assert response.status_code == 422
     client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+
+
+def test_a_seed_for_sampling_under_continuous_batching_is_refused(client, auth):
+    """Continuous batching has no per-request seed: say so instead of ignoring it."""
+    sampled = {"model": "tiny-cb", "prompt": "hi", "temperature": 0.7, "seed": 7}
+    before = _job_count()
+    response = client.post("/v1/jobs", json=sampled, headers=auth)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "seed"
+    assert _job_count() == before
+    greedy = client.post("/v1/jobs", json=sampled | {"temperature": 0}, headers=auth)
+    assert greedy.status_code == 202  # a seed does not matter to a greedy job
+    client.post(f"/v1/jobs/{greedy.json()['id']}/cancel", headers=auth)
