@@ -132,7 +132,19 @@ def submit_bulk(
     if replayed:
         ratelimits.refund_tokens(request, caller, tokens)
         response.headers["Idempotent-Replayed"] = "true"
-        return {"object": "bulk", "count": len(ids), "ids": [str(i) for i in ids]}
+    else:
+        _publish_bulk(request, caller, ids, new_jobs, tokens)
+    return {"object": "bulk", "count": len(ids), "ids": [str(i) for i in ids]}
+
+
+def _publish_bulk(
+    request: Request,
+    caller: Caller,
+    ids: list[uuid.UUID],
+    new_jobs: list[jobs.NewJob],
+    tokens: int,
+) -> None:
+    """One Redis pipeline for every message; if it fails, the jobs are withdrawn."""
     messages = [(str(i), new.model, new.priority) for i, new in zip(ids, new_jobs, strict=True)]
     try:
         publish_generate_many(get_celery(), messages)
@@ -143,7 +155,6 @@ def submit_bulk(
         raise QueueUnavailable(f"the queue is unavailable, no job accepted: {exc}") from exc
     for new in new_jobs:
         metrics.JOBS_SUBMITTED.labels(new.model).inc()
-    return {"object": "bulk", "count": len(ids), "ids": [str(i) for i in ids]}
 
 
 @router.get("")
