@@ -23,7 +23,7 @@ from llmq.db import session_scope
 from llmq.models import ApiKey, LedgerEntry, WebhookAttempt, WebhookDelivery
 from llmq.resources import job_resource
 from llmq.settings import Settings
-from workers.webhook_policy import next_step, parse_delays, parse_retry_after
+from workers.webhook_policy import Step, next_step, parse_delays, parse_retry_after
 
 log = logging.getLogger(__name__)
 LEASE_GRACE_S = 60
@@ -119,46 +119,68 @@ def _claim(session, delivery_id: str, settings: Settings) -> WebhookDelivery | N
     ).scalar_one_or_none()
 
 
-def deliver_once(delivery_id: str, settings: Settings) -> str:
-    """One attempt of one delivery. Safe to call twice: only a due, pending row is claimed."""
+@dataclass(frozen=True)
+class Claimed:
+    """What one attempt needs, read in the transaction that claimed the delivery."""
+
+    delivery_id: str
+    url: str
+    payload: str
+    secret: str
+    attempt: int
+
+
+def claim(delivery_id: str, settings: Settings) -> Claimed | None:
+    """Take a due, pending delivery for one attempt; None when another sender has it."""
     with session_scope() as session:
         delivery = _claim(session, delivery_id, settings)
         if delivery is None:
-            return "skipped"
+            return None
         if delivery.payload is None:
             delivery.payload = render_payload(session, delivery, settings)
         key = session.get(ApiKey, delivery.api_key_id)
         secret = keys.webhook_secret(key)
-        url, payload, attempt = delivery.url, delivery.payload, delivery.attempts
-    started_at = datetime.now(UTC)
+        return Claimed(delivery_id, delivery.url, delivery.payload, secret, delivery.attempts)
+
+
+def attempt(claimed: Claimed, settings: Settings) -> tuple[AttemptResult, Step]:
+    """Check the address again, POST, and decide what comes next."""
     try:
-        target = ssrf.check_url(url, settings)
+        target = ssrf.check_url(claimed.url, settings)
     except ssrf.UnsafeUrl as exc:
         result = AttemptResult(None, f"refused: {exc}", None, 0)
     else:
-        result = send(target, delivery_id, payload, secret, settings)
+        result = send(target, claimed.delivery_id, claimed.payload, claimed.secret, settings)
     step = next_step(
         result.status_code,
-        attempt,
+        claimed.attempt,
         parse_delays(settings.webhook_retry_delays_s),
         settings.webhook_jitter,
         random.random(),
         result.retry_after_s,
     )
+    return result, step
+
+
+def record(claimed: Claimed, started_at: datetime, result: AttemptResult, step: Step) -> bool:
+    """Log the attempt and move the delivery on; False when the delivery was not changed."""
     with session_scope() as session:
         session.add(
             WebhookAttempt(
-                delivery_id=delivery_id,
-                attempt=attempt,
+                delivery_id=claimed.delivery_id,
+                attempt=claimed.attempt,
                 started_at=started_at,
                 duration_ms=result.duration_ms,
                 status_code=result.status_code,
                 error=result.error,
             )
         )
-        session.execute(
+        changed = session.execute(
             sa.update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "sending")
+            .where(
+                WebhookDelivery.id == claimed.delivery_id,
+                WebhookDelivery.status == "sending",
+            )
             .values(
                 status=step.status,
                 next_attempt_at=sa.func.now() + timedelta(seconds=step.delay_s),
@@ -167,10 +189,25 @@ def deliver_once(delivery_id: str, settings: Settings) -> str:
                 last_error=result.error,
                 finished_at=None if step.status == "pending" else sa.func.now(),
             )
-        )
+        ).rowcount
+    return changed == 1
+
+
+def deliver_once(delivery_id: str, settings: Settings) -> str:
+    """One attempt of one delivery. Safe to call twice: only a due, pending row is claimed."""
+    claimed = claim(delivery_id, settings)
+    if claimed is None:
+        return "skipped"
+    started_at = datetime.now(UTC)
+    result, step = attempt(claimed, settings)
+    record(claimed, started_at, result, step)
     metrics.WEBHOOK_ATTEMPTS.labels(step.status).inc()
     log.info(
-        "webhook %s attempt %d: %s -> %s", delivery_id, attempt, result.status_code, step.status
+        "webhook %s attempt %d: %s -> %s",
+        delivery_id,
+        claimed.attempt,
+        result.status_code,
+        step.status,
     )
     return step.status
 
