@@ -7,6 +7,7 @@ response is read up to a size cap and never stored, and the whole attempt has a 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -61,7 +62,33 @@ def sign_headers(msg_id: str, payload: str, secret: str, now: datetime) -> dict[
     }
 
 
-def send(target: ssrf.Target, msg_id: str, payload: str, secret: str, settings: Settings):
+async def _post(
+    url: str, body: bytes, headers: dict[str, str], extensions: dict, settings: Settings
+) -> tuple[int, str | None]:
+    """POST and read the status, the headers and at most the size cap of the body."""
+    async with (
+        httpx.AsyncClient(
+            timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False
+        ) as client,
+        client.stream("POST", url, content=body, headers=headers, extensions=extensions) as resp,
+    ):
+        read = 0
+        async for chunk in resp.aiter_raw():
+            read += len(chunk)
+            if read >= settings.webhook_max_response_bytes:
+                break
+        return resp.status_code, resp.headers.get("retry-after")
+
+
+def send(
+    target: ssrf.Target, msg_id: str, payload: str, secret: str, settings: Settings
+) -> AttemptResult:
+    """One POST under one wall-clock deadline, `webhook_timeout_s`, from connect to last byte.
+
+    httpx's timeouts bound each read, not the whole exchange, so a receiver dripping a byte
+    at a time would never time out; the request runs as a task that is cancelled at the
+    deadline, which closes its connection.
+    """
     started = time.monotonic()
     now = datetime.now(UTC)
     headers = sign_headers(msg_id, payload, secret, now) | {
@@ -70,35 +97,19 @@ def send(target: ssrf.Target, msg_id: str, payload: str, secret: str, settings: 
         "host": target.host_header,
     }
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-    deadline = started + settings.webhook_timeout_s
+    url = target.pinned_url(target.addresses[0])
 
     def elapsed_ms() -> int:
         return int((time.monotonic() - started) * 1000)
 
+    request = _post(url, payload.encode(), headers, extensions, settings)
     try:
-        with (
-            httpx.Client(
-                timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False
-            ) as client,
-            client.stream(
-                "POST",
-                target.pinned_url(target.addresses[0]),
-                content=payload.encode(),
-                headers=headers,
-                extensions=extensions,
-            ) as response,
-        ):
-            read = 0
-            for chunk in response.iter_raw():
-                read += len(chunk)
-                if read >= settings.webhook_max_response_bytes or time.monotonic() > deadline:
-                    break
-            retry_after = parse_retry_after(response.headers.get("retry-after"), now)
-            return AttemptResult(response.status_code, None, retry_after, elapsed_ms())
-    except httpx.TimeoutException:
+        status, retry_after = asyncio.run(asyncio.wait_for(request, settings.webhook_timeout_s))
+    except (TimeoutError, httpx.TimeoutException):
         return AttemptResult(None, "timeout", None, elapsed_ms())
     except httpx.HTTPError as exc:
         return AttemptResult(None, f"connection error: {type(exc).__name__}", None, elapsed_ms())
+    return AttemptResult(status, None, parse_retry_after(retry_after, now), elapsed_ms())
 
 
 def _claim(session, delivery_id: str, settings: Settings) -> WebhookDelivery | None:
@@ -163,7 +174,11 @@ def attempt(claimed: Claimed, settings: Settings) -> tuple[AttemptResult, Step]:
 
 
 def record(claimed: Claimed, started_at: datetime, result: AttemptResult, step: Step) -> bool:
-    """Log the attempt and move the delivery on; False when the delivery was not changed."""
+    """Log the attempt and move the delivery on; False when the delivery was not changed.
+
+    The outcome is fenced by the attempt number: an attempt whose lease ran out while it was
+    still sending, so that a newer attempt was claimed, is logged but decides nothing.
+    """
     with session_scope() as session:
         session.add(
             WebhookAttempt(
@@ -180,6 +195,7 @@ def record(claimed: Claimed, started_at: datetime, result: AttemptResult, step: 
             .where(
                 WebhookDelivery.id == claimed.delivery_id,
                 WebhookDelivery.status == "sending",
+                WebhookDelivery.attempts == claimed.attempt,
             )
             .values(
                 status=step.status,
@@ -200,16 +216,17 @@ def deliver_once(delivery_id: str, settings: Settings) -> str:
         return "skipped"
     started_at = datetime.now(UTC)
     result, step = attempt(claimed, settings)
-    record(claimed, started_at, result, step)
-    metrics.WEBHOOK_ATTEMPTS.labels(step.status).inc()
+    outcome = step.status if record(claimed, started_at, result, step) else "stale"
+    metrics.WEBHOOK_ATTEMPTS.labels(outcome).inc()
     log.info(
-        "webhook %s attempt %d: %s -> %s",
+        "webhook %s attempt %d: %s %s -> %s",
         delivery_id,
         claimed.attempt,
         result.status_code,
-        step.status,
+        result.error or "",
+        outcome,
     )
-    return step.status
+    return outcome
 
 
 def due_deliveries(session, limit: int = 500) -> list[str]:
