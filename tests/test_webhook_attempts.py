@@ -16,12 +16,16 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
+from prometheus_client import REGISTRY
 
-from llmq import outbox, ssrf
+from llmq import crypto, outbox, ssrf
 from llmq.db import session_scope
-from llmq.models import WebhookDelivery
+from llmq.keys import create_key
+from llmq.models import ApiKey, WebhookDelivery
 from llmq.settings import Settings, get_settings
 from tests.conftest import wait_for
+from tests.tenancy_helpers import Receiver
 from workers import webhooks
 
 DEADLINE_S = 1.0
@@ -167,3 +171,33 @@ def test_a_stale_attempt_cannot_overwrite_a_newer_one(client, auth):
         2,
     )
     assert sorted((a["attempt"], a["status_code"]) for a in delivery["log"]) == [(1, 500), (2, 200)]
+
+
+def failed_attempts() -> float:
+    return REGISTRY.get_sample_value("llmq_webhook_attempts_total", {"outcome": "failed"}) or 0.0
+
+
+def test_an_undecryptable_secret_fails_the_delivery_once_and_visibly(client):
+    receiver = Receiver()
+    with session_scope() as session:
+        row, plain = create_key(session, f"stale-secret-{uuid.uuid4().hex[:6]}")
+        other = Settings(secret_key=Fernet.generate_key().decode())
+        row.webhook_secret_enc = crypto.encrypt("whsec_" + "B" * 44, other)
+    headers = {"Authorization": f"Bearer {plain}"}
+    before = failed_attempts()
+    try:
+        job_id, delivery_id = cancelled_job_with_webhook(client, headers, receiver.url)
+        assert webhooks.deliver_once(delivery_id, get_settings()) == "failed"
+    finally:
+        receiver.close()
+    assert receiver.requests == []
+    delivery = client.get(f"/v1/jobs/{job_id}/webhooks", headers=headers).json()["data"][0]
+    assert delivery["status"] == "failed" and delivery["attempts"] == 1
+    assert delivery["last_error"] == "secret cannot be decrypted"
+    assert [(a["attempt"], a["error"]) for a in delivery["log"]] == [
+        (1, "secret cannot be decrypted")
+    ]
+    assert failed_attempts() == before + 1
+    with session_scope() as session:
+        assert delivery_id not in webhooks.due_deliveries(session)
+        assert session.get(ApiKey, row.id) is not None

@@ -17,10 +17,12 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import sqlalchemy as sa
+from cryptography.fernet import InvalidToken
 from standardwebhooks import Webhook
 
 from llmq import __version__, jobs, keys, metrics, ssrf
 from llmq.db import session_scope
+from llmq.errors import KeyNotFound
 from llmq.models import ApiKey, LedgerEntry, WebhookAttempt, WebhookDelivery
 from llmq.resources import job_resource
 from llmq.settings import Settings
@@ -28,6 +30,7 @@ from workers.webhook_policy import Step, next_step, parse_delays, parse_retry_af
 
 log = logging.getLogger(__name__)
 LEASE_GRACE_S = 60
+SECRET_UNREADABLE = "secret cannot be decrypted"  # final: retrying cannot help
 
 
 @dataclass(frozen=True)
@@ -137,12 +140,17 @@ class Claimed:
     delivery_id: str
     url: str
     payload: str
-    secret: str
+    secret: str | None  # None: the key's secret cannot be read, so nothing can be signed
     attempt: int
 
 
 def claim(delivery_id: str, settings: Settings) -> Claimed | None:
-    """Take a due, pending delivery for one attempt; None when another sender has it."""
+    """Take a due, pending delivery for one attempt; None when another sender has it.
+
+    The claim commits even when the key's secret cannot be decrypted (say, `LLMQ_SECRET_KEY`
+    changed), so that failure is logged as an attempt instead of rolling back and coming
+    round again forever.
+    """
     with session_scope() as session:
         delivery = _claim(session, delivery_id, settings)
         if delivery is None:
@@ -150,12 +158,18 @@ def claim(delivery_id: str, settings: Settings) -> Claimed | None:
         if delivery.payload is None:
             delivery.payload = render_payload(session, delivery, settings)
         key = session.get(ApiKey, delivery.api_key_id)
-        secret = keys.webhook_secret(key)
+        try:
+            secret = keys.webhook_secret(key)
+        except (InvalidToken, KeyNotFound):
+            log.error("webhook %s: the secret of key %s cannot be decrypted", delivery_id, key.id)
+            secret = None
         return Claimed(delivery_id, delivery.url, delivery.payload, secret, delivery.attempts)
 
 
 def attempt(claimed: Claimed, settings: Settings) -> tuple[AttemptResult, Step]:
     """Check the address again, POST, and decide what comes next."""
+    if claimed.secret is None:
+        return AttemptResult(None, SECRET_UNREADABLE, None, 0), Step("failed")
     try:
         target = ssrf.check_url(claimed.url, settings)
     except ssrf.UnsafeUrl as exc:
