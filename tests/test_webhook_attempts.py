@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
+from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from llmq import crypto, outbox, ssrf
@@ -24,7 +25,7 @@ from llmq.db import session_scope
 from llmq.keys import create_key
 from llmq.models import ApiKey, WebhookDelivery
 from llmq.settings import Settings, get_settings
-from tests.conftest import wait_for
+from tests.conftest import make_key, wait_for
 from tests.tenancy_helpers import Receiver
 from workers import webhooks
 
@@ -201,3 +202,31 @@ def test_an_undecryptable_secret_fails_the_delivery_once_and_visibly(client):
     with session_scope() as session:
         assert delivery_id not in webhooks.due_deliveries(session)
         assert session.get(ApiKey, row.id) is not None
+
+
+@pytest.fixture(scope="module")
+def limited_client(environment):
+    from api.app import create_app
+
+    with TestClient(
+        create_app(get_settings().model_copy(update={"webhook_redeliver_per_min": 2}))
+    ) as c:
+        yield c
+
+
+def test_redeliver_is_rate_limited_per_key(limited_client):
+    headers = {"Authorization": f"Bearer {make_key('redeliver')}"}
+    other = {"Authorization": f"Bearer {make_key('redeliver-other')}"}
+    job_id, _ = cancelled_job_with_webhook(limited_client, headers, "http://127.0.0.1:9/h")
+    other_job, _ = cancelled_job_with_webhook(limited_client, other, "http://127.0.0.1:9/h")
+    url = f"/v1/jobs/{job_id}/webhooks/redeliver"
+    answers = [limited_client.post(url, headers=headers) for _ in range(3)]
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    assert answers[0].headers["ratelimit-policy"] == '"redeliver";q=2;w=60'
+    refused = answers[2]
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["status"] == 429
+    assert "redeliver" in refused.json()["violated-policies"]
+    again = limited_client.post(f"/v1/jobs/{other_job}/webhooks/redeliver", headers=other)
+    assert again.status_code == 202
