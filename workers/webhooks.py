@@ -2,7 +2,8 @@
 
 Each attempt re-resolves and re-checks the URL (`llmq.ssrf`) and connects to the address it
 checked, keeping `Host` and TLS SNI set to the original name. Redirects are not followed, a
-response is read up to a size cap and never stored, and the whole attempt has a time limit.
+response is read up to a size cap and never stored, and the whole attempt runs under one
+wall-clock deadline. Its outcome is recorded only while it is the delivery's latest attempt.
 """
 
 from __future__ import annotations
