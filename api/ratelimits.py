@@ -31,11 +31,20 @@ def rules(caller: Caller, tokens: int) -> list[ratelimit.Rule]:
 
 def enforce(request: Request, caller: Caller, tokens: int) -> dict[str, str]:
     """Charge one request and `tokens` tokens; returns the RateLimit headers to send."""
-    chosen = rules(caller, tokens)
+    return enforce_rules(request, caller, rules(caller, tokens), caller.limits.max_concurrent)
+
+
+def enforce_rules(
+    request: Request,
+    caller: Caller,
+    chosen: list[ratelimit.Rule],
+    max_concurrent: int | None = None,
+) -> dict[str, str]:
+    """Charge `chosen` to the caller's key; 429 (`RateLimited`) when one of them refuses."""
     if not chosen:
         return {}
     settings = request.app.state.settings
-    policy = ratelimit.policy_header(chosen, caller.limits.max_concurrent)
+    policy = ratelimit.policy_header(chosen, max_concurrent)
     try:
         verdict = ratelimit.admit(
             request.app.state.limit_redis, settings.redis_prefix, caller.key_id, chosen

@@ -207,7 +207,10 @@ RATE_LIMIT_ERRORS = Counter(
     "llmq_rate_limit_errors_total", "Rate-limit checks that could not reach Redis"
 )
 WEBHOOK_ATTEMPTS = Counter(
-    "llmq_webhook_attempts_total", "Webhook delivery attempts by outcome", ["outcome"]
+    "llmq_webhook_attempts_total",
+    "Webhook delivery attempts by outcome: delivered, pending (a retry is due later), failed, "
+    "stale (ended after a newer attempt of the delivery had started; changes nothing)",
+    ["outcome"],
 )
 
 

@@ -166,7 +166,11 @@ class Settings(BaseSettings):
     idempotency_retention_h: int = Field(
         24, description="Hours an `Idempotency-Key` is remembered per API key."
     )
-    webhook_timeout_s: float = Field(15.0, description="Timeout of one webhook delivery.")
+    webhook_timeout_s: float = Field(
+        15.0,
+        description="Wall-clock deadline of one webhook attempt, from connect to the last byte "
+        "read; past it the attempt is a `timeout` failure, retried on the schedule.",
+    )
     webhook_max_response_bytes: int = Field(
         65_536, description="Most bytes of a webhook response read before the connection is cut."
     )
@@ -188,6 +192,12 @@ class Settings(BaseSettings):
     )
     webhook_sweep_s: float = Field(
         5.0, description="How often the webhook worker looks for due or lost deliveries."
+    )
+    webhook_redeliver_per_min: int = Field(
+        10,
+        ge=1,
+        description="Manual webhook redeliveries one API key may ask for per minute (a burst "
+        "of this many, then the steady rate); over it the API answers 429 with `Retry-After`.",
     )
 
     @model_validator(mode="after")

@@ -2,11 +2,13 @@
 
 Each attempt re-resolves and re-checks the URL (`llmq.ssrf`) and connects to the address it
 checked, keeping `Host` and TLS SNI set to the original name. Redirects are not followed, a
-response is read up to a size cap and never stored, and the whole attempt has a time limit.
+response is read up to a size cap and never stored, and the whole attempt runs under one
+wall-clock deadline. Its outcome is recorded only while it is the delivery's latest attempt.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -16,17 +18,20 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import sqlalchemy as sa
+from cryptography.fernet import InvalidToken
 from standardwebhooks import Webhook
 
 from llmq import __version__, jobs, keys, metrics, ssrf
 from llmq.db import session_scope
+from llmq.errors import KeyNotFound
 from llmq.models import ApiKey, LedgerEntry, WebhookAttempt, WebhookDelivery
 from llmq.resources import job_resource
 from llmq.settings import Settings
-from workers.webhook_policy import next_step, parse_delays, parse_retry_after
+from workers.webhook_policy import Step, next_step, parse_delays, parse_retry_after
 
 log = logging.getLogger(__name__)
 LEASE_GRACE_S = 60
+SECRET_UNREADABLE = "secret cannot be decrypted"  # final: retrying cannot help
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,33 @@ def sign_headers(msg_id: str, payload: str, secret: str, now: datetime) -> dict[
     }
 
 
-def send(target: ssrf.Target, msg_id: str, payload: str, secret: str, settings: Settings):
+async def _post(
+    url: str, body: bytes, headers: dict[str, str], extensions: dict, settings: Settings
+) -> tuple[int, str | None]:
+    """POST and read the status, the headers and at most the size cap of the body."""
+    async with (
+        httpx.AsyncClient(
+            timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False
+        ) as client,
+        client.stream("POST", url, content=body, headers=headers, extensions=extensions) as resp,
+    ):
+        read = 0
+        async for chunk in resp.aiter_raw():
+            read += len(chunk)
+            if read >= settings.webhook_max_response_bytes:
+                break
+        return resp.status_code, resp.headers.get("retry-after")
+
+
+def send(
+    target: ssrf.Target, msg_id: str, payload: str, secret: str, settings: Settings
+) -> AttemptResult:
+    """One POST under one wall-clock deadline, `webhook_timeout_s`, from connect to last byte.
+
+    httpx's timeouts bound each read, not the whole exchange, so a receiver dripping a byte
+    at a time would never time out; the request runs as a task that is cancelled at the
+    deadline, which closes its connection.
+    """
     started = time.monotonic()
     now = datetime.now(UTC)
     headers = sign_headers(msg_id, payload, secret, now) | {
@@ -70,35 +101,19 @@ def send(target: ssrf.Target, msg_id: str, payload: str, secret: str, settings: 
         "host": target.host_header,
     }
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-    deadline = started + settings.webhook_timeout_s
+    url = target.pinned_url(target.addresses[0])
 
     def elapsed_ms() -> int:
         return int((time.monotonic() - started) * 1000)
 
+    request = _post(url, payload.encode(), headers, extensions, settings)
     try:
-        with (
-            httpx.Client(
-                timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False
-            ) as client,
-            client.stream(
-                "POST",
-                target.pinned_url(target.addresses[0]),
-                content=payload.encode(),
-                headers=headers,
-                extensions=extensions,
-            ) as response,
-        ):
-            read = 0
-            for chunk in response.iter_raw():
-                read += len(chunk)
-                if read >= settings.webhook_max_response_bytes or time.monotonic() > deadline:
-                    break
-            retry_after = parse_retry_after(response.headers.get("retry-after"), now)
-            return AttemptResult(response.status_code, None, retry_after, elapsed_ms())
-    except httpx.TimeoutException:
+        status, retry_after = asyncio.run(asyncio.wait_for(request, settings.webhook_timeout_s))
+    except (TimeoutError, httpx.TimeoutException):
         return AttemptResult(None, "timeout", None, elapsed_ms())
     except httpx.HTTPError as exc:
         return AttemptResult(None, f"connection error: {type(exc).__name__}", None, elapsed_ms())
+    return AttemptResult(status, None, parse_retry_after(retry_after, now), elapsed_ms())
 
 
 def _claim(session, delivery_id: str, settings: Settings) -> WebhookDelivery | None:
@@ -119,46 +134,84 @@ def _claim(session, delivery_id: str, settings: Settings) -> WebhookDelivery | N
     ).scalar_one_or_none()
 
 
-def deliver_once(delivery_id: str, settings: Settings) -> str:
-    """One attempt of one delivery. Safe to call twice: only a due, pending row is claimed."""
+@dataclass(frozen=True)
+class Claimed:
+    """What one attempt needs, read in the transaction that claimed the delivery."""
+
+    delivery_id: str
+    url: str
+    payload: str
+    secret: str | None  # None: the key's secret cannot be read, so nothing can be signed
+    attempt: int
+
+
+def claim(delivery_id: str, settings: Settings) -> Claimed | None:
+    """Take a due, pending delivery for one attempt; None when another sender has it.
+
+    The claim commits even when the key's secret cannot be decrypted (say, `LLMQ_SECRET_KEY`
+    changed), so that failure is logged as an attempt instead of rolling back and coming
+    round again forever.
+    """
     with session_scope() as session:
         delivery = _claim(session, delivery_id, settings)
         if delivery is None:
-            return "skipped"
+            return None
         if delivery.payload is None:
             delivery.payload = render_payload(session, delivery, settings)
         key = session.get(ApiKey, delivery.api_key_id)
-        secret = keys.webhook_secret(key)
-        url, payload, attempt = delivery.url, delivery.payload, delivery.attempts
-    started_at = datetime.now(UTC)
+        try:
+            secret = keys.webhook_secret(key)
+        except (InvalidToken, KeyNotFound):
+            log.error("webhook %s: the secret of key %s cannot be decrypted", delivery_id, key.id)
+            secret = None
+        return Claimed(delivery_id, delivery.url, delivery.payload, secret, delivery.attempts)
+
+
+def attempt(claimed: Claimed, settings: Settings) -> tuple[AttemptResult, Step]:
+    """Check the address again, POST, and decide what comes next."""
+    if claimed.secret is None:
+        return AttemptResult(None, SECRET_UNREADABLE, None, 0), Step("failed")
     try:
-        target = ssrf.check_url(url, settings)
+        target = ssrf.check_url(claimed.url, settings)
     except ssrf.UnsafeUrl as exc:
         result = AttemptResult(None, f"refused: {exc}", None, 0)
     else:
-        result = send(target, delivery_id, payload, secret, settings)
+        result = send(target, claimed.delivery_id, claimed.payload, claimed.secret, settings)
     step = next_step(
         result.status_code,
-        attempt,
+        claimed.attempt,
         parse_delays(settings.webhook_retry_delays_s),
         settings.webhook_jitter,
         random.random(),
         result.retry_after_s,
     )
+    return result, step
+
+
+def record(claimed: Claimed, started_at: datetime, result: AttemptResult, step: Step) -> bool:
+    """Log the attempt and move the delivery on; False when the delivery was not changed.
+
+    The outcome is fenced by the attempt number: an attempt whose lease ran out while it was
+    still sending, so that a newer attempt was claimed, is logged but decides nothing.
+    """
     with session_scope() as session:
         session.add(
             WebhookAttempt(
-                delivery_id=delivery_id,
-                attempt=attempt,
+                delivery_id=claimed.delivery_id,
+                attempt=claimed.attempt,
                 started_at=started_at,
                 duration_ms=result.duration_ms,
                 status_code=result.status_code,
                 error=result.error,
             )
         )
-        session.execute(
+        changed = session.execute(
             sa.update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "sending")
+            .where(
+                WebhookDelivery.id == claimed.delivery_id,
+                WebhookDelivery.status == "sending",
+                WebhookDelivery.attempts == claimed.attempt,
+            )
             .values(
                 status=step.status,
                 next_attempt_at=sa.func.now() + timedelta(seconds=step.delay_s),
@@ -167,12 +220,28 @@ def deliver_once(delivery_id: str, settings: Settings) -> str:
                 last_error=result.error,
                 finished_at=None if step.status == "pending" else sa.func.now(),
             )
-        )
-    metrics.WEBHOOK_ATTEMPTS.labels(step.status).inc()
+        ).rowcount
+    return changed == 1
+
+
+def deliver_once(delivery_id: str, settings: Settings) -> str:
+    """One attempt of one delivery. Safe to call twice: only a due, pending row is claimed."""
+    claimed = claim(delivery_id, settings)
+    if claimed is None:
+        return "skipped"
+    started_at = datetime.now(UTC)
+    result, step = attempt(claimed, settings)
+    outcome = step.status if record(claimed, started_at, result, step) else "stale"
+    metrics.WEBHOOK_ATTEMPTS.labels(outcome).inc()
     log.info(
-        "webhook %s attempt %d: %s -> %s", delivery_id, attempt, result.status_code, step.status
+        "webhook %s attempt %d: %s %s -> %s",
+        delivery_id,
+        claimed.attempt,
+        result.status_code,
+        result.error or "",
+        outcome,
     )
-    return step.status
+    return outcome
 
 
 def due_deliveries(session, limit: int = 500) -> list[str]:

@@ -1,12 +1,16 @@
-"""/v1/jobs/{id}/webhooks: the delivery log of a job's webhook, and manual redelivery."""
+"""/v1/jobs/{id}/webhooks: the delivery log of a job's webhook, and manual redelivery.
+
+Redelivery is limited per key (`LLMQ_WEBHOOK_REDELIVER_PER_MIN`, on the same Redis limiter as
+requests and tokens), since each call makes the sender POST to a URL again.
+"""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 
-from api import deps
-from llmq import jobs
+from api import deps, ratelimits
+from llmq import jobs, ratelimit
 from llmq.db import session_scope
 from llmq.errors import JobStateConflict
 from llmq.keys import Caller
@@ -14,6 +18,7 @@ from llmq.models import WebhookAttempt, WebhookDelivery
 from llmq.queues import get_celery, publish_webhooks
 
 router = APIRouter(prefix="/v1/jobs", tags=["webhooks"])
+REDELIVER_POLICY = "redeliver"
 
 
 def _iso(value) -> str | None:
@@ -70,8 +75,13 @@ def webhook_log(job_id: str, caller: Caller = Depends(deps.caller)) -> dict:
 
 
 @router.post("/{job_id}/webhooks/redeliver", status_code=202)
-def redeliver(job_id: str, caller: Caller = Depends(deps.caller)) -> dict:
+def redeliver(
+    job_id: str, request: Request, response: Response, caller: Caller = Depends(deps.caller)
+) -> dict:
     """Send the job's webhook again now, with the same `webhook-id` and body."""
+    per_min = request.app.state.settings.webhook_redeliver_per_min
+    rule = ratelimit.Rule(REDELIVER_POLICY, per_min, 1)
+    response.headers.update(ratelimits.enforce_rules(request, caller, [rule]))
     with session_scope() as session:
         job = jobs.get_job(session, job_id, caller.key_id)
         ids = list(
