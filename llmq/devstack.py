@@ -8,7 +8,7 @@ Redis and Postgres come from LLMQ_REDIS_URL / LLMQ_DATABASE_URL when they answer
 the stack starts its own from the machine's binaries under `.llmq/` and stops them on exit.
 Every child runs in its own process group, so stopping leaves nothing behind. Once the stack is
 up, `supervise()` restarts a child that exits, after a back-off that grows while it keeps
-crashing (`llmq.backoff`, shared with the scheduler's workers).
+crashing (`llmq.children`, with the back-off the scheduler uses for its workers).
 
 Without `LLMQ_SECRET_KEY` the stack hands its processes the key kept in `LLMQ_SECRET_KEY_FILE`
 (made on first use), so keys made by `llmq keys create` in the same folder stay readable.
@@ -16,17 +16,14 @@ Without `LLMQ_SECRET_KEY` the stack hands its processes the key kept in `LLMQ_SE
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -35,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from llmq import events
-from llmq.backoff import crashes_in_a_row, restart_delay_s
+from llmq.children import Children
 from llmq.crypto import local_key
 from llmq.db import ensure_database, migrate
 from llmq.errors import LlmqError
@@ -47,23 +44,8 @@ INSTALL_HINT = (
 )
 
 
-RESTART_FIRST_S = 1.0
-RESTART_CAP_S = 30.0
-HEALTHY_AFTER_S = 60.0  # a child up this long starts its crash count again
-
-
 class StackError(LlmqError):
     pass
-
-
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    proc: subprocess.Popen
-    started_s: float
-    crashes: int = 0  # exits in a row, each within HEALTHY_AFTER_S of its start
-    restart_at_s: float | None = None  # set while it waits out its back-off
 
 
 def free_port() -> int:
@@ -118,10 +100,9 @@ class Stack:
         self.data_dir, self.log = data_dir.resolve(), log
         # quiet: each process writes to .llmq/logs/<name>.log instead of this terminal
         self.log_dir = self.data_dir / "logs" if quiet else None
-        self.children: list[Child] = []
-        self._dead_groups: list[int] = []  # groups of children that died: stop() clears them too
         self._pg_data: Path | None = None
         self.env = dict(os.environ)
+        self.children = Children(self.env, self.log_dir, log)
         self.api_url = f"http://127.0.0.1:{port}"
         self.flower_auth = settings.flower_basic_auth or f"llmq:{secrets.token_urlsafe(9)}"
 
@@ -264,43 +245,11 @@ class Stack:
         return f"postgresql+psycopg://postgres@127.0.0.1:{port}/{database}"
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        self.children.append(Child(name, argv, self._popen(name, argv), time.monotonic()))
-
-    def _popen(self, name: str, argv: list[str]) -> subprocess.Popen:
-        output = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            output = (self.log_dir / f"{name.replace(':', '-')}.log").open("ab")
-        proc = subprocess.Popen(
-            argv, env=self.env, start_new_session=True, stdout=output, stderr=output
-        )
-        if output is not None:
-            output.close()  # the child holds its own copy
-        return proc
+        self.children.spawn(name, argv)
 
     def supervise(self) -> None:
-        """Restart each child that exited, once its back-off has passed; call it every second."""
-        now = time.monotonic()
-        for child in self.children:
-            if child.restart_at_s is None:
-                code = child.proc.poll()
-                if code is None:
-                    continue
-                child.crashes = crashes_in_a_row(
-                    child.crashes, now - child.started_s, HEALTHY_AFTER_S
-                )
-                delay_s = restart_delay_s(child.crashes, RESTART_FIRST_S, RESTART_CAP_S)
-                child.restart_at_s = now + delay_s
-                # What it started (a scheduler's workers) may live on: stop() ends them too.
-                self._dead_groups.append(child.proc.pid)
-                self.log(
-                    f"{child.name} exited with code {code} ({child.crashes} in a row); "
-                    f"restarting in {delay_s:.0f}s"
-                )
-            elif now >= child.restart_at_s:
-                child.proc = self._popen(child.name, child.argv)
-                child.started_s, child.restart_at_s = now, None
-                self.log(f"restarted {child.name} (pid {child.proc.pid})")
+        """Restart a child that died (after its back-off); `llmq dev` calls it every second."""
+        self.children.supervise()
 
     def _wait_ready(self) -> None:
         _wait(self._api_ready, 60, "the API")
@@ -321,42 +270,23 @@ class Stack:
             return False
 
     def _check_children(self) -> None:
-        for child in self.children:
-            if child.proc.poll() is not None:
-                raise StackError(
-                    f"{child.name} exited with code {child.proc.returncode} while starting"
-                )
+        child = self.children.first_exited()
+        if child is not None:
+            raise StackError(
+                f"{child.name} exited with code {child.proc.returncode} while starting"
+            )
 
     # -- shutdown ---------------------------------------------------------------------------
 
     def stop(self, grace_s: float = 30.0) -> None:
         """SIGTERM every child group (workers finish what they hold), then SIGKILL stragglers."""
-        procs = [child.proc for child in reversed(self.children)]
-        for group in [*self._dead_groups, *(proc.pid for proc in procs)]:
-            _signal_group(group, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for group in self._dead_groups:
-            _signal_group(group, signal.SIGKILL)
-        for proc in procs:
-            _signal_group(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-        self.children.clear()
-        self._dead_groups.clear()
+        self.children.stop(grace_s)
         if self._pg_data is not None:
             subprocess.run(
                 [str(_pg_binary("pg_ctl")), "-D", str(self._pg_data), "-m", "fast", "stop"],
                 capture_output=True,
             )
             self._pg_data = None
-
-
-def _signal_group(group: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(group, sig)
 
 
 def _wait(check, timeout_s: float, what: str, on_tick=None) -> None:

@@ -83,6 +83,9 @@ def test_dev_stack_runs_and_stops_cleanly(environment, auth, tmp_path):
             f"http://127.0.0.1:{flower_port}/api/workers", auth=("u", "p"), timeout=10
         )
         assert workers.status_code == 200
+        metrics = f"http://127.0.0.1:{env['LLMQ_API_METRICS_PORT']}/metrics"
+        assert "llmq_http_requests_total" in httpx.get(metrics, timeout=10).text
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 404
         before = len(processes_with(marker))
         assert before >= 4  # llmq dev, the API, the scheduler, Flower
         api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth, timeout=70)
