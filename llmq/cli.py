@@ -30,8 +30,15 @@ def _fail(message: str) -> None:
 
 def _require_secret_key() -> None:
     """Long-running processes share one key for webhook secrets: never a local one of their own."""
-    if not get_settings().secret_key:
+    from cryptography.fernet import Fernet
+
+    key = get_settings().secret_key
+    if not key:
         _fail("set LLMQ_SECRET_KEY (a Fernet key; see docs/settings.md)")
+    try:
+        Fernet(key)
+    except ValueError:
+        _fail("LLMQ_SECRET_KEY is not a Fernet key (urlsafe base64 of 32 bytes)")
 
 
 def _client(api_url: str | None = None, api_key: str | None = None) -> httpx.Client:

@@ -163,6 +163,20 @@ def test_processes_refuse_to_start_without_the_secret_key(environment, tmp_path,
     assert line.startswith("error: "), output
 
 
+def test_a_malformed_secret_key_is_refused_at_start(environment, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LLMQ_SECRET_KEY="not-a-fernet-key")
+    result = subprocess.run(
+        [sys.executable, "-m", "llmq.cli", "webhook-worker"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "error: LLMQ_SECRET_KEY is not a Fernet key" in result.stdout, result.stdout
+
+
 @pytest.mark.parametrize(
     ("crashes", "delay_s"),
     [(0, 0.0), (1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (6, 30.0), (50, 30.0)],
