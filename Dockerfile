@@ -38,5 +38,6 @@ RUN set -eux; \
     mkdir -p /cache && chown llmq /cache
 
 USER llmq
-EXPOSE 8000 5555 9200
+# 8000 the API, 9101 its metrics (internal), 9102 the scheduler's metrics, 9200+ workers'
+EXPOSE 8000 5555 9101 9102 9200
 CMD ["llmq", "api", "--host", "0.0.0.0"]

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from api import errors
+from api.metrics_server import create_metrics_app, metrics_server
 from api.middleware import RequestMetrics
 from api.routes import admin, health, jobs, models, streams, usage, webhooks
 from llmq import __version__
@@ -35,7 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
         )
-        yield
+        internal = create_metrics_app(settings, app.state.queue_registry, app.state.sync_redis)
+        with metrics_server(internal, settings.api_metrics_host, settings.api_metrics_port):
+            yield
         await app.state.redis.aclose()
         app.state.sync_redis.close()
         app.state.limit_redis.close()

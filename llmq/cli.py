@@ -28,6 +28,19 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def _require_secret_key() -> None:
+    """Long-running processes share one key for webhook secrets: never a local one of their own."""
+    from cryptography.fernet import Fernet
+
+    key = get_settings().secret_key
+    if not key:
+        _fail("set LLMQ_SECRET_KEY (a Fernet key; see docs/settings.md)")
+    try:
+        Fernet(key)
+    except ValueError:
+        _fail("LLMQ_SECRET_KEY is not a Fernet key (urlsafe base64 of 32 bytes)")
+
+
 def _client(api_url: str | None = None, api_key: str | None = None) -> httpx.Client:
     settings = get_settings()
     key = api_key or settings.api_key
@@ -63,6 +76,7 @@ def worker(
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Run one worker process for MODEL: Celery threads pool on the model's queue."""
+    _require_secret_key()
     from llmq.catalog import get_catalog
     from llmq.queues import queue_name
 
@@ -85,6 +99,7 @@ def webhook_worker(
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Run a webhook sender: Celery threads pool on `llmq.webhooks`; loads no model."""
+    _require_secret_key()
     from llmq.queues import WEBHOOK_QUEUE
 
     node = node or f"webhooks-{os.getpid()}@%h"
@@ -101,7 +116,8 @@ def api(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
 ) -> None:
-    """Run the HTTP API (uvicorn)."""
+    """Run the HTTP API (uvicorn); its metrics are on LLMQ_API_METRICS_PORT."""
+    _require_secret_key()
     import uvicorn
 
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port)
@@ -133,6 +149,7 @@ def scheduler(
     ] = None,
 ) -> None:
     """Run the scheduler: resize each model's pool from its queue, and sweep lost jobs."""
+    _require_secret_key()
     import logging
     import threading
 
@@ -225,7 +242,7 @@ def dev(
     model: Annotated[list[str] | None, typer.Option(help="Models to serve (default: all).")] = None,
     flower: Annotated[bool, typer.Option(help="Run Flower too.")] = True,
 ) -> None:
-    """Run the local stack in the foreground; Ctrl-C stops all of it."""
+    """Run the local stack in the foreground, restarting a process that dies; Ctrl-C stops all."""
     from llmq.catalog import get_catalog
     from llmq.devstack import Stack, StackError
 
@@ -242,12 +259,12 @@ def dev(
                 console.print(
                     f"Flower http://127.0.0.1:{settings.flower_port}  (user:password {stack.flower_auth})"
                 )
-            console.print(
-                f"metrics {stack.api_url}/metrics  (workers: {stack.api_url}/metrics/targets)"
-            )
+            if settings.api_metrics_port:
+                metrics = f"http://127.0.0.1:{settings.api_metrics_port}/metrics"
+                console.print(f"metrics {metrics}  (workers: {metrics}/targets)")
             console.print("Ctrl-C stops everything.")
             while True:
-                stack._check_children()
+                stack.supervise()
                 time.sleep(1)
     except KeyboardInterrupt:
         console.print("stopping…")

@@ -1,7 +1,9 @@
 """Secrets kept so they can be used again (webhook signing secrets): Fernet-encrypted at rest.
 
-The key comes from `LLMQ_SECRET_KEY`; a local stack without one keeps a generated key in
-`LLMQ_SECRET_KEY_FILE` so that every process started from the same folder shares it.
+The key comes from `LLMQ_SECRET_KEY`, which `llmq api`, `worker`, `webhook-worker` and
+`scheduler` refuse to start without. A local stack (`llmq dev`, `llmq demo`) without one keeps
+a generated key in `LLMQ_SECRET_KEY_FILE` and hands it to its processes; a CLI command run by
+hand from the same folder reads the same file.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import base64
 import os
 import secrets
 from functools import lru_cache
+from pathlib import Path
 
 from cryptography.fernet import Fernet
 
@@ -29,7 +32,11 @@ def new_webhook_secret() -> str:
 def _key_material(settings: Settings) -> bytes:
     if settings.secret_key:
         return settings.secret_key.encode()
-    path = settings.secret_key_file
+    return local_key(settings.secret_key_file)
+
+
+def local_key(path: Path) -> bytes:
+    """The key kept in `path` for a local stack, made on first use."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -6,17 +6,20 @@ needed.
 
 Redis and Postgres come from LLMQ_REDIS_URL / LLMQ_DATABASE_URL when they answer; otherwise
 the stack starts its own from the machine's binaries under `.llmq/` and stops them on exit.
-Every child runs in its own process group, so stopping leaves nothing behind.
+Every child runs in its own process group, so stopping leaves nothing behind. Once the stack is
+up, `supervise()` restarts a child that exits, after a back-off that grows while it keeps
+crashing (`llmq.children`, with the back-off the scheduler uses for its workers).
+
+Without `LLMQ_SECRET_KEY` the stack hands its processes the key kept in `LLMQ_SECRET_KEY_FILE`
+(made on first use), so keys made by `llmq keys create` in the same folder stay readable.
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +32,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from llmq import events
+from llmq.children import Children
+from llmq.crypto import local_key
 from llmq.db import ensure_database, migrate
 from llmq.errors import LlmqError
 from llmq.settings import Settings
@@ -95,9 +100,9 @@ class Stack:
         self.data_dir, self.log = data_dir.resolve(), log
         # quiet: each process writes to .llmq/logs/<name>.log instead of this terminal
         self.log_dir = self.data_dir / "logs" if quiet else None
-        self.procs: list[tuple[str, subprocess.Popen]] = []
         self._pg_data: Path | None = None
         self.env = dict(os.environ)
+        self.children = Children(self.env, self.log_dir, log)
         self.api_url = f"http://127.0.0.1:{port}"
         self.flower_auth = settings.flower_basic_auth or f"llmq:{secrets.token_urlsafe(9)}"
 
@@ -129,6 +134,9 @@ class Stack:
         # A local stack shrinks idle pools sooner than a production default would.
         self.env.setdefault("LLMQ_SCALE_DOWN_STABILIZATION_S", "30")
         self.env.setdefault("LLMQ_SCALE_TO_ZERO_IDLE_S", "60")
+        self.env.setdefault("LLMQ_API_METRICS_HOST", "127.0.0.1")
+        if not self.settings.secret_key:
+            self.env["LLMQ_SECRET_KEY"] = local_key(self.settings.secret_key_file).decode()
         if self.flower:
             self.env.setdefault("LLMQ_FLOWER_URL", f"http://127.0.0.1:{self.settings.flower_port}")
         if ensure_database(database_url):
@@ -237,16 +245,11 @@ class Stack:
         return f"postgresql+psycopg://postgres@127.0.0.1:{port}/{database}"
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        output = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            output = (self.log_dir / f"{name.replace(':', '-')}.log").open("ab")
-        proc = subprocess.Popen(
-            argv, env=self.env, start_new_session=True, stdout=output, stderr=output
-        )
-        if output is not None:
-            output.close()  # the child holds its own copy
-        self.procs.append((name, proc))
+        self.children.spawn(name, argv)
+
+    def supervise(self) -> None:
+        """Restart a child that died (after its back-off); `llmq dev` calls it every second."""
+        self.children.supervise()
 
     def _wait_ready(self) -> None:
         _wait(self._api_ready, 60, "the API")
@@ -267,36 +270,23 @@ class Stack:
             return False
 
     def _check_children(self) -> None:
-        for name, proc in self.procs:
-            if proc.poll() is not None:
-                raise StackError(f"{name} exited with code {proc.returncode} while starting")
+        child = self.children.first_exited()
+        if child is not None:
+            raise StackError(
+                f"{child.name} exited with code {child.proc.returncode} while starting"
+            )
 
     # -- shutdown ---------------------------------------------------------------------------
 
     def stop(self, grace_s: float = 30.0) -> None:
         """SIGTERM every child group (workers finish what they hold), then SIGKILL stragglers."""
-        for _, proc in reversed(self.procs):
-            _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for _, proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for _, proc in self.procs:
-            _signal_group(proc, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-        self.procs.clear()
+        self.children.stop(grace_s)
         if self._pg_data is not None:
             subprocess.run(
                 [str(_pg_binary("pg_ctl")), "-D", str(self._pg_data), "-m", "fast", "stop"],
                 capture_output=True,
             )
             self._pg_data = None
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
 
 
 def _wait(check, timeout_s: float, what: str, on_tick=None) -> None:

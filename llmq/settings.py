@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     flower_purge_offline_workers_s: int = Field(
         300, description="Flower forgets a worker this many seconds after it went offline."
     )
+    api_metrics_port: int = Field(
+        9101,
+        description="Internal port of the API's Prometheus `/metrics` and `/metrics/targets`, "
+        "apart from the public port; 0 turns it off. One API process per container or pod: "
+        "with several in one, only the first to bind it is scraped.",
+    )
+    api_metrics_host: str = Field(
+        "0.0.0.0",
+        description="Address the API's metrics port listens on (`llmq dev`: 127.0.0.1).",
+    )
     worker_metrics_port: int = Field(
         9200,
         description="First port a worker tries for its Prometheus `/metrics`; each worker on "
@@ -148,11 +158,14 @@ class Settings(BaseSettings):
     secret_key: str | None = Field(
         None,
         description="Fernet key (urlsafe base64 of 32 bytes) that encrypts webhook signing "
-        "secrets at rest. When unset, a key is read from (or made in) `secret_key_file`.",
+        "secrets at rest; one for every process. `llmq api`, `worker`, `webhook-worker` and "
+        "`scheduler` refuse to start without it; `llmq dev` and `llmq demo` use the key in "
+        "`secret_key_file` when it is unset.",
     )
     secret_key_file: Path = Field(
         Path(".llmq/secret.key"),
-        description="Where a local key lives when `LLMQ_SECRET_KEY` is unset (dev stacks).",
+        description="Where a local key lives when `LLMQ_SECRET_KEY` is unset (`llmq dev`, "
+        "`llmq demo`, and CLI commands run by hand next to them); made on first use.",
     )
     rate_limit_redis_url: str | None = Field(
         None, description="Redis holding the rate-limit counters; default `LLMQ_REDIS_URL`."
@@ -223,7 +236,7 @@ def settings_table() -> str:
 
 
 # Settings docker compose refuses to start without: they are written out, empty, for the user.
-COMPOSE_REQUIRED = ("flower_basic_auth",)
+COMPOSE_REQUIRED = ("flower_basic_auth", "secret_key")
 
 
 def env_example() -> str:

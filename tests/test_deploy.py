@@ -100,6 +100,29 @@ def test_compose_sets_only_known_settings(compose):
         assert re.search(rf"^{var}=", example, re.M), f"{var} missing from .env.example"
 
 
+LLMQ_SERVICES = ("api", "worker-host", "worker-host-gpu", "webhook-worker", "flower", "migrate")
+
+
+def test_compose_runs_the_webhook_sender_and_requires_the_secret_key(compose):
+    services = compose["services"]
+    sender = services["webhook-worker"]
+    assert sender["command"][:2] == ["llmq", "webhook-worker"]
+    assert sender["image"] == "llmq:cpu"
+    assert sender["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    for name in LLMQ_SERVICES:
+        secret = services[name]["environment"]["LLMQ_SECRET_KEY"]
+        assert secret.startswith("${LLMQ_SECRET_KEY:?"), (name, secret)
+    # one key for every container: compose stops with the message when it is unset
+    example = (ROOT / ".env.example").read_text()
+    assert re.search(r"^LLMQ_SECRET_KEY=$", example, re.M)
+
+
+def test_flower_password_is_never_on_a_command_line(compose):
+    for service in compose["services"].values():
+        argv = " ".join(str(a) for a in service.get("command") or []).lower()
+        assert "basic-auth" not in argv and "password" not in argv, argv
+
+
 def test_env_example_lists_every_setting():
     text = (ROOT / ".env.example").read_text()
     assert env_example() in text
@@ -121,11 +144,12 @@ def test_dockerfile_builds_cpu_and_cuda_variants():
 def test_prometheus_finds_every_process(compose, app):
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert jobs["llmq-api"]["static_configs"][0]["targets"] == ["api:8000"]
+    internal = f"api:{Settings().api_metrics_port}"
+    assert jobs["llmq-api"]["static_configs"][0]["targets"] == [internal]
     (sd,) = jobs["llmq-workers"]["http_sd_configs"]
-    routes = set(app.openapi()["paths"])
-    assert sd["url"].removeprefix("http://api:8000") in routes
-    assert "/metrics" in routes
+    assert sd["url"] == f"http://{internal}/metrics/targets"
+    # the internal port is for the compose network: the host gets the public API only
+    assert compose["services"]["api"]["ports"] == ["${API_PORT:-8000}:8000"]
     flower_cmd = compose["services"]["flower"]["command"]
     port = flower_cmd[flower_cmd.index("--port") + 1]
     assert jobs["flower"]["static_configs"][0]["targets"] == [f"flower:{port}"]

@@ -1,15 +1,51 @@
-"""After jobs run, the API's and the worker's /metrics carry the named series, labels and counts."""
+"""After jobs run, the API's and the worker's /metrics carry the named series, labels and counts.
+
+The API serves its metrics on an internal port (`LLMQ_API_METRICS_PORT`), never on the public
+one."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmq import events, metrics
+from llmq.devstack import free_port
 from tests.conftest import REDIS_PREFIX, wait_final
+
+
+@pytest.fixture(scope="module")
+def metrics_url(environment) -> Iterator[str]:
+    """An API app of this module's own, its internal metrics endpoint on a free port."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from llmq.settings import get_settings
+
+    port = free_port()
+    settings = get_settings().model_copy(
+        update={"api_metrics_port": port, "api_metrics_host": "127.0.0.1"}
+    )
+    with TestClient(create_app(settings)):
+        yield f"http://127.0.0.1:{port}"
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    response = httpx.get(f"{url}/metrics")
+    assert response.status_code == 200
+    return samples(response.text)
+
+
+def test_metrics_are_off_the_public_port(client, metrics_url):
+    assert client.get("/metrics").status_code == 404
+    assert client.get("/metrics/targets").status_code == 404
+    assert "/metrics" not in client.get("/openapi.json").json()["paths"]
+    assert "llmq_http_requests_total" in httpx.get(f"{metrics_url}/metrics").text
+    assert isinstance(httpx.get(f"{metrics_url}/metrics/targets").json(), list)
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
@@ -35,8 +71,8 @@ def worker_beat(redis_client, model: str) -> dict:
     return json.loads(redis_client.get(keys[0]))
 
 
-def test_api_and_worker_metrics_after_jobs(client, auth, redis_client, start_worker):
-    before = samples(client.get("/metrics").text)
+def test_api_and_worker_metrics_after_jobs(client, auth, redis_client, start_worker, metrics_url):
+    before = scrape(metrics_url)
     worker = start_worker("echo")
     beat = worker_beat(redis_client, "echo")
     assert beat["metrics_port"] >= 9200 and beat["metrics_host"]
@@ -53,7 +89,7 @@ def test_api_and_worker_metrics_after_jobs(client, auth, redis_client, start_wor
     finished = [wait_final(client, auth, job_id) for job_id in ids]
     assert all(job["status"] == "succeeded" for job in finished)
 
-    api = samples(client.get("/metrics").text)
+    api = scrape(metrics_url)
     assert delta(api, before, "llmq_jobs_submitted_total", model="echo") == 3
     posted = {"route": "/v1/jobs", "method": "POST", "status": "202"}
     assert delta(api, before, "llmq_http_requests_total", **posted) == 3
@@ -68,7 +104,7 @@ def test_api_and_worker_metrics_after_jobs(client, auth, redis_client, start_wor
     assert not any("job_id" in dict(labels) for _, labels in api)
 
     # service discovery hands Prometheus the worker's own endpoint
-    targets = client.get("/metrics/targets").json()
+    targets = httpx.get(f"{metrics_url}/metrics/targets").json()
     address = f"{beat['metrics_host']}:{beat['metrics_port']}"
     assert {"targets": [address], "labels": {"__meta_llmq_model": "echo",
             "__meta_llmq_node": beat["node"]}} in targets  # fmt: skip
@@ -89,14 +125,14 @@ def test_api_and_worker_metrics_after_jobs(client, auth, redis_client, start_wor
     worker.stop()
 
 
-def test_queue_gauges_count_waiting_jobs(client, auth):
+def test_queue_gauges_count_waiting_jobs(client, auth, metrics_url):
     """With no worker for `idle`, submitted jobs wait: the gauges say how many and how old."""
     ids = [
         client.post("/v1/jobs", json={"model": "idle", "prompt": "x"}, headers=auth).json()["id"]
         for _ in range(2)
     ]
     time.sleep(1.1)
-    page = samples(client.get("/metrics").text)
+    page = scrape(metrics_url)
     assert value(page, metrics.QUEUE_WAITING, model="idle") >= 2
     assert value(page, metrics.QUEUE_OLDEST_AGE, model="idle") >= 1.0
     assert value(page, metrics.WORKERS_LIVE, model="idle") == 0
@@ -121,8 +157,6 @@ def test_priced_model_counts_money(client, auth, tiny_worker, redis_client):
 
 
 def test_workers_on_one_machine_get_their_own_metrics_ports():
-    from llmq.devstack import free_port
-
     base = free_port()
     first, second = metrics.serve_metrics(base), metrics.serve_metrics(base)
     assert first == base and second is not None and second > first
@@ -135,7 +169,6 @@ def test_queue_gauges_survive_redis_being_down(environment):
     import redis
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from llmq.devstack import free_port
     from llmq.queue_metrics import QueueCollector
 
     dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5)

@@ -1,15 +1,14 @@
-"""Liveness, readiness (Postgres and Redis answer), Prometheus metrics and worker discovery."""
+"""Liveness and readiness (Postgres and Redis answer). Metrics are on an internal port:
+`api/metrics_server.py`."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from api.errors import problem
 from llmq.db import get_engine
-from llmq.queue_metrics import scrape_targets
 
 router = APIRouter(tags=["health"])
 
@@ -43,17 +42,3 @@ async def readyz(request: Request):
     return problem(
         503, "Not ready", f"unreachable: {failing}", kind="not-ready", instance="/readyz"
     )
-
-
-@router.get("/metrics")
-def metrics(request: Request) -> Response:
-    """This process's metrics, then the queue gauges read from Redis and Postgres now."""
-    body = generate_latest(REGISTRY) + generate_latest(request.app.state.queue_registry)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-
-@router.get("/metrics/targets")
-def metrics_targets(request: Request) -> list[dict]:
-    """Prometheus HTTP service discovery (`http_sd_configs`): every live worker's /metrics."""
-    settings = request.app.state.settings
-    return scrape_targets(request.app.state.sync_redis, settings.redis_prefix)

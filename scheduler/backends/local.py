@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from celery import Celery
 
 from llmq import events
+from llmq.backoff import restart_delay_s
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.models import Job
@@ -145,7 +146,8 @@ class LocalBackend:
                     log.error("worker %s exited on its own (code %s)", worker.node, code)
                     self._forget(worker)
                     crashes = self._crashes.get(worker.model, (0, 0.0))[0] + 1
-                    delay = 0.0 if crashes == 1 else min(MAX_BACKOFF_S, 2.0 ** (crashes - 1))
+                    # the first crash restarts at once; then 2 s, 4 s, ... up to the cap
+                    delay = restart_delay_s(crashes - 1, first_s=2.0, cap_s=MAX_BACKOFF_S)
                     self._crashes[worker.model] = (crashes, time.monotonic() + delay)
                     killed += 1
                 continue
