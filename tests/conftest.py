@@ -38,6 +38,8 @@ os.environ.update(
     LLMQ_REDIS_PREFIX=REDIS_PREFIX,
     LLMQ_CATALOG_PATH=str(CATALOG),
     LLMQ_WORKER_HEARTBEAT_S="1",
+    # Tests that scrape the API's internal metrics port pick a free one themselves.
+    LLMQ_API_METRICS_PORT="0",
     LLMQ_SECRET_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
     # The suite's webhook receivers listen on loopback; production allows public hosts only.
     LLMQ_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",

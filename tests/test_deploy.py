@@ -144,7 +144,7 @@ def test_dockerfile_builds_cpu_and_cuda_variants():
 def test_prometheus_finds_every_process(compose, app):
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    internal = f"api:{Settings().api_metrics_port}"
+    internal = f"api:{Settings.model_fields['api_metrics_port'].default}"
     assert jobs["llmq-api"]["static_configs"][0]["targets"] == [internal]
     (sd,) = jobs["llmq-workers"]["http_sd_configs"]
     assert sd["url"] == f"http://{internal}/metrics/targets"

@@ -91,7 +91,7 @@ def test_no_password_is_shipped_or_passed_on_a_command_line():
 
 
 def test_api_metrics_are_scraped_on_the_internal_port_only():
-    port = Settings().api_metrics_port
+    port = Settings.model_fields["api_metrics_port"].default
     (api,) = [
         d for d in _docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "llmq-api"
     ]
