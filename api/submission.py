@@ -1,8 +1,9 @@
 """Turning a submit body into an admitted job: checks, estimates, limits, budget, idempotency.
 
 Shared by `POST /v1/jobs` and `POST /v1/jobs/bulk`. Order: validation (catalog, sizes, the
-webhook URL), the token estimate, the Redis rate limits, then one transaction for the
-concurrency limit, the budget reservation, the idempotency key and the rows.
+webhook URL), the token estimate, then one transaction for the idempotency key (a replay
+stops here, charged nothing), the Redis rate limits, the concurrency limit, the budget
+reservation and the rows.
 """
 
 from __future__ import annotations
@@ -87,6 +88,21 @@ def prepare(body: JobCreate, caller: Caller, catalog: Catalog, settings: Setting
     return Prepared(new, reserved_tokens)
 
 
-def charge_rate(request: Request, caller: Caller, tokens: int) -> dict[str, str]:
-    """One request and `tokens` tokens against the key's rates; returns RateLimit headers."""
-    return ratelimits.enforce(request, caller, tokens)
+class RateCharge:
+    """The key's request and token rates for one submit. Admission calls it once it knows
+    the request is not an idempotent replay (a replay is never charged); `refund` gives the
+    tokens back if the request does not become jobs after all."""
+
+    def __init__(self, request: Request, caller: Caller, tokens: int) -> None:
+        self.request, self.caller, self.tokens = request, caller, tokens
+        self.headers: dict[str, str] = {}
+        self.charged = False
+
+    def __call__(self) -> None:
+        self.headers = ratelimits.enforce(self.request, self.caller, self.tokens)
+        self.charged = True
+
+    def refund(self) -> None:
+        if self.charged:
+            self.charged = False
+            ratelimits.refund_tokens(self.request, self.caller, self.tokens)
