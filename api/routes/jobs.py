@@ -231,11 +231,10 @@ def cancel(
 ) -> dict:
     """A queued job never runs; a running one stops at its next token."""
     with session_scope() as session:
-        job, was_running = jobs.cancel_job(session, job_id, caller.key_id)
+        job, refund = jobs.cancel_job(session, job_id, caller.key_id)
         resource = _render(session, job, settings)
         deliveries = outbox.created_in(session)
-    if not was_running:  # it never ran: its tokens were never used
-        ratelimits.refund_tokens(request, caller, job.reserved_tokens or 0)
+    ratelimits.refund_tokens(request, caller, refund)
     publish_webhooks(get_celery(), deliveries)
     client = request.app.state.sync_redis
     try:
