@@ -18,6 +18,39 @@ from llmq.settings import Settings
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Refused whatever `ipaddress` says: its tables differ between Python releases (CVE-2024-4032)
+# and call some of these global, e.g. 192.0.0.9/10 and the NAT64 local-use prefix.
+NOT_PUBLIC: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # CGNAT
+        "127.0.0.0/8",
+        "169.254.0.0/16",  # link-local, cloud metadata
+        "172.16.0.0/12",
+        "192.0.0.0/24",  # IETF protocol assignments, all of it
+        "192.0.2.0/24",
+        "192.88.99.0/24",  # 6to4 relay anycast (deprecated)
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, broadcast
+        "::/96",  # unspecified, loopback, IPv4-compatible (deprecated)
+        "::ffff:0:0:0/96",  # IPv4-translated
+        "64:ff9b:1::/48",  # NAT64 local-use: leads into a private network
+        "100::/64",  # discard
+        "2001:db8::/32",
+        "3fff::/20",  # documentation
+        "5f00::/16",  # SRv6 segment ids
+        "fc00::/7",  # unique local, AWS IPv6 metadata
+        "fe80::/10",
+        "fec0::/10",  # site-local (deprecated)
+        "ff00::/8",  # multicast
+    )
+)
 MAX_URL_CHARS = 2048
 
 
@@ -68,8 +101,11 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 
 
 def is_public(ip: IPAddress) -> bool:
-    """Globally routable, not multicast, and no private IPv4 hidden inside an IPv6 address."""
+    """Globally routable, in no refused network, not multicast, and no non-public IPv4 hidden
+    inside an IPv6 address (IPv4-mapped, 6to4, Teredo, NAT64)."""
     if not ip.is_global or ip.is_multicast:
+        return False
+    if any(ip in net for net in NOT_PUBLIC if net.version == ip.version):
         return False
     if isinstance(ip, ipaddress.IPv6Address):
         inner = _embedded_ipv4(ip)
