@@ -52,12 +52,31 @@ def validate_submit(body: JobCreate, catalog: Catalog, settings: Settings) -> in
     return max_tokens
 
 
-def prepare(body: JobCreate, caller: Caller, catalog: Catalog, settings: Settings) -> Prepared:
-    """Validate one body and work out what it reserves: worst-case tokens and cost."""
+def webhook_resolver(bodies: list[JobCreate], settings: Settings) -> ssrf.Resolver:
+    """The webhook hostnames of a request, each resolved once, concurrently, under one
+    deadline (`LLMQ_WEBHOOK_RESOLVE_DEADLINE_S`)."""
+    return ssrf.resolve_hosts(
+        (str(body.webhook_url) for body in bodies if body.webhook_url is not None),
+        settings.webhook_resolve_deadline_s,
+        settings.webhook_resolve_concurrency,
+    )
+
+
+def prepare(
+    body: JobCreate,
+    caller: Caller,
+    catalog: Catalog,
+    settings: Settings,
+    resolve: ssrf.Resolver | None = None,
+) -> Prepared:
+    """Validate one body and work out what it reserves: worst-case tokens and cost. `resolve`
+    answers for the webhook's host (see `webhook_resolver`)."""
     max_tokens = validate_submit(body, catalog, settings)
     if body.webhook_url is not None:
         try:
-            ssrf.check_url(str(body.webhook_url), settings)
+            ssrf.check_url(
+                str(body.webhook_url), settings, resolve or webhook_resolver([body], settings)
+            )
         except ssrf.UnsafeUrl as exc:
             raise InvalidField("webhook_url", str(exc)) from None
     spec = catalog.get(body.model)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import threading
 
 import pytest
 
 from llmq import ssrf
 from llmq.settings import Settings
+from tests.conftest import wait_for
 
 REFUSED = {
     "0.0.0.0": "unspecified",
@@ -84,3 +86,52 @@ def test_a_host_resolving_to_a_refused_address_is_unsafe(address):
     settings = Settings(webhook_allowed_networks="127.0.0.0/8")
     with pytest.raises(ssrf.UnsafeUrl, match="not public"):
         ssrf.check_url("https://hooks.example.com/x", settings, resolve=lambda *_: [address])
+
+
+def test_a_name_not_resolved_by_the_deadline_is_refused_and_the_others_answer():
+    release = threading.Event()
+
+    def resolve(host: str, port: int) -> list[str]:
+        if host == "slow.example":
+            release.wait(60)
+        return ["93.184.215.14"]
+
+    urls = ["https://slow.example/a", "https://fast.example/b", "https://fast.example:8443/c"]
+    try:
+        lookup = ssrf.resolve_hosts(urls, 2, 4, resolve)
+        with pytest.raises(ssrf.UnsafeUrl, match=r"'slow\.example' did not resolve within 2 s"):
+            lookup("slow.example", 443)
+        assert lookup("fast.example", 443) == lookup("fast.example", 8443) == ["93.184.215.14"]
+    finally:
+        release.set()
+
+
+def test_at_most_concurrency_names_resolve_at_once():
+    release = threading.Event()
+    lock = threading.Lock()
+    running = {"now": 0, "started": 0, "peak": 0}
+
+    def resolve(host: str, port: int) -> list[str]:
+        with lock:
+            running["now"] += 1
+            running["started"] += 1
+            running["peak"] = max(running["peak"], running["now"])
+        release.wait(60)
+        with lock:
+            running["now"] -= 1
+        return ["93.184.215.14"]
+
+    urls = [f"https://h{i}.example/" for i in range(5)]
+    lookups: list[ssrf.Resolver] = []
+    resolving = threading.Thread(
+        target=lambda: lookups.append(ssrf.resolve_hosts(urls, 60, 2, resolve))
+    )
+    resolving.start()
+    try:
+        wait_for(lambda: running["started"] == 2, what="two resolutions running")
+        assert running["started"] == 2
+    finally:
+        release.set()
+        resolving.join(60)
+    assert running["peak"] == 2 and running["started"] == 5
+    assert all(lookups[0](f"h{i}.example", 443) == ["93.184.215.14"] for i in range(5))

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from api import deps, ratelimits
 from api.schemas import BulkCreate, JobCreate, job_resource
-from api.submission import RateCharge, prepare
+from api.submission import RateCharge, prepare, webhook_resolver
 from llmq import admission, events, idempotency, jobs, metrics, outbox
 from llmq.catalog import Catalog
 from llmq.db import session_scope
@@ -108,9 +108,10 @@ def submit_bulk(
     of the same request answers with the same ids and creates nothing."""
     claim = _claim(idempotency_key, body)
     prepared, errors = [], []
+    resolve = webhook_resolver(body.jobs, settings)
     for index, item in enumerate(body.jobs):
         try:
-            prepared.append(prepare(item, caller, catalog, settings))
+            prepared.append(prepare(item, caller, catalog, settings, resolve))
         except InvalidField as exc:
             errors.append({"field": f"jobs[{index}].{exc.field}", "message": exc.message})
     if errors:
