@@ -1,8 +1,9 @@
 """Turning a submit body into an admitted job: checks, estimates, limits, budget, idempotency.
 
 Shared by `POST /v1/jobs` and `POST /v1/jobs/bulk`. Order: validation (catalog, sizes, the
-webhook URL), the token estimate, the Redis rate limits, then one transaction for the
-concurrency limit, the budget reservation, the idempotency key and the rows.
+webhook URL), the token estimate, then one transaction for the idempotency key (a replay
+stops here, charged nothing), the Redis rate limits, the concurrency limit, the budget
+reservation and the rows.
 """
 
 from __future__ import annotations
@@ -51,12 +52,31 @@ def validate_submit(body: JobCreate, catalog: Catalog, settings: Settings) -> in
     return max_tokens
 
 
-def prepare(body: JobCreate, caller: Caller, catalog: Catalog, settings: Settings) -> Prepared:
-    """Validate one body and work out what it reserves: worst-case tokens and cost."""
+def webhook_resolver(bodies: list[JobCreate], settings: Settings) -> ssrf.Resolver:
+    """The webhook hostnames of a request, each resolved once, concurrently, under one
+    deadline (`LLMQ_WEBHOOK_RESOLVE_DEADLINE_S`)."""
+    return ssrf.resolve_hosts(
+        (str(body.webhook_url) for body in bodies if body.webhook_url is not None),
+        settings.webhook_resolve_deadline_s,
+        settings.webhook_resolve_concurrency,
+    )
+
+
+def prepare(
+    body: JobCreate,
+    caller: Caller,
+    catalog: Catalog,
+    settings: Settings,
+    resolve: ssrf.Resolver | None = None,
+) -> Prepared:
+    """Validate one body and work out what it reserves: worst-case tokens and cost. `resolve`
+    answers for the webhook's host (see `webhook_resolver`)."""
     max_tokens = validate_submit(body, catalog, settings)
     if body.webhook_url is not None:
         try:
-            ssrf.check_url(str(body.webhook_url), settings)
+            ssrf.check_url(
+                str(body.webhook_url), settings, resolve or webhook_resolver([body], settings)
+            )
         except ssrf.UnsafeUrl as exc:
             raise InvalidField("webhook_url", str(exc)) from None
     spec = catalog.get(body.model)
@@ -87,6 +107,21 @@ def prepare(body: JobCreate, caller: Caller, catalog: Catalog, settings: Setting
     return Prepared(new, reserved_tokens)
 
 
-def charge_rate(request: Request, caller: Caller, tokens: int) -> dict[str, str]:
-    """One request and `tokens` tokens against the key's rates; returns RateLimit headers."""
-    return ratelimits.enforce(request, caller, tokens)
+class RateCharge:
+    """The key's request and token rates for one submit. Admission calls it once it knows
+    the request is not an idempotent replay (a replay is never charged); `refund` gives the
+    tokens back if the request does not become jobs after all."""
+
+    def __init__(self, request: Request, caller: Caller, tokens: int) -> None:
+        self.request, self.caller, self.tokens = request, caller, tokens
+        self.headers: dict[str, str] = {}
+        self.charged = False
+
+    def __call__(self) -> None:
+        self.headers = ratelimits.enforce(self.request, self.caller, self.tokens)
+        self.charged = True
+
+    def refund(self) -> None:
+        if self.charged:
+            self.charged = False
+            ratelimits.refund_tokens(self.request, self.caller, self.tokens)

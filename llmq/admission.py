@@ -1,8 +1,9 @@
 """Admitting a job: concurrency limit, budget reservation, idempotency, and the job row.
 
-All of it happens in one transaction. Keys with a concurrency limit or a budget take a
-per-key advisory lock first, so the count of jobs in flight and the spend are read and
-reserved atomically across API replicas.
+All of it happens in one transaction. A request with an Idempotency-Key first locks that
+key and looks it up: a replay answers before any limit is charged or checked. Keys with a
+concurrency limit or a budget then take a per-key advisory lock, so the count of jobs in
+flight and the spend are read and reserved atomically across API replicas.
 """
 
 from __future__ import annotations
@@ -79,15 +80,17 @@ def admit(
     new: jobs.NewJob,
     claim: idempotency.Claim | None,
     retention: timedelta,
+    charge: Callable[[], None] = lambda: None,
 ) -> Admitted:
-    """Create the job, or return the one an identical earlier request created."""
+    """Create the job, or return the one an identical earlier request created. `charge`
+    (the rate limits) runs only for a request that is not a replay."""
     created: list[Job] = []
 
     def create(session: Session) -> list[uuid.UUID]:
         created.append(jobs.create_job(session, caller.key_id, new))
         return [created[0].id]
 
-    ids, replayed = _admit(session_factory, caller, [new], claim, retention, create)
+    ids, replayed = _admit(session_factory, caller, [new], claim, retention, create, charge)
     if not replayed:
         return Admitted(created[0], False)
     with session_factory() as session:
@@ -100,6 +103,7 @@ def admit_many(
     new_jobs: list[jobs.NewJob],
     claim: idempotency.Claim | None = None,
     retention: timedelta = timedelta(0),
+    charge: Callable[[], None] = lambda: None,
 ) -> tuple[list[uuid.UUID], bool]:
     """Create many jobs in one transaction, after checking the key's limits for all of them;
     or return the ids an identical earlier request created. Returns (ids, replayed)."""
@@ -110,6 +114,7 @@ def admit_many(
         claim,
         retention,
         lambda session: jobs.create_jobs(session, caller.key_id, new_jobs),
+        charge,
     )
 
 
@@ -120,15 +125,18 @@ def _admit(
     claim: idempotency.Claim | None,
     retention: timedelta,
     create: Callable[[Session], list[uuid.UUID]],
+    charge: Callable[[], None],
 ) -> tuple[list[uuid.UUID], bool]:
-    """Limits, rows and the idempotency key in one transaction; a request that loses the race
-    for its key answers with the winner's jobs."""
+    """Limits, rows and the idempotency key in one transaction. The key is looked up under
+    its lock, so a twin of a request in flight waits for it and answers with its jobs."""
     try:
         with session_factory() as session:
             if claim is not None:
+                idempotency.lock(session, caller.key_id, claim.key)
                 earlier = idempotency.find(session, caller.key_id, claim, retention)
                 if earlier is not None:
                     return earlier, True
+            charge()
             _check_limits(session, caller, new_jobs)
             ids = create(session)
             if claim is not None and not idempotency.record(

@@ -4,7 +4,8 @@ Submit reserves the job's worst-case cost on the job row (`reserved_cost_usd`) u
 per-key advisory lock, so concurrent submits on any replica see each other. A reservation
 counts while its job is queued or running; the worker's ledger write settles it with the
 real cost in the same transaction that ends the job, and a cancelled or failed job stops
-counting at once. Spend in a period = ledger cost of the period + open reservations.
+counting at once. Spend in a period = ledger cost of the period + open reservations, read
+in one statement.
 """
 
 from __future__ import annotations
@@ -74,17 +75,20 @@ def lock_key(session: Session, key_id: uuid.UUID) -> None:
 
 
 def spend(session: Session, key_id: uuid.UUID, since: datetime) -> Spend:
-    settled = session.scalar(
-        sa.select(sa.func.coalesce(sa.func.sum(LedgerEntry.cost_usd), 0)).where(
-            LedgerEntry.api_key_id == key_id, LedgerEntry.created_at >= since
-        )
+    """Settled and reserved cost from one statement, so one snapshot: a batch that settles
+    while this runs is counted once, as a reservation or as a ledger cost, never zero times."""
+    settled = (
+        sa.select(sa.func.coalesce(sa.func.sum(LedgerEntry.cost_usd), 0))
+        .where(LedgerEntry.api_key_id == key_id, LedgerEntry.created_at >= since)
+        .scalar_subquery()
     )
-    reserved = session.scalar(
-        sa.select(sa.func.coalesce(sa.func.sum(Job.reserved_cost_usd), 0)).where(
-            Job.api_key_id == key_id, Job.status.in_(("queued", "running"))
-        )
+    reserved = (
+        sa.select(sa.func.coalesce(sa.func.sum(Job.reserved_cost_usd), 0))
+        .where(Job.api_key_id == key_id, Job.status.in_(("queued", "running")))
+        .scalar_subquery()
     )
-    return Spend(Decimal(settled), Decimal(reserved))
+    row = session.execute(sa.select(settled.label("settled"), reserved.label("reserved"))).one()
+    return Spend(Decimal(row.settled), Decimal(row.reserved))
 
 
 def in_flight(session: Session, key_id: uuid.UUID) -> int:

@@ -1,9 +1,11 @@
 """`Idempotency-Key` on submit: the same key and body give the same job(s), for a while.
 
-Keys are scoped per API key and remembered for `LLMQ_IDEMPOTENCY_RETENTION_H` hours. The
-key's row is written in the transaction that creates the jobs, on a primary key
-(api key, idempotency key): a concurrent twin waits for that transaction, finds the row and
-answers with the same jobs, so twenty identical requests create one job (or one bulk).
+Keys are scoped per API key and remembered for `LLMQ_IDEMPOTENCY_RETENTION_H` hours. A
+request first takes a transaction-scoped advisory lock on (api key, idempotency key), then
+looks the key up; its row is written in the transaction that creates the jobs. A concurrent
+twin waits on the lock until that transaction ends, then finds the row and answers with the
+same jobs, before any rate limit, concurrency limit or budget is charged: twenty identical
+requests create one job (or one bulk) and all twenty get it, even on a key with room for one.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ def _live(api_key_id: uuid.UUID, key: str, retention: timedelta):
         IdempotencyKey.key == key,
         IdempotencyKey.created_at >= sa.func.now() - retention,
     )
+
+
+def lock(session: Session, api_key_id: uuid.UUID, key: str) -> None:
+    """Serialize requests with this key until the transaction ends, across API replicas."""
+    name = f"idempotency:{api_key_id}:{key}"
+    session.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(name, 0))))
 
 
 def find(

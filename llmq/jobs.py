@@ -168,23 +168,36 @@ def list_jobs(
     return rows[:limit], next_cursor
 
 
-def cancel_job(
-    session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID
-) -> tuple[Job, bool]:
-    """Cancel a queued or running job. Returns the job and whether it was running."""
+def cancel_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID) -> tuple[Job, int]:
+    """Cancel a queued or running job. Returns the job and the tokens to give back to the
+    key's per-minute rate (see `tokens_to_refund`).
+
+    The row is locked before its status is read, so that status is the one the UPDATE moves
+    from: a claim that commits meanwhile is seen, and of two cancels only one makes the
+    transition; the other is a 409.
+    """
     job = get_job(session, job_id, api_key_id)
-    was_running = job.status == "running"
-    row = session.execute(
+    before = session.execute(
+        sa.select(Job.status, Job.attempts).where(Job.id == job.id).with_for_update()
+    ).one()
+    if before.status not in ("queued", "running"):
+        raise JobStateConflict(f"job {job.id} is already {before.status}")
+    session.execute(
         sa.update(Job)
-        .where(Job.id == job.id, Job.status.in_(("queued", "running")))
+        .where(Job.id == job.id)
         .values(status="cancelled", finished_at=sa.func.now(), lease_expires_at=None)
-        .returning(Job.id)
-    ).first()
-    if row is None:
-        raise JobStateConflict(f"job {job.id} is already {job.status}")
+        .execution_options(synchronize_session=False)
+    )
     outbox.enqueue_final_events(session, [job.id])
     session.refresh(job)
-    return job, was_running
+    return job, tokens_to_refund(before.status, before.attempts, job.reserved_tokens)
+
+
+def tokens_to_refund(status: str, attempts: int, reserved_tokens: int | None) -> int:
+    """What a cancel gives back of the tokens charged at submit: all of them for a job no
+    worker ever claimed, else none, because a worker that claimed the job (even one the
+    sweeper has since put back in the queue) reconciles them when its batch is written."""
+    return (reserved_tokens or 0) if status == "queued" and attempts == 0 else 0
 
 
 def claim_jobs(

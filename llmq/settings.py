@@ -203,6 +203,18 @@ class Settings(BaseSettings):
     webhook_allowed_ports: str = Field(
         "80,443,8080,8443", description="Ports a webhook URL on a public address may use."
     )
+    webhook_resolve_deadline_s: float = Field(
+        5.0,
+        gt=0,
+        description="Most time one submit (or bulk submit) spends resolving the hostnames of "
+        "its webhook URLs; a name not resolved by then is a 422 on the item's `webhook_url`.",
+    )
+    webhook_resolve_concurrency: int = Field(
+        16,
+        ge=1,
+        description="Distinct webhook hostnames of one submit resolved at the same time "
+        "(each is resolved once per request).",
+    )
     webhook_sweep_s: float = Field(
         5.0, description="How often the webhook worker looks for due or lost deliveries."
     )

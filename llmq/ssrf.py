@@ -2,14 +2,18 @@
 
 `check_url` runs at submit (a bad URL is a 422) and again before every delivery attempt, and
 returns the addresses it checked so the sender connects to one of them and never resolves the
-name a second time. Networks named in `LLMQ_WEBHOOK_ALLOWED_NETWORKS` (loopback in tests and
-`llmq dev`) pass although they are not public, on any port.
+name a second time. At submit, `resolve_hosts` resolves each distinct host of a request once,
+concurrently and under one deadline. Networks named in `LLMQ_WEBHOOK_ALLOWED_NETWORKS`
+(loopback in tests and `llmq dev`) pass although they are not public, on any port.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -17,7 +21,41 @@ from llmq.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], list[str]]  # (host, port) -> addresses, or UnsafeUrl
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Refused whatever `ipaddress` says: its tables differ between Python releases (CVE-2024-4032)
+# and call some of these global, e.g. 192.0.0.9/10 and the NAT64 local-use prefix.
+NOT_PUBLIC: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # CGNAT
+        "127.0.0.0/8",
+        "169.254.0.0/16",  # link-local, cloud metadata
+        "172.16.0.0/12",
+        "192.0.0.0/24",  # IETF protocol assignments, all of it
+        "192.0.2.0/24",
+        "192.88.99.0/24",  # 6to4 relay anycast (deprecated)
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, broadcast
+        "::/96",  # unspecified, loopback, IPv4-compatible (deprecated)
+        "::ffff:0:0:0/96",  # IPv4-translated
+        "64:ff9b:1::/48",  # NAT64 local-use: leads into a private network
+        "100::/64",  # discard
+        "2001:db8::/32",
+        "3fff::/20",  # documentation
+        "5f00::/16",  # SRv6 segment ids
+        "fc00::/7",  # unique local, AWS IPv6 metadata
+        "fe80::/10",
+        "fec0::/10",  # site-local (deprecated)
+        "ff00::/8",  # multicast
+    )
+)
 MAX_URL_CHARS = 2048
 
 
@@ -68,8 +106,11 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 
 
 def is_public(ip: IPAddress) -> bool:
-    """Globally routable, not multicast, and no private IPv4 hidden inside an IPv6 address."""
+    """Globally routable, in no refused network, not multicast, and no non-public IPv4 hidden
+    inside an IPv6 address (IPv4-mapped, 6to4, Teredo, NAT64)."""
     if not ip.is_global or ip.is_multicast:
+        return False
+    if any(ip in net for net in NOT_PUBLIC if net.version == ip.version):
         return False
     if isinstance(ip, ipaddress.IPv6Address):
         inner = _embedded_ipv4(ip)
@@ -90,8 +131,8 @@ def _resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in infos))
 
 
-def check_url(url: str, settings: Settings, resolve=None) -> Target:
-    """Validate a webhook URL and resolve it; raises UnsafeUrl when it may not be called."""
+def _split(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path with query) of a URL a webhook may use, or UnsafeUrl."""
     if len(url) > MAX_URL_CHARS:
         raise UnsafeUrl("the URL is too long")
     try:
@@ -107,7 +148,15 @@ def check_url(url: str, settings: Settings, resolve=None) -> Target:
     host = parts.hostname
     if not host:
         raise UnsafeUrl("the URL has no host")
-    port = port or (443 if scheme == "https" else 80)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return scheme, host, port or (443 if scheme == "https" else 80), path
+
+
+def check_url(url: str, settings: Settings, resolve: Resolver | None = None) -> Target:
+    """Validate a webhook URL and resolve it; raises UnsafeUrl when it may not be called."""
+    scheme, host, port, path = _split(url)
     allowed = parse_networks(settings.webhook_allowed_networks)
     addresses = (resolve or _resolve)(host, port)
     if not addresses:
@@ -121,7 +170,41 @@ def check_url(url: str, settings: Settings, resolve=None) -> Target:
     ports = parse_ports(settings.webhook_allowed_ports)
     if ports and port not in ports and not on_allow_list:
         raise UnsafeUrl(f"port {port} is not allowed; use one of {sorted(ports)}")
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
     return Target(scheme, host, port, path, tuple(addresses))
+
+
+def resolve_hosts(
+    urls: Iterable[str], deadline_s: float, concurrency: int, resolve: Resolver | None = None
+) -> Resolver:
+    """Resolve the distinct hosts of `urls` once each, `concurrency` at a time, all within
+    `deadline_s`; returns a resolver for `check_url` that answers from those results.
+
+    A bulk submit of 10,000 jobs to one endpoint resolves its name once, and a slow resolver
+    holds the request for at most the deadline: a name still unresolved then is refused.
+    """
+    resolve = resolve or _resolve
+    hosts: set[str] = set()
+    for url in urls:
+        with contextlib.suppress(UnsafeUrl):  # check_url reports a malformed URL itself
+            hosts.add(_split(url)[1])
+    found: dict[str, list[str] | str] = {}  # host -> addresses, or why it is refused
+    if hosts:
+        pool = ThreadPoolExecutor(min(concurrency, len(hosts)), thread_name_prefix="resolve")
+        futures = {pool.submit(resolve, host, 0): host for host in hosts}
+        done, _ = wait(futures, timeout=deadline_s)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for future, host in futures.items():
+            if future not in done:
+                found[host] = f"the host {host!r} did not resolve within {deadline_s:g} s"
+            elif isinstance(future.exception(), UnsafeUrl | OSError | ValueError):
+                found[host] = f"the host {host!r} does not resolve"
+            else:
+                found[host] = future.result()
+
+    def lookup(host: str, port: int) -> list[str]:
+        outcome = found[host] if host in found else resolve(host, port)
+        if isinstance(outcome, str):
+            raise UnsafeUrl(outcome)
+        return outcome
+
+    return lookup

@@ -7,13 +7,13 @@ import io
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
 
-from llmq import budgets
+from llmq import budgets, jobs
 from llmq.db import session_scope
 from llmq.keys import Limits, create_key
 from llmq.models import Job, LedgerEntry
@@ -216,3 +216,42 @@ def test_admin_keys_see_every_keys_usage_and_others_their_own(client, start_work
     own = client.get("/v1/usage", params={"group_by": "key"}, headers=keys_made[0][1]).json()
     assert len(own["data"]) == 1 and own["data"][0]["key"] in names
     assert Decimal(own["total"]["cost_usd"]) == ACTUAL
+
+
+def test_spend_sees_a_batch_that_settles_while_it_reads_once(client):
+    """A worker's finish moves a job's cost from the reservation to the ledger. Spend read
+    between two of its own statements would count that cost zero times; it must count it
+    once, from one snapshot, whenever the finish commits."""
+    key_id, _ = budget_key("5")
+    with session_scope() as session:
+        job = jobs.create_job(
+            session,
+            key_id,
+            jobs.NewJob(model="echo-priced", params={}, prompt="x", reserved_cost_usd=Decimal(1)),
+        )
+    with session_scope() as session:
+        (claimed,) = jobs.claim_jobs(session, [job.id], "w", timedelta(minutes=5))
+    outcome = jobs.Outcome(
+        job_id=job.id, attempt=claimed.attempts, succeeded=True, text="y",
+        prompt_tokens=1, completion_tokens=1, cost_usd=Decimal("0.4"),
+    )  # fmt: skip
+    finished: list[uuid.UUID] = []
+
+    def finish_after_the_first_read(*_args) -> None:
+        if not finished:  # another transaction commits the batch right after this statement
+            with session_scope() as worker:
+                finished.extend(jobs.finish_jobs(worker, [outcome]))
+
+    since = budgets.period_start("day", datetime.now(UTC))
+    with session_scope() as session:
+        connection = session.connection()
+        sa.event.listen(connection, "after_cursor_execute", finish_after_the_first_read)
+        try:
+            seen = budgets.spend(session, key_id, since)
+        finally:
+            sa.event.remove(connection, "after_cursor_execute", finish_after_the_first_read)
+    assert finished == [job.id]
+    assert (seen.settled_usd, seen.reserved_usd) == (0, 1)  # the snapshot before the finish
+    with session_scope() as session:
+        after = budgets.spend(session, key_id, since)
+    assert (after.settled_usd, after.reserved_usd) == (Decimal("0.4"), 0)

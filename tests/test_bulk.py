@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import sqlalchemy as sa
 
 from llmq.db import session_scope
@@ -91,3 +93,40 @@ def test_bulk_reserves_the_budget_for_all_jobs(client):
     assert response.json()["budget"]["period"] == "day"
     assert _count() == before
     assert client.post("/v1/jobs/bulk", json={"jobs": items[:5]}, headers=auth).status_code == 202
+
+
+def test_bulk_resolves_each_distinct_webhook_hostname_once(client, auth, monkeypatch):
+    from llmq import ssrf
+
+    resolved: Counter[str] = Counter()
+    real_resolve = ssrf._resolve
+
+    def counting_resolve(host: str, port: int) -> list[str]:
+        resolved[host] += 1
+        return real_resolve(host, port)
+
+    monkeypatch.setattr(ssrf, "_resolve", counting_resolve)
+    hosts = ["localhost", "127.0.0.1", "127.0.0.2"]
+    items = [
+        {"model": "parked", "prompt": f"p{i}", "webhook_url": f"http://{hosts[i % 3]}:{8000 + i % 7}/h{i}"}
+        for i in range(600)
+    ]  # fmt: skip
+    response = client.post("/v1/jobs/bulk", json={"jobs": items}, headers=auth)
+    assert response.status_code == 202, response.text[:300]
+    assert resolved == {"localhost": 1, "127.0.0.1": 1, "127.0.0.2": 1}
+
+
+def test_a_webhook_host_that_does_not_resolve_names_every_item_that_uses_it(client, auth):
+    items = [
+        {"model": "parked", "prompt": f"p{i}", "webhook_url": "http://localhost:8080/ok"}
+        for i in range(10)
+    ]
+    for i in (3, 7):
+        items[i]["webhook_url"] = "http://no-such-host.invalid/hook"
+    before = _count()
+    response = client.post("/v1/jobs/bulk", json={"jobs": items}, headers=auth)
+    assert response.status_code == 422
+    errors = response.json()["errors"]
+    assert [e["field"] for e in errors] == ["jobs[3].webhook_url", "jobs[7].webhook_url"]
+    assert all("'no-such-host.invalid' does not resolve" in e["message"] for e in errors)
+    assert _count() == before

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from functools import partial
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
 from llmq.db import session_scope
-from llmq.keys import hash_key
+from llmq.keys import Limits, create_key, hash_key
 from llmq.models import ApiKey, IdempotencyKey, Job
 from llmq.queues import waiting_count
 from tests.conftest import REDIS_PREFIX, make_key
@@ -140,3 +142,31 @@ def test_a_key_used_on_submit_is_not_replayed_by_bulk(client, auth):
     assert client.post("/v1/jobs", json=BODY, headers=auth | idem).status_code == 202
     response = client.post("/v1/jobs/bulk", json={"jobs": [BODY]}, headers=auth | idem)
     assert response.status_code == 422
+
+
+# "make this once" is 14 bytes: 14 + 8 template tokens + max_tokens 4 = 26 tokens charged,
+# and on echo-priced a worst case of 22 * $0.001 + 4 * $0.002 = $0.030.
+LIMITED = {
+    "max_concurrent": {"max_concurrent": 1},
+    "budget": {"budget_usd": Decimal("0.05"), "budget_period": "day"},
+    "rpm": {"rpm": 1},
+    "tpm": {"tpm": 26},
+}
+
+
+@pytest.mark.parametrize("limit", LIMITED)
+def test_concurrent_retries_on_a_key_with_room_for_one_job_all_get_the_replay(client, limit):
+    """Twins wait for the first request's transaction and answer with its job; none is
+    refused by a limit the first one used up."""
+    model = "echo-priced" if limit == "budget" else "parked"  # parked is free
+    body = {"model": model, "prompt": "make this once", "max_tokens": 4}
+    for _ in range(6):
+        with session_scope() as session:
+            _, plain = create_key(session, f"once-{limit}", limits=Limits(**LIMITED[limit]))
+        headers = {"Authorization": f"Bearer {plain}", "Idempotency-Key": str(uuid.uuid4())}
+        post = partial(client.post, "/v1/jobs", json=body, headers=headers)
+        with ThreadPoolExecutor(12) as pool:
+            responses = [future.result() for future in [pool.submit(post) for _ in range(12)]]
+        assert [r.status_code for r in responses] == [202] * 12, [r.text for r in responses]
+        assert len({r.json()["id"] for r in responses}) == 1
+        assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 11

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from api import deps, ratelimits
 from api.schemas import BulkCreate, JobCreate, job_resource
-from api.submission import charge_rate, prepare
+from api.submission import RateCharge, prepare, webhook_resolver
 from llmq import admission, events, idempotency, jobs, metrics, outbox
 from llmq.catalog import Catalog
 from llmq.db import session_scope
@@ -65,19 +65,19 @@ def submit(
 ) -> dict:
     """Check limits, write the job, then put its message on the model's queue; answer at once."""
     prepared = prepare(body, caller, catalog, settings)
-    reserved_tokens = prepared.reserved_tokens
     claim = _claim(idempotency_key, body)
-    response.headers.update(charge_rate(request, caller, reserved_tokens))
+    charge = RateCharge(request, caller, prepared.reserved_tokens)
     retention = timedelta(hours=settings.idempotency_retention_h)
     try:
-        admitted = admission.admit(session_scope, caller, prepared.new, claim, retention)
+        admitted = admission.admit(session_scope, caller, prepared.new, claim, retention, charge)
     except Exception:
-        ratelimits.refund_tokens(request, caller, reserved_tokens)
+        charge.refund()
         raise
+    response.headers.update(charge.headers)
     job = admitted.job
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if admitted.replayed:
-        ratelimits.refund_tokens(request, caller, reserved_tokens)
+        charge.refund()
         response.headers["Idempotent-Replayed"] = "true"
         with session_scope() as session:
             return _render(session, jobs.get_job(session, job.id, caller.key_id), settings)
@@ -86,7 +86,7 @@ def submit(
     except Exception as exc:
         with session_scope() as session:
             jobs.delete_unpublished(session, job.id)
-        ratelimits.refund_tokens(request, caller, reserved_tokens)
+        charge.refund()
         raise QueueUnavailable(f"the queue is unavailable, job not accepted: {exc}") from exc
     metrics.JOBS_SUBMITTED.labels(job.model).inc()
     return job_resource(job, None, settings.flower_url)
@@ -108,9 +108,10 @@ def submit_bulk(
     of the same request answers with the same ids and creates nothing."""
     claim = _claim(idempotency_key, body)
     prepared, errors = [], []
+    resolve = webhook_resolver(body.jobs, settings)
     for index, item in enumerate(body.jobs):
         try:
-            prepared.append(prepare(item, caller, catalog, settings))
+            prepared.append(prepare(item, caller, catalog, settings, resolve))
         except InvalidField as exc:
             errors.append({"field": f"jobs[{index}].{exc.field}", "message": exc.message})
     if errors:
@@ -121,29 +122,26 @@ def submit_bulk(
             "jobs",
             f"the jobs may use {tokens} tokens; this key allows {caller.limits.tpm} per minute",
         )
-    response.headers.update(charge_rate(request, caller, tokens))
     new_jobs = [p.new for p in prepared]
+    charge = RateCharge(request, caller, tokens)
     retention = timedelta(hours=settings.idempotency_retention_h)
     try:
-        ids, replayed = admission.admit_many(session_scope, caller, new_jobs, claim, retention)
+        ids, replayed = admission.admit_many(
+            session_scope, caller, new_jobs, claim, retention, charge
+        )
     except Exception:
-        ratelimits.refund_tokens(request, caller, tokens)
+        charge.refund()
         raise
+    response.headers.update(charge.headers)
     if replayed:
-        ratelimits.refund_tokens(request, caller, tokens)
+        charge.refund()
         response.headers["Idempotent-Replayed"] = "true"
     else:
-        _publish_bulk(request, caller, ids, new_jobs, tokens)
+        _publish_bulk(ids, new_jobs, charge)
     return {"object": "bulk", "count": len(ids), "ids": [str(i) for i in ids]}
 
 
-def _publish_bulk(
-    request: Request,
-    caller: Caller,
-    ids: list[uuid.UUID],
-    new_jobs: list[jobs.NewJob],
-    tokens: int,
-) -> None:
+def _publish_bulk(ids: list[uuid.UUID], new_jobs: list[jobs.NewJob], charge: RateCharge) -> None:
     """One Redis pipeline for every message; if it fails, the jobs are withdrawn."""
     messages = [(str(i), new.model, new.priority) for i, new in zip(ids, new_jobs, strict=True)]
     try:
@@ -151,7 +149,7 @@ def _publish_bulk(
     except Exception as exc:
         with session_scope() as session:
             jobs.delete_unpublished(session, ids)
-        ratelimits.refund_tokens(request, caller, tokens)
+        charge.refund()
         raise QueueUnavailable(f"the queue is unavailable, no job accepted: {exc}") from exc
     for new in new_jobs:
         metrics.JOBS_SUBMITTED.labels(new.model).inc()
@@ -234,11 +232,10 @@ def cancel(
 ) -> dict:
     """A queued job never runs; a running one stops at its next token."""
     with session_scope() as session:
-        job, was_running = jobs.cancel_job(session, job_id, caller.key_id)
+        job, refund = jobs.cancel_job(session, job_id, caller.key_id)
         resource = _render(session, job, settings)
         deliveries = outbox.created_in(session)
-    if not was_running:  # it never ran: its tokens were never used
-        ratelimits.refund_tokens(request, caller, job.reserved_tokens or 0)
+    ratelimits.refund_tokens(request, caller, refund)
     publish_webhooks(get_celery(), deliveries)
     client = request.app.state.sync_redis
     try:
