@@ -6,10 +6,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import kombu.exceptions
+import redis.exceptions
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from llmq import metrics
 from llmq.errors import (
@@ -29,6 +33,7 @@ from llmq.errors import (
 )
 
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+UNAVAILABLE_RETRY_AFTER_S = 5
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -60,13 +65,80 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
-    """('body', 'messages', 0, 'content') -> 'messages[0].content'."""
-    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+_MISSING = object()
+
+
+def field_path(loc: tuple[Any, ...] | list[Any], body: Any = _MISSING) -> str:
+    """('body', 'messages', 0, 'content') -> 'messages[0].content'.
+
+    Given the request body, the parts of `loc` that are not places in it are left out: the
+    tags pydantic adds for the members of a union ('metadata.k.constrained-str' ->
+    'metadata.k') and a rejected dict key itself ('metadata.<key>.[key]' -> 'metadata'),
+    so a field is named the way the client wrote it, and a bad key is not echoed.
+    """
+    if "[key]" in loc:
+        loc = loc[: list(loc).index("[key]") - 1]
+    node = body if loc and loc[0] == "body" else _MISSING
     out = ""
-    for part in parts:
+    for part in loc:
+        if part in ("body", "query", "path", "header"):
+            continue
+        if isinstance(node, dict):
+            node = node.get(part, _MISSING)  # a missing field keeps its name
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif node is not _MISSING:
+            continue  # a union member's tag, under a list or a scalar
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "body"
+
+
+NOT_UTF8 = "must be text that can be encoded as UTF-8 (a lone surrogate such as \\ud800 cannot)"
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
+    """One error per field. Of a union's errors, the member that matched the input's type
+    speaks; the others only say "not a string", "not an int" (`*_type` errors), and are left
+    out where the matching member named a place inside the field."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for error in exc.errors():
+        field = field_path(error["loc"], exc.body)
+        if field not in chosen or (
+            chosen[field]["type"].endswith("_type") and not error["type"].endswith("_type")
+        ):
+            chosen[field] = error
+    return [
+        {"field": f, "message": NOT_UTF8 if e["type"] == "string_unicode" else e["msg"]}
+        for f, e in chosen.items()
+        if not (e["type"].endswith("_type") and any(_inside(other, f) for other in chosen))
+    ]
+
+
+def _inside(field: str, parent: str) -> bool:
+    return field.startswith(parent) and field[len(parent) : len(parent) + 1] in ("[", ".")
+
+
+def too_large(limit_bytes: int, instance: str) -> JSONResponse:
+    return problem(
+        413, "Request too large", f"body exceeds {limit_bytes} bytes", kind="too-large",
+        instance=instance,
+    )  # fmt: skip
+
+
+def unavailable(what: str, instance: str) -> JSONResponse:
+    """503 for a backing service that did not answer; names no host, port or URL."""
+    return problem(
+        503,
+        "Service unavailable",
+        f"{what} is unavailable; retry shortly",
+        kind="unavailable",
+        instance=instance,
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else ""
 
 
 @dataclass(frozen=True)
@@ -113,7 +185,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": field_path(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        errors = validation_errors(exc)
         metrics.REJECTIONS.labels("validation").inc()
         names = ", ".join(sorted({e["field"] for e in errors}))
         return problem(
@@ -200,6 +272,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413 and MAX_BODY_SIZE_SCOPE_KEY in request.scope:
+            metrics.REJECTIONS.labels("too_large").inc()
+            return too_large(request.scope[MAX_BODY_SIZE_SCOPE_KEY], request.url.path)
         kind = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(
             exc.status_code, "http-error"
         )
@@ -207,13 +282,54 @@ def install(app: FastAPI) -> None:
             exc.status_code, str(exc.detail), str(exc.detail), kind=kind, instance=request.url.path
         )
 
+    @app.exception_handler(sqlalchemy.exc.DBAPIError)
+    async def _database(request: Request, exc: sqlalchemy.exc.DBAPIError) -> JSONResponse:
+        if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or (
+            exc.connection_invalidated
+        ):
+            return _unavailable("the database", exc, request)
+        # The driver's message may quote the data it refused (a prompt): log only its kind.
+        sqlstate = getattr(getattr(exc.orig, "diag", None), "sqlstate", None)
+        log.error(
+            "database error on %s: %s (SQLSTATE %s)",
+            request.url.path, type(exc.orig).__name__, sqlstate,
+        )  # fmt: skip
+        return _internal(request)
+
+    @app.exception_handler(sqlalchemy.exc.TimeoutError)
+    async def _database_pool(request: Request, exc: Exception) -> JSONResponse:
+        return _unavailable("the database", exc, request)
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    async def _redis(request: Request, exc: Exception) -> JSONResponse:
+        return _unavailable("Redis", exc, request)
+
+    @app.exception_handler(kombu.exceptions.OperationalError)
+    async def _broker(request: Request, exc: Exception) -> JSONResponse:
+        return _unavailable("the queue", exc, request)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return problem(
-            500,
-            "Internal error",
-            "an unexpected error occurred; it has been logged",
-            kind="internal",
-            instance=request.url.path,
-        )
+        return _internal(request)
+
+
+def _unavailable(what: str, exc: BaseException, request: Request) -> JSONResponse:
+    cause = getattr(exc, "orig", None) or exc
+    log.warning(
+        "%s unavailable on %s: %s: %s",
+        what, request.url.path, type(cause).__name__, _first_line(cause),
+    )  # fmt: skip
+    metrics.REJECTIONS.labels("unavailable").inc()
+    return unavailable(what, request.url.path)
+
+
+def _internal(request: Request) -> JSONResponse:
+    return problem(
+        500,
+        "Internal error",
+        "an unexpected error occurred; it has been logged",
+        kind="internal",
+        instance=request.url.path,
+    )

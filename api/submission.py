@@ -7,9 +7,11 @@ concurrency limit, the budget reservation, the idempotency key and the rows.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from celery import Celery
 from fastapi import Request
 
 from api import ratelimits
@@ -18,7 +20,10 @@ from llmq import budgets, jobs, ssrf
 from llmq.catalog import Catalog
 from llmq.errors import InvalidField
 from llmq.keys import Caller
+from llmq.queues import publish_generate, publish_generate_many
 from llmq.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,3 +95,26 @@ def prepare(body: JobCreate, caller: Caller, catalog: Catalog, settings: Setting
 def charge_rate(request: Request, caller: Caller, tokens: int) -> dict[str, str]:
     """One request and `tokens` tokens against the key's rates; returns RateLimit headers."""
     return ratelimits.enforce(request, caller, tokens)
+
+
+def publish(celery: Celery, messages: list[tuple[str, str, int]]) -> bool:
+    """Put committed jobs' (id, model, priority) messages on their queues; False if not now.
+
+    A failure here never undoes the submit. The rows are committed as queued, and the
+    sweeper publishes every queued job whose message it cannot find, so the jobs run once
+    the queue answers. Withdrawing them instead would be wrong: a publish can fail after
+    Redis took the message, and the client's retry would then make a second job and pay
+    twice.
+    """
+    try:
+        if len(messages) == 1:
+            publish_generate(celery, *messages[0])
+        else:
+            publish_generate_many(celery, messages)
+    except Exception as exc:  # whatever kombu raises, the jobs are safe in Postgres
+        log.warning(
+            "%d job(s) committed but not published (%s); the sweeper will publish them",
+            len(messages), type(exc).__name__,
+        )  # fmt: skip
+        return False
+    return True
