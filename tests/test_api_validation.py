@@ -190,3 +190,26 @@ def test_text_that_is_not_utf8_is_refused_and_not_logged(client, auth, caplog, t
     assert SECRET not in response.text
     assert SECRET not in caplog.text
     assert _job_count() == before
+
+
+@pytest.mark.parametrize(
+    ("loc", "body", "missing", "field"),
+    [
+        (("body", "messages", 0, "content"), {"messages": [{}]}, True, "messages[0].content"),
+        (
+            ("body", "metadata", "k", "constrained-str"),
+            {"metadata": {"k": "v"}},
+            False,
+            "metadata.k",
+        ),
+        (("body", "stop", "list[constrained-str]", 1), {"stop": ["a", "b"]}, False, "stop[1]"),
+        (("body", "stop", "constrained-str"), {"stop": {"a": 1}}, False, "stop"),
+        (("body", "metadata", "secret key", "[key]"), {"metadata": {"x": 1}}, False, "metadata"),
+        (("body", "model"), {}, True, "model"),
+        (("query", "limit"), None, False, "limit"),
+    ],
+)
+def test_field_path_names_fields_as_the_client_wrote_them(loc, body, missing, field):
+    from api.fields import field_path
+
+    assert field_path(loc, body, missing=missing) == field
