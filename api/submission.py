@@ -2,7 +2,8 @@
 
 Shared by `POST /v1/jobs` and `POST /v1/jobs/bulk`. Order: validation (catalog, sizes, the
 webhook URL), the token estimate, the Redis rate limits, then one transaction for the
-concurrency limit, the budget reservation, the idempotency key and the rows.
+concurrency limit, the budget reservation, the idempotency key and the rows; then the
+messages are published, and a failed publish leaves the committed jobs to the sweeper.
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ def charge_rate(request: Request, caller: Caller, tokens: int) -> dict[str, str]
     return ratelimits.enforce(request, caller, tokens)
 
 
-def publish(celery: Celery, messages: list[tuple[str, str, int]]) -> bool:
-    """Put committed jobs' (id, model, priority) messages on their queues; False if not now.
+def publish(celery: Celery, messages: list[tuple[str, str, int]]) -> None:
+    """Put committed jobs' (id, model, priority) messages on their queues.
 
     A failure here never undoes the submit. The rows are committed as queued, and the
     sweeper publishes every queued job whose message it cannot find, so the jobs run once
@@ -116,5 +117,3 @@ def publish(celery: Celery, messages: list[tuple[str, str, int]]) -> bool:
             "%d job(s) committed but not published (%s); the sweeper will publish them",
             len(messages), type(exc).__name__,
         )  # fmt: skip
-        return False
-    return True
