@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 from llmq import jobs, queues
 from llmq.db import session_scope
 from llmq.models import Job
-from tests.conftest import make_key
+from llmq.settings import get_settings
+from tests.conftest import REDIS_PREFIX, make_key
 from tests.tenancy_helpers import ApiServer
 
 NOTHING_LISTENS = "127.0.0.1:1"
@@ -38,20 +39,37 @@ def _rows(ids: list[str]) -> list[str]:
 
 @pytest.fixture
 def broker_down(monkeypatch, environment) -> Iterator[TestClient]:
-    """An API whose Redis (broker, pub/sub, limiter) is a port where nothing listens."""
+    """An API whose Redis (broker, pub/sub, limiter) is a port where nothing listens.
+
+    Set in the environment, so the process-wide settings and Celery app see it too while the
+    test runs; both caches are emptied before and after."""
     from api.app import create_app
 
+    def forget() -> None:
+        get_settings.cache_clear()
+        queues.get_celery.cache_clear()
+
     monkeypatch.setenv("LLMQ_REDIS_URL", f"redis://{NOTHING_LISTENS}/0")
-    queues.get_celery.cache_clear()
+    forget()
     try:
         with TestClient(create_app(), raise_server_exceptions=False) as local:
             yield local
     finally:
         monkeypatch.undo()
-        queues.get_celery.cache_clear()
+        forget()
 
 
-def test_a_submit_whose_publish_fails_is_kept_and_a_retry_makes_no_second_job(broker_down):
+def _queued_messages(redis_client) -> bytes:
+    """Every message waiting in the parked model's queue lists on the real Redis."""
+    return b"".join(
+        b"".join(redis_client.lrange(key, 0, -1))
+        for key in queues.queue_keys("parked", REDIS_PREFIX)
+    )
+
+
+def test_a_submit_whose_publish_fails_is_kept_and_a_retry_makes_no_second_job(
+    broker_down, redis_client
+):
     headers = {"Authorization": f"Bearer {make_key('publish-fails')}"}
     idem = {**headers, "Idempotency-Key": uuid.uuid4().hex}
 
@@ -59,6 +77,7 @@ def test_a_submit_whose_publish_fails_is_kept_and_a_retry_makes_no_second_job(br
     assert first.status_code == 202, first.text
     job = first.json()
     assert job["status"] == "queued" and first.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["id"].encode() not in _queued_messages(redis_client)  # the publish failed
     assert _rows([job["id"]]) == ["queued"]  # durable: the sweeper publishes it
     with session_scope() as session:
         stale = jobs.stale_queued(session, timedelta(0), ["parked"])
