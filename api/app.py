@@ -16,6 +16,7 @@ from api.routes import admin, health, jobs, models, streams, usage, webhooks
 from llmq import __version__
 from llmq.catalog import load_catalog
 from llmq.queue_metrics import QueueCollector
+from llmq.queues import make_celery
 from llmq.settings import Settings, get_settings
 
 
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.catalog = load_catalog(settings.catalog_path)
+    app.state.celery = make_celery(settings)  # sends tasks by name; never runs them
     app.state.queue_registry = CollectorRegistry()
     app.state.queue_registry.register(
         QueueCollector(

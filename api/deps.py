@@ -1,9 +1,21 @@
-"""Request dependencies: settings, catalog, database session, the calling key."""
+"""Request dependencies: settings, catalog, database session, the calling key.
+
+Routes that need a key use `KeyedRoute`, which authenticates before FastAPI reads the
+request body: a caller without a valid key gets its 401 without the API reading, parsing or
+holding what it sent.
+"""
 
 from __future__ import annotations
 
-from fastapi import Depends, Request
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from llmq.catalog import Catalog
 from llmq.db import session_scope
@@ -22,8 +34,42 @@ def catalog(request: Request) -> Catalog:
     return request.app.state.catalog
 
 
-def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+def authenticate_request(request: Request) -> Caller:
+    """The key in `Authorization: Bearer <key>`, looked up once per request."""
+    known: Caller | None = getattr(request.state, "caller", None)
+    if known is not None:
+        return known
+    scheme, key = get_authorization_scheme_param(request.headers.get("authorization"))
+    if not key or scheme.lower() != "bearer":
         raise Unauthorized("missing bearer API key (Authorization: Bearer <key>)")
     with session_scope() as db:
-        return authenticate(db, credentials.credentials)
+        request.state.caller = authenticate(db, key)
+    return request.state.caller
+
+
+def caller(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
+    """The calling key (`bearer` only documents the scheme in the OpenAPI schema)."""
+    return authenticate_request(request)
+
+
+def needs_caller(dependant: Dependant) -> bool:
+    return any(d.call is caller or needs_caller(d) for d in dependant.dependencies)
+
+
+class KeyedRoute(APIRoute):
+    """A route that authenticates the caller before its body is read.
+
+    FastAPI reads and parses the body before it solves dependencies, so without this an
+    unauthenticated request could make the API read a whole (bulk-sized) body first.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if not needs_caller(self.dependant):
+            return handler
+
+        async def authenticated_first(request: Request) -> Response:
+            await run_in_threadpool(authenticate_request, request)
+            return await handler(request)
+
+        return authenticated_first

@@ -6,11 +6,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import kombu.exceptions
+import redis.exceptions
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
+from api.fields import validation_errors
 from llmq import metrics
 from llmq.errors import (
     BadRequest,
@@ -29,6 +34,7 @@ from llmq.errors import (
 )
 
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+UNAVAILABLE_RETRY_AFTER_S = 5
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -60,13 +66,27 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
-    """('body', 'messages', 0, 'content') -> 'messages[0].content'."""
-    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
+def too_large(limit_bytes: int, instance: str) -> JSONResponse:
+    return problem(
+        413, "Request too large", f"body exceeds {limit_bytes} bytes", kind="too-large",
+        instance=instance,
+    )  # fmt: skip
+
+
+def unavailable(what: str, instance: str) -> JSONResponse:
+    """503 for a backing service that did not answer; names no host, port or URL."""
+    return problem(
+        503,
+        "Service unavailable",
+        f"{what} is unavailable; retry shortly",
+        kind="unavailable",
+        instance=instance,
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else ""
 
 
 @dataclass(frozen=True)
@@ -113,7 +133,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": field_path(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        errors = validation_errors(exc)
         metrics.REJECTIONS.labels("validation").inc()
         names = ", ".join(sorted({e["field"] for e in errors}))
         return problem(
@@ -200,6 +220,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413 and MAX_BODY_SIZE_SCOPE_KEY in request.scope:
+            metrics.REJECTIONS.labels("too_large").inc()
+            return too_large(request.scope[MAX_BODY_SIZE_SCOPE_KEY], request.url.path)
         kind = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(
             exc.status_code, "http-error"
         )
@@ -207,13 +230,54 @@ def install(app: FastAPI) -> None:
             exc.status_code, str(exc.detail), str(exc.detail), kind=kind, instance=request.url.path
         )
 
+    @app.exception_handler(sqlalchemy.exc.DBAPIError)
+    async def _database(request: Request, exc: sqlalchemy.exc.DBAPIError) -> JSONResponse:
+        if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or (
+            exc.connection_invalidated
+        ):
+            return _unavailable("the database", exc, request)
+        # The driver's message may quote the data it refused (a prompt): log only its kind.
+        sqlstate = getattr(getattr(exc.orig, "diag", None), "sqlstate", None)
+        log.error(
+            "database error on %s: %s (SQLSTATE %s)",
+            request.url.path, type(exc.orig).__name__, sqlstate,
+        )  # fmt: skip
+        return _internal(request)
+
+    @app.exception_handler(sqlalchemy.exc.TimeoutError)
+    async def _database_pool(request: Request, exc: Exception) -> JSONResponse:
+        return _unavailable("the database", exc, request)
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    async def _redis(request: Request, exc: Exception) -> JSONResponse:
+        return _unavailable("Redis", exc, request)
+
+    @app.exception_handler(kombu.exceptions.OperationalError)
+    async def _broker(request: Request, exc: Exception) -> JSONResponse:
+        return _unavailable("the queue", exc, request)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return problem(
-            500,
-            "Internal error",
-            "an unexpected error occurred; it has been logged",
-            kind="internal",
-            instance=request.url.path,
-        )
+        return _internal(request)
+
+
+def _unavailable(what: str, exc: BaseException, request: Request) -> JSONResponse:
+    cause = getattr(exc, "orig", None) or exc
+    log.warning(
+        "%s unavailable on %s: %s: %s",
+        what, request.url.path, type(cause).__name__, _first_line(cause),
+    )  # fmt: skip
+    metrics.REJECTIONS.labels("unavailable").inc()
+    return unavailable(what, request.url.path)
+
+
+def _internal(request: Request) -> JSONResponse:
+    return problem(
+        500,
+        "Internal error",
+        "an unexpected error occurred; it has been logged",
+        kind="internal",
+        instance=request.url.path,
+    )

@@ -2,6 +2,10 @@
 
 Starlette's `BaseHTTPMiddleware` runs every request through an extra task and a wrapped
 response stream; a plain ASGI callable costs one function call.
+
+The body limit holds whatever the headers say: a declared `Content-Length` over the limit is
+refused before anything is read, and the bytes of every body (chunked or not) are counted as
+they arrive, so reading stops with a 413 as soon as the count passes the limit.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import time
 
 from starlette.datastructures import Headers
+from starlette.middleware.body_limit import RequestBodyLimitResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
@@ -17,7 +22,7 @@ from llmq.settings import Settings
 
 
 class RequestMetrics:
-    """Count and time every request by route; refuse a body over the limit before reading it."""
+    """Count and time every request by route; refuse a body over the limit."""
 
     def __init__(self, app: ASGIApp, settings: Settings):
         self.app, self.settings = app, settings
@@ -36,11 +41,7 @@ class RequestMetrics:
         if length and length.isdigit() and int(length) > limit:
             metrics.REJECTIONS.labels("too_large").inc()
             metrics.HTTP_REQUESTS.labels("unmatched", method, "413").inc()
-            response = errors.problem(
-                413, "Request too large", f"body exceeds {limit} bytes", kind="too-large",
-                instance=path,
-            )  # fmt: skip
-            await response(scope, receive, send)
+            await errors.too_large(limit, path)(scope, receive, send)
             return
         status = 500
         started = time.perf_counter()
@@ -52,7 +53,8 @@ class RequestMetrics:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            # Counts the body as the app reads it and raises a 413 HTTPException past `limit`.
+            await RequestBodyLimitResponder(self.app, limit)(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")  # set by the router
             metrics.HTTP_LATENCY.labels(route, method).observe(time.perf_counter() - started)

@@ -40,7 +40,7 @@ class JobCreate(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     priority: int = Field(0, ge=0, le=9, description="0 (normal) to 9 (most urgent)")
     webhook_url: HttpUrl | None = None

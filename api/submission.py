@@ -3,14 +3,17 @@
 Shared by `POST /v1/jobs` and `POST /v1/jobs/bulk`. Order: validation (catalog, sizes, the
 webhook URL), the token estimate, then one transaction for the idempotency key (a replay
 stops here, charged nothing), the Redis rate limits, the concurrency limit, the budget
-reservation and the rows.
+reservation and the rows; then the messages are published, and a failed publish leaves the
+committed jobs to the sweeper.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from celery import Celery
 from fastapi import Request
 
 from api import ratelimits
@@ -19,7 +22,10 @@ from llmq import budgets, jobs, ssrf
 from llmq.catalog import Catalog
 from llmq.errors import InvalidField
 from llmq.keys import Caller
+from llmq.queues import publish_generate, publish_generate_many
 from llmq.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -125,3 +131,24 @@ class RateCharge:
         if self.charged:
             self.charged = False
             ratelimits.refund_tokens(self.request, self.caller, self.tokens)
+
+
+def publish(celery: Celery, messages: list[tuple[str, str, int]]) -> None:
+    """Put committed jobs' (id, model, priority) messages on their queues.
+
+    A failure here never undoes the submit. The rows are committed as queued, and the
+    sweeper publishes every queued job whose message it cannot find, so the jobs run once
+    the queue answers. Withdrawing them instead would be wrong: a publish can fail after
+    Redis took the message, and the client's retry would then make a second job and pay
+    twice.
+    """
+    try:
+        if len(messages) == 1:
+            publish_generate(celery, *messages[0])
+        else:
+            publish_generate_many(celery, messages)
+    except Exception as exc:  # whatever kombu raises, the jobs are safe in Postgres
+        log.warning(
+            "%d job(s) committed but not published (%s); the sweeper will publish them",
+            len(messages), type(exc).__name__,
+        )  # fmt: skip

@@ -25,10 +25,6 @@ from llmq.models import Job
 ADJECTIVE = {"day": "daily", "month": "monthly"}
 
 
-class _LostRace(Exception):
-    """Another request with the same Idempotency-Key committed first."""
-
-
 @dataclass(frozen=True)
 class Admitted:
     job: Job
@@ -129,26 +125,21 @@ def _admit(
 ) -> tuple[list[uuid.UUID], bool]:
     """Limits, rows and the idempotency key in one transaction. The key is looked up under
     its lock, so a twin of a request in flight waits for it and answers with its jobs."""
-    try:
-        with session_factory() as session:
-            if claim is not None:
-                idempotency.lock(session, caller.key_id, claim.key)
-                earlier = idempotency.find(session, caller.key_id, claim, retention)
-                if earlier is not None:
-                    return earlier, True
-            charge()
-            _check_limits(session, caller, new_jobs)
-            ids = create(session)
-            if claim is not None and not idempotency.record(
-                session, caller.key_id, claim, ids, retention
-            ):
-                raise _LostRace()
-            return ids, False
-    except _LostRace:
-        with session_factory() as session:
+    with session_factory() as session:
+        if claim is not None:
+            idempotency.lock(session, caller.key_id, claim.key)
             earlier = idempotency.find(session, caller.key_id, claim, retention)
-        if earlier is None:  # the winner's jobs were withdrawn (their publish failed)
+            if earlier is not None:
+                return earlier, True
+        charge()
+        _check_limits(session, caller, new_jobs)
+        ids = create(session)
+        # Under the lock no twin can have recorded the key since `find`; a writer that does not
+        # take the lock is the only way here.
+        if claim is not None and not idempotency.record(
+            session, caller.key_id, claim, ids, retention
+        ):
             raise JobStateConflict(
-                f"a request with {idempotency.HEADER} {claim.key!r} did not complete; retry"
-            ) from None
-        return earlier, True
+                f"a request with {idempotency.HEADER} {claim.key!r} is in progress; retry"
+            )
+        return ids, False

@@ -106,12 +106,6 @@ def create_jobs(session: Session, api_key_id: uuid.UUID, new_jobs: list[NewJob])
     return ids
 
 
-def delete_unpublished(session: Session, job_ids: uuid.UUID | list[uuid.UUID]) -> None:
-    """Undo a submit whose messages could not be published, so nothing is left half-done."""
-    ids = job_ids if isinstance(job_ids, list) else [job_ids]
-    session.execute(sa.delete(Job).where(Job.id.in_(ids), Job.status == "queued"))
-
-
 def get_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID | None) -> Job:
     """A job, as seen by a key; another key's job does not exist for it (None: any key)."""
     try:

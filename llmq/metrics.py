@@ -34,7 +34,7 @@ JOBS_SUBMITTED = Counter("llmq_jobs_submitted_total", "Jobs accepted by the API"
 REJECTIONS = Counter(
     "llmq_rejections_total",
     "Requests refused, by reason: validation, auth, too_large, queue_unavailable, "
-    "rate_limit, budget",
+    "unavailable (Postgres or Redis did not answer), rate_limit, budget",
     ["reason"],
 )
 

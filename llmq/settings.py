@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         600.0, description="Hard bound on one batched generation (transformers max_time)."
     )
     long_poll_max_s: int = Field(60, description="Largest `?wait=` a client may ask for.")
+    max_open_waits_per_key: int = Field(
+        32,
+        ge=1,
+        description="Long-polls (`?wait=`) and event streams one API key may hold open at "
+        "once, counted across every API replica; one more is refused with 429.",
+    )
     max_prompt_chars: int = Field(
         200_000, description="Largest prompt (or sum of message contents) accepted, in characters."
     )

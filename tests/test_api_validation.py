@@ -159,3 +159,57 @@ def test_a_seed_for_sampling_under_continuous_batching_is_refused(client, auth):
     greedy = client.post("/v1/jobs", json=sampled | {"temperature": 0}, headers=auth)
     assert greedy.status_code == 202  # a seed does not matter to a greedy job
     client.post(f"/v1/jobs/{greedy.json()['id']}/cancel", headers=auth)
+
+
+SECRET = "q7-private-request-text"
+
+
+@pytest.mark.parametrize(
+    ("text_json", "field"),
+    [
+        (f'"prompt": "\\ud800{SECRET}"', "prompt"),
+        (f'"messages": [{{"role": "user", "content": "{SECRET}\\udfff"}}]', "messages[0].content"),
+        (f'"prompt": "x", "stop": "\\ud800{SECRET}"', "stop"),
+        (f'"prompt": "x", "stop": ["ok", "{SECRET}\\ud800"]', "stop[1]"),
+        (f'"prompt": "x", "metadata": {{"k": "\\ud800{SECRET}"}}', "metadata.k"),
+        (f'"prompt": "x", "metadata": {{"\\ud800{SECRET}": 1}}', "metadata"),
+        (f'"prompt": "x", "webhook_url": "https://example.com/\\ud800{SECRET}"', "webhook_url"),
+    ],
+)
+def test_text_that_is_not_utf8_is_refused_and_not_logged(client, auth, caplog, text_json, field):
+    """A lone surrogate (valid JSON, not encodable as UTF-8) is a 422 naming its field, and
+    no request text reaches the log."""
+    body = f'{{"model": "tiny-serial", {text_json}}}'.encode()
+    before = _job_count()
+    response = client.post(
+        "/v1/jobs", content=body, headers={**auth, "content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+    assert SECRET not in response.text
+    assert SECRET not in caplog.text
+    assert _job_count() == before
+
+
+@pytest.mark.parametrize(
+    ("loc", "body", "missing", "field"),
+    [
+        (("body", "messages", 0, "content"), {"messages": [{}]}, True, "messages[0].content"),
+        (
+            ("body", "metadata", "k", "constrained-str"),
+            {"metadata": {"k": "v"}},
+            False,
+            "metadata.k",
+        ),
+        (("body", "stop", "list[constrained-str]", 1), {"stop": ["a", "b"]}, False, "stop[1]"),
+        (("body", "stop", "constrained-str"), {"stop": {"a": 1}}, False, "stop"),
+        (("body", "metadata", "secret key", "[key]"), {"metadata": {"x": 1}}, False, "metadata"),
+        (("body", "model"), {}, True, "model"),
+        (("query", "limit"), None, False, "limit"),
+    ],
+)
+def test_field_path_names_fields_as_the_client_wrote_them(loc, body, missing, field):
+    from api.fields import field_path
+
+    assert field_path(loc, body, missing=missing) == field

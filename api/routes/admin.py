@@ -15,7 +15,7 @@ from llmq.errors import Forbidden, InvalidField
 from llmq.keys import Caller
 from llmq.settings import Settings
 
-router = APIRouter(prefix="/v1/admin/keys", tags=["admin"])
+router = APIRouter(prefix="/v1/admin/keys", tags=["admin"], route_class=deps.KeyedRoute)
 
 
 def admin(caller: Caller = Depends(deps.caller)) -> Caller:

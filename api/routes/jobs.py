@@ -15,19 +15,19 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from redis.exceptions import RedisError
 
-from api import deps, ratelimits
+from api import deps, ratelimits, waits
 from api.schemas import BulkCreate, JobCreate, job_resource
-from api.submission import RateCharge, prepare, webhook_resolver
+from api.submission import RateCharge, prepare, publish, webhook_resolver
 from llmq import admission, events, idempotency, jobs, metrics, outbox
 from llmq.catalog import Catalog
 from llmq.db import session_scope
-from llmq.errors import InvalidField, InvalidFields, QueueUnavailable
+from llmq.errors import InvalidField, InvalidFields
 from llmq.keys import Caller
 from llmq.models import Job, LedgerEntry
-from llmq.queues import get_celery, publish_generate, publish_generate_many, publish_webhooks
+from llmq.queues import publish_webhooks
 from llmq.settings import Settings
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=deps.KeyedRoute)
 log = logging.getLogger(__name__)
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
@@ -63,7 +63,10 @@ def submit(
     catalog: Catalog = Depends(deps.catalog),
     settings: Settings = Depends(deps.settings),
 ) -> dict:
-    """Check limits, write the job, then put its message on the model's queue; answer at once."""
+    """Check limits, write the job, then put its message on the model's queue; answer at once.
+
+    Once the row is committed the job is accepted: if its message cannot be published now,
+    the sweeper publishes it (see `api.submission.publish`)."""
     prepared = prepare(body, caller, catalog, settings)
     claim = _claim(idempotency_key, body)
     charge = RateCharge(request, caller, prepared.reserved_tokens)
@@ -81,13 +84,7 @@ def submit(
         response.headers["Idempotent-Replayed"] = "true"
         with session_scope() as session:
             return _render(session, jobs.get_job(session, job.id, caller.key_id), settings)
-    try:
-        publish_generate(get_celery(), str(job.id), job.model, job.priority)
-    except Exception as exc:
-        with session_scope() as session:
-            jobs.delete_unpublished(session, job.id)
-        charge.refund()
-        raise QueueUnavailable(f"the queue is unavailable, job not accepted: {exc}") from exc
+    publish(request.app.state.celery, [(str(job.id), job.model, job.priority)])
     metrics.JOBS_SUBMITTED.labels(job.model).inc()
     return job_resource(job, None, settings.flower_url)
 
@@ -137,22 +134,11 @@ def submit_bulk(
         charge.refund()
         response.headers["Idempotent-Replayed"] = "true"
     else:
-        _publish_bulk(ids, new_jobs, charge)
+        messages = [(str(i), j.model, j.priority) for i, j in zip(ids, new_jobs, strict=True)]
+        publish(request.app.state.celery, messages)
+        for new in new_jobs:
+            metrics.JOBS_SUBMITTED.labels(new.model).inc()
     return {"object": "bulk", "count": len(ids), "ids": [str(i) for i in ids]}
-
-
-def _publish_bulk(ids: list[uuid.UUID], new_jobs: list[jobs.NewJob], charge: RateCharge) -> None:
-    """One Redis pipeline for every message; if it fails, the jobs are withdrawn."""
-    messages = [(str(i), new.model, new.priority) for i, new in zip(ids, new_jobs, strict=True)]
-    try:
-        publish_generate_many(get_celery(), messages)
-    except Exception as exc:
-        with session_scope() as session:
-            jobs.delete_unpublished(session, ids)
-        charge.refund()
-        raise QueueUnavailable(f"the queue is unavailable, no job accepted: {exc}") from exc
-    for new in new_jobs:
-        metrics.JOBS_SUBMITTED.labels(new.model).inc()
 
 
 @router.get("")
@@ -202,7 +188,12 @@ async def get_job(
         return resource
     client: aioredis.Redis = request.app.state.redis
     pubsub = client.pubsub(ignore_subscribe_messages=True)
+    lease: waits.Lease | None = None
     try:
+        lease = await waits.acquire(
+            client, settings.redis_prefix, caller, settings.max_open_waits_per_key,
+            wait + waits.LEASE_MARGIN_S,
+        )  # fmt: skip
         # Subscribe before the second read, so an end between the two is not missed.
         await pubsub.subscribe(events.job_channel(settings.redis_prefix, resource["id"]))
         status, resource = await run_in_threadpool(load)
@@ -218,6 +209,8 @@ async def get_job(
         log.warning("long-poll could not use Redis; answering with the job as it is")
         status, resource = await run_in_threadpool(load)
     finally:
+        if lease is not None:
+            await lease.release()
         with contextlib.suppress(RedisError):
             await pubsub.aclose()
     return resource
@@ -236,7 +229,7 @@ def cancel(
         resource = _render(session, job, settings)
         deliveries = outbox.created_in(session)
     ratelimits.refund_tokens(request, caller, refund)
-    publish_webhooks(get_celery(), deliveries)
+    publish_webhooks(request.app.state.celery, deliveries)
     client = request.app.state.sync_redis
     try:
         # Always tell workers: the job may have been claimed just as it was cancelled.

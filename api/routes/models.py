@@ -13,7 +13,7 @@ from llmq.keys import Caller
 from llmq.queues import queue_name, waiting_count
 from llmq.settings import Settings
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=deps.KeyedRoute)
 
 
 @router.get("")

@@ -3,13 +3,15 @@
 Events: `token` (`{"text": …}`, with the stream entry id as the SSE id) as the worker produces
 text, then one `job` event with the final job resource, then the stream closes. The text is
 replayed from a per-job Redis stream, so a client that connects late, or reconnects with
-`Last-Event-ID`, misses nothing.
+`Last-Event-ID`, misses nothing. An open stream counts against the key's cap on open waits
+(`api.waits`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
@@ -17,14 +19,14 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
 
-from api import deps
+from api import deps, waits
 from api.routes.jobs import load_job
 from llmq import events, jobs
 from llmq.errors import InvalidField
 from llmq.keys import Caller
 from llmq.settings import Settings
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=deps.KeyedRoute)
 
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 BLOCK_MS = 5000  # how long one read waits before the job row is checked again
@@ -45,28 +47,41 @@ async def job_events(
     status, resource = await run_in_threadpool(load_job, job_id, caller, settings)
     client: aioredis.Redis = request.app.state.redis
     key = events.stream_key(settings.redis_prefix, resource["id"])
+    lease = await waits.acquire(
+        client, settings.redis_prefix, caller, settings.max_open_waits_per_key,
+        waits.STREAM_LEASE_S,
+    )  # fmt: skip
 
     async def stream() -> AsyncIterator[dict]:
         nonlocal status, resource
         cursor = last_event_id or "0-0"
-        while True:
-            batch = await client.xread({key: cursor}, block=BLOCK_MS, count=500)
-            entries = batch[0][1] if batch else []
-            for entry_id, fields in entries:
-                cursor = entry_id.decode()
-                kind = fields.get(b"type", b"").decode()
-                if kind == events.TOKEN:
-                    text = fields[b"text"].decode()
-                    yield {"event": "token", "id": cursor, "data": json.dumps({"text": text})}
-                elif kind == events.DONE:
+        renewed_at = time.monotonic()
+        try:
+            while True:
+                if time.monotonic() - renewed_at > waits.STREAM_LEASE_S / 3:
+                    await lease.renew(waits.STREAM_LEASE_S)
+                    renewed_at = time.monotonic()
+                batch = await client.xread({key: cursor}, block=BLOCK_MS, count=500)
+                entries = batch[0][1] if batch else []
+                for entry_id, fields in entries:
+                    cursor = entry_id.decode()
+                    kind = fields.get(b"type", b"").decode()
+                    if kind == events.TOKEN:
+                        text = fields[b"text"].decode()
+                        yield {"event": "token", "id": cursor, "data": json.dumps({"text": text})}
+                    elif kind == events.DONE:
+                        status, resource = await run_in_threadpool(
+                            load_job, job_id, caller, settings
+                        )
+                        yield {"event": "job", "data": json.dumps(resource)}
+                        return
+                if not entries:
+                    # Nothing new: the job may have ended without a stream (e.g. Redis lost it).
                     status, resource = await run_in_threadpool(load_job, job_id, caller, settings)
-                    yield {"event": "job", "data": json.dumps(resource)}
-                    return
-            if not entries:
-                # Nothing new: the job may have ended without a stream (e.g. Redis lost it).
-                status, resource = await run_in_threadpool(load_job, job_id, caller, settings)
-                if jobs.is_final(status) and not await client.exists(key):
-                    yield {"event": "job", "data": json.dumps(resource)}
-                    return
+                    if jobs.is_final(status) and not await client.exists(key):
+                        yield {"event": "job", "data": json.dumps(resource)}
+                        return
+        finally:
+            await lease.release()
 
     return EventSourceResponse(stream(), ping=15)

@@ -16,7 +16,7 @@ from llmq.db import session_scope
 from llmq.keys import Caller
 from llmq.models import ApiKey, LedgerEntry
 
-router = APIRouter(prefix="/v1/usage", tags=["usage"])
+router = APIRouter(prefix="/v1/usage", tags=["usage"], route_class=deps.KeyedRoute)
 
 
 @router.get("")

@@ -17,7 +17,7 @@ from llmq.keys import Caller
 from llmq.models import WebhookAttempt, WebhookDelivery
 from llmq.queues import get_celery, publish_webhooks
 
-router = APIRouter(prefix="/v1/jobs", tags=["webhooks"])
+router = APIRouter(prefix="/v1/jobs", tags=["webhooks"], route_class=deps.KeyedRoute)
 REDELIVER_POLICY = "redeliver"
 
 
