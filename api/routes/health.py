@@ -5,9 +5,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from api.errors import problem
+from api.openapi import responses
 from llmq.db import get_engine
 from llmq.queue_metrics import scrape_targets
 
@@ -19,7 +21,7 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=responses(503))
 async def readyz(request: Request):
     checks = {}
 
@@ -45,7 +47,7 @@ async def readyz(request: Request):
     )
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 def metrics(request: Request) -> Response:
     """This process's metrics, then the queue gauges read from Redis and Postgres now."""
     body = generate_latest(REGISTRY) + generate_latest(request.app.state.queue_registry)

@@ -18,19 +18,20 @@ from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
 
 from api import deps
+from api.openapi import responses
 from api.routes.jobs import load_job
 from llmq import events, jobs
 from llmq.errors import InvalidField
 from llmq.keys import Caller
 from llmq.settings import Settings
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(401, 422, 503))
 
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 BLOCK_MS = 5000  # how long one read waits before the job row is checked again
 
 
-@router.get("/{job_id}/events")
+@router.get("/{job_id}/events", response_class=EventSourceResponse, responses=responses(404))
 async def job_events(
     job_id: str,
     request: Request,

@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends
 
 from api import deps
+from api.openapi import responses
 from llmq import jobs
 from llmq.db import session_scope
 from llmq.errors import JobStateConflict
@@ -13,7 +14,7 @@ from llmq.keys import Caller
 from llmq.models import WebhookAttempt, WebhookDelivery
 from llmq.queues import get_celery, publish_webhooks
 
-router = APIRouter(prefix="/v1/jobs", tags=["webhooks"])
+router = APIRouter(prefix="/v1/jobs", tags=["webhooks"], responses=responses(401, 404, 422, 503))
 
 
 def _iso(value) -> str | None:
@@ -69,7 +70,7 @@ def webhook_log(job_id: str, caller: Caller = Depends(deps.caller)) -> dict:
         return {"object": "list", "data": _deliveries(session, job.id)}
 
 
-@router.post("/{job_id}/webhooks/redeliver", status_code=202)
+@router.post("/{job_id}/webhooks/redeliver", status_code=202, responses=responses(409))
 def redeliver(job_id: str, caller: Caller = Depends(deps.caller)) -> dict:
     """Send the job's webhook again now, with the same `webhook-id` and body."""
     with session_scope() as session:
