@@ -27,7 +27,7 @@ class Problem(BaseModel):
 
 
 WHY: dict[int, str] = {
-    400: "A malformed header (e.g. `Idempotency-Key`)",
+    400: "A body that is not JSON, or a malformed header (e.g. `Idempotency-Key`)",
     401: "Missing, unknown or revoked API key",
     402: "The job's worst-case cost exceeds what is left of the key's budget",
     403: "The route needs an admin key",

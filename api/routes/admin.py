@@ -40,7 +40,7 @@ class KeyCreate(BaseModel):
     webhook_url: HttpUrl | None = None
 
 
-@router.post("", status_code=201, responses=responses(413))
+@router.post("", status_code=201, responses=responses(400, 413))
 def create(
     body: KeyCreate,
     _: Caller = Depends(admin),
