@@ -45,6 +45,7 @@ OPEN_ENDED = {"GET /v1/jobs/{job_id}/events"}
 EXAMPLES_QUICK = 8  # per operation and generation mode: the CI run
 EXAMPLES_FULL = 150
 BUDGET_FULL_S = 10.0  # per operation and mode: the full run stays within a few minutes
+WEBHOOK_URL = "http://127.0.0.1:9/hook"  # allowed by `make_app`; nothing is delivered
 MAX_TOKENS = 16  # what a steered job asks for: within any catalog model's max_new_tokens
 LONG_POLL_MAX_S = 1  # a queued job holds `?wait=` that long: keep the run short
 KEPT_FAILURES = 20  # failures kept in full (with a curl line to repeat them)
@@ -94,10 +95,12 @@ class Tally:
 
 
 def _seed_jobs(schema, headers: dict[str, str], model: str) -> list[str]:
-    """Two jobs the fuzzer can read, list and cancel: one queued, one cancelled."""
+    """Two jobs the fuzzer can read, list and cancel: one queued, one cancelled with a
+    webhook delivery to log and redeliver."""
     ids = []
-    for _ in range(2):
-        case = schema["/v1/jobs"]["POST"].Case(body={"model": model, "prompt": "fuzz"})
+    for webhook in ({}, {"webhook_url": WEBHOOK_URL}):
+        body = {"model": model, "prompt": "fuzz", **webhook}
+        case = schema["/v1/jobs"]["POST"].Case(body=body)
         response = case.call(headers=headers)
         if response.status_code != 202:
             raise RuntimeError(f"could not submit a seed job: {response.status_code}")
@@ -122,6 +125,8 @@ def _fit(item: dict[str, Any], model: str, use_messages: bool) -> None:
         if isinstance(item.get(name), int):
             item[name] = min(item[name], largest)
     item.pop("seed", None)  # a continuous-batching model refuses one
+    if item.get("webhook_url") is not None:  # a generated host would be looked up in DNS
+        item["webhook_url"] = WEBHOOK_URL
 
 
 def _steer(case, data, models: list[str], job_ids: list[str]) -> None:
@@ -142,6 +147,10 @@ def _steer(case, data, models: list[str], job_ids: list[str]) -> None:
         job_id = data.draw(st.sampled_from([None, *job_ids]), label="job_id")
         if job_id:
             path["job_id"] = job_id
+
+
+class OutOfTime(Exception):
+    """The operation's time budget is spent: stop generating."""
 
 
 def send(case, headers: dict[str, str], tally: Tally) -> None:
@@ -178,12 +187,13 @@ def fuzz_operation(operation, mode, examples: int, budget_s: float, steer, heade
     @given(case=operation.as_strategy(generation_mode=mode), data=st.data())
     def test(case, data) -> None:
         if time.monotonic() > deadline:
-            return
+            raise OutOfTime
         if mode is schemathesis.GenerationMode.POSITIVE:
             steer(case, data)
         send(case, headers, tally)
 
-    with contextlib.suppress(Unsatisfiable):  # nothing to break: no parameters, no body
+    # Unsatisfiable: nothing to break (no parameters, no body).
+    with contextlib.suppress(Unsatisfiable, OutOfTime):
         test()
 
 
@@ -256,11 +266,14 @@ def run(quick: bool = False) -> SuiteResult:
 
 
 def make_app():
-    """The API as the fuzzer runs it: long-polls on a queued job end after a second."""
+    """The API as the fuzzer runs it: long-polls on a queued job end after a second, and
+    webhooks may name loopback (no webhook sender runs)."""
     from api.app import create_app
     from llmq.settings import Settings
 
-    return create_app(Settings(long_poll_max_s=LONG_POLL_MAX_S))
+    return create_app(
+        Settings(long_poll_max_s=LONG_POLL_MAX_S, webhook_allowed_networks="127.0.0.0/8")
+    )
 
 
 def _admin_key() -> str:
