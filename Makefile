@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo up test lint format bench migrate services docs clean
+.PHONY: install demo up test lint format bench fuzz migrate services docs clean
 
 install: $(STAMP)
 
@@ -46,6 +46,9 @@ docs: install
 
 bench: install services
 	$(PY) -m bench
+
+fuzz: install services
+	$(PY) -m reliability fuzz
 
 clean:
 	rm -rf $(VENV) .llmq .pytest_cache .ruff_cache

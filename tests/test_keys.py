@@ -117,6 +117,10 @@ def test_admin_creates_lists_and_revokes_keys(client):
         ({"name": "x", "budget_usd": "5"}, "budget_usd"),
         ({"name": "x", "budget_usd": "5", "budget_period": "week"}, "budget_period"),
         ({"name": "x", "rpm": 0}, "rpm"),
+        # Limits are Postgres integers: a larger number is a 422, not a failed insert.
+        ({"name": "x", "rpm": 2**31}, "rpm"),
+        ({"name": "x", "tpm": 10**35}, "tpm"),
+        ({"name": "x", "max_concurrent": 2**31}, "max_concurrent"),
         ({"name": "x", "webhook_url": "http://169.254.169.254/latest"}, "webhook_url"),
     ],
 )

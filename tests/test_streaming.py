@@ -80,3 +80,27 @@ def test_events_of_another_keys_job_are_404(client, auth, other_auth):
     job_id = submit(client, auth, model="idle", prompt="private")
     assert client.get(f"/v1/jobs/{job_id}/events", headers=other_auth).status_code == 404
     client.post(f"/v1/jobs/{job_id}/cancel", headers=auth)
+
+
+def test_events_resumed_past_the_end_close_with_the_job(client, auth):
+    """A client resuming after the stream's last entry gets the job, not an endless wait."""
+    job_id = submit(client, auth, model="idle", prompt="never runs")
+    client.post(f"/v1/jobs/{job_id}/cancel", headers=auth)
+    events = read_events(client, auth, job_id, last_event_id="99999999999999-0")
+    assert [kind for kind, _, _ in events] == ["job"] and events[0][2]["status"] == "cancelled"
+
+
+def test_events_of_a_queued_job_outlive_quiet_reads(client, auth):
+    """Reads that find nothing new for longer than Redis's socket timeout keep the stream."""
+    job_id = submit(client, auth, model="parked", prompt="waits")
+    kinds = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=auth) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith(": ping"):  # sent every 15 s: several quiet reads went by
+                assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth).status_code == 200
+            elif line.startswith("event:"):
+                kinds.append(line.split(":", 1)[1].strip())
+                if kinds[-1] == "job":
+                    break
+    assert kinds == ["job"]

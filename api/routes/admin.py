@@ -9,13 +9,21 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from api import deps
+from api.openapi import responses
 from llmq import keys, ssrf
 from llmq.db import session_scope
 from llmq.errors import Forbidden, InvalidField
 from llmq.keys import Caller
 from llmq.settings import Settings
 
-router = APIRouter(prefix="/v1/admin/keys", tags=["admin"], route_class=deps.KeyedRoute)
+PG_INT_MAX = 2**31 - 1  # the limits are Postgres integer columns
+
+router = APIRouter(
+    prefix="/v1/admin/keys",
+    tags=["admin"],
+    route_class=deps.KeyedRoute,
+    responses=responses(401, 403, 422, 503),
+)
 
 
 def admin(caller: Caller = Depends(deps.caller)) -> Caller:
@@ -29,15 +37,15 @@ class KeyCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     admin: bool = False
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    max_concurrent: int | None = Field(None, ge=1)
+    rpm: int | None = Field(None, ge=1, le=PG_INT_MAX)
+    tpm: int | None = Field(None, ge=1, le=PG_INT_MAX)
+    max_concurrent: int | None = Field(None, ge=1, le=PG_INT_MAX)
     budget_usd: Decimal | None = Field(None, gt=0, max_digits=24, decimal_places=12)
     budget_period: Literal["day", "month"] | None = None
     webhook_url: HttpUrl | None = None
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=responses(400, 413))
 def create(
     body: KeyCreate,
     _: Caller = Depends(admin),
@@ -66,7 +74,7 @@ def list_keys(_: Caller = Depends(admin)) -> dict:
         return {"object": "list", "data": [keys.describe(r) for r in keys.list_keys(session)]}
 
 
-@router.post("/{key_id}/revoke")
+@router.post("/{key_id}/revoke", responses=responses(404))
 def revoke(key_id: str, _: Caller = Depends(admin)) -> dict:
     """Revoked keys fail authentication on their next request (there is no auth cache)."""
     with session_scope() as session:

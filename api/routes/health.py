@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from api.errors import problem
+from api.openapi import responses
 from llmq.db import get_engine
 
 router = APIRouter(tags=["health"])
@@ -18,7 +19,7 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=responses(503))
 async def readyz(request: Request):
     checks = {}
 

@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from redis.exceptions import RedisError
 
 from api import deps, ratelimits, waits
+from api.openapi import responses
 from api.schemas import BulkCreate, JobCreate, job_resource
 from api.submission import RateCharge, prepare, publish, webhook_resolver
 from llmq import admission, events, idempotency, jobs, metrics, outbox
@@ -27,7 +28,13 @@ from llmq.models import Job, LedgerEntry
 from llmq.queues import publish_webhooks
 from llmq.settings import Settings
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=deps.KeyedRoute)
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    route_class=deps.KeyedRoute,
+    responses=responses(401, 422, 503),
+)
+SUBMIT_ERRORS = responses(400, 402, 413, 429)
 log = logging.getLogger(__name__)
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
@@ -53,7 +60,7 @@ def _claim(header: str | None, body: JobCreate | BulkCreate) -> idempotency.Clai
     return idempotency.Claim(key, idempotency.fingerprint(body.model_dump(mode="json")))
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, responses=SUBMIT_ERRORS)
 def submit(
     body: JobCreate,
     request: Request,
@@ -89,7 +96,7 @@ def submit(
     return job_resource(job, None, settings.flower_url)
 
 
-@router.post("/bulk", status_code=202)
+@router.post("/bulk", status_code=202, responses=SUBMIT_ERRORS)
 def submit_bulk(
     body: BulkCreate,
     request: Request,
@@ -171,7 +178,7 @@ def load_job(job_id: str, caller: Caller, settings: Settings) -> tuple[str, dict
         return job.status, _render(session, job, settings)
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", responses=responses(404, 429))
 async def get_job(
     job_id: str,
     request: Request,
@@ -216,7 +223,7 @@ async def get_job(
     return resource
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", responses=responses(404, 409))
 def cancel(
     job_id: str,
     request: Request,

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
 from api import deps
+from api.openapi import responses
 from llmq import events, jobs
 from llmq.catalog import Catalog
 from llmq.db import session_scope
@@ -13,7 +14,9 @@ from llmq.keys import Caller
 from llmq.queues import queue_name, waiting_count
 from llmq.settings import Settings
 
-router = APIRouter(prefix="/v1/models", tags=["models"], route_class=deps.KeyedRoute)
+router = APIRouter(
+    prefix="/v1/models", tags=["models"], route_class=deps.KeyedRoute, responses=responses(401, 503)
+)
 
 
 @router.get("")

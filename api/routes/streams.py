@@ -20,19 +20,33 @@ from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
 
 from api import deps, waits
+from api.openapi import responses
 from api.routes.jobs import load_job
 from llmq import events, jobs
 from llmq.errors import InvalidField
 from llmq.keys import Caller
 from llmq.settings import Settings
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=deps.KeyedRoute)
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    route_class=deps.KeyedRoute,
+    responses=responses(401, 422, 503),
+)
 
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-BLOCK_MS = 5000  # how long one read waits before the job row is checked again
+# How long one read waits before the job row is checked again: well under the client's
+# socket timeout (redis-py's default is 5 s), or the wait itself would fail as a timeout.
+BLOCK_MS = 3000
 
 
-@router.get("/{job_id}/events")
+async def _stream_ended(client: aioredis.Redis, key: str) -> bool:
+    """No stream, or one whose last entry is the end marker: nothing more will come."""
+    last = await client.xrevrange(key, count=1)
+    return not last or last[0][1].get(b"type", b"").decode() == events.DONE
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse, responses=responses(404, 429))
 async def job_events(
     job_id: str,
     request: Request,
@@ -76,9 +90,10 @@ async def job_events(
                         yield {"event": "job", "data": json.dumps(resource)}
                         return
                 if not entries:
-                    # Nothing new: the job may have ended without a stream (e.g. Redis lost it).
+                    # Nothing new: the job may have ended without a stream (e.g. Redis lost it),
+                    # or the client resumed after the stream's end.
                     status, resource = await run_in_threadpool(load_job, job_id, caller, settings)
-                    if jobs.is_final(status) and not await client.exists(key):
+                    if jobs.is_final(status) and await _stream_ended(client, key):
                         yield {"event": "job", "data": json.dumps(resource)}
                         return
         finally:

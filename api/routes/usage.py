@@ -12,14 +12,20 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Response
 
 from api import deps
+from api.openapi import responses
 from llmq.db import session_scope
 from llmq.keys import Caller
 from llmq.models import ApiKey, LedgerEntry
 
-router = APIRouter(prefix="/v1/usage", tags=["usage"], route_class=deps.KeyedRoute)
+router = APIRouter(
+    prefix="/v1/usage",
+    tags=["usage"],
+    route_class=deps.KeyedRoute,
+    responses=responses(401, 422, 503),
+)
 
 
-@router.get("")
+@router.get("", responses={200: {"content": {"text/csv": {}}}})
 def usage(
     group_by: Literal["model", "day", "key"] = "model",
     start: datetime | None = None,

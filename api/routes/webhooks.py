@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request, Response
 
 from api import deps, ratelimits
+from api.openapi import responses
 from llmq import jobs, ratelimit
 from llmq.db import session_scope
 from llmq.errors import JobStateConflict
@@ -17,7 +18,12 @@ from llmq.keys import Caller
 from llmq.models import WebhookAttempt, WebhookDelivery
 from llmq.queues import get_celery, publish_webhooks
 
-router = APIRouter(prefix="/v1/jobs", tags=["webhooks"], route_class=deps.KeyedRoute)
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["webhooks"],
+    route_class=deps.KeyedRoute,
+    responses=responses(401, 404, 422, 503),
+)
 REDELIVER_POLICY = "redeliver"
 
 
@@ -74,7 +80,7 @@ def webhook_log(job_id: str, caller: Caller = Depends(deps.caller)) -> dict:
         return {"object": "list", "data": _deliveries(session, job.id)}
 
 
-@router.post("/{job_id}/webhooks/redeliver", status_code=202)
+@router.post("/{job_id}/webhooks/redeliver", status_code=202, responses=responses(429, 409))
 def redeliver(
     job_id: str, request: Request, response: Response, caller: Caller = Depends(deps.caller)
 ) -> dict:
