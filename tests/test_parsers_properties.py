@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from api.errors import field_path
+from api.fields import field_path
 from api.schemas import JobCreate
 from llmq import events, idempotency, keys
 from llmq.errors import BadRequest, InvalidField
