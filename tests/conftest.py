@@ -38,6 +38,7 @@ os.environ.update(
     LLMQ_REDIS_PREFIX=REDIS_PREFIX,
     LLMQ_CATALOG_PATH=str(CATALOG),
     LLMQ_WORKER_HEARTBEAT_S="1",
+    LLMQ_JOB_LEASE_S="5",
     LLMQ_SECRET_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
     # The suite's webhook receivers listen on loopback; production allows public hosts only.
     LLMQ_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
@@ -96,6 +97,12 @@ max_batch_wait_ms = 20
 context_length = 4096
 price_input_per_mtok_usd = "1000"
 price_output_per_mtok_usd = "2000"
+
+[models.echo-long]  # runs longer than the lease the lease tests give their worker
+engine = "echo"
+max_batch_size = 2
+max_batch_wait_ms = 50
+echo_delay_ms = 6000
 
 [models.idle]
 engine = "echo"
