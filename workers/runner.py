@@ -107,6 +107,9 @@ class BatchRunner:
                 if not future.done():
                     future.set_exception(EngineStopped("this worker's engine thread stopped"))
 
+    def mark_cancelled(self, job_id: str) -> None:
+        self.cancelled.add(job_id)
+
     # -- collecting -------------------------------------------------------------------------
 
     def _loop(self) -> None:
