@@ -230,6 +230,42 @@ def claim_jobs(
     return list(session.execute(stmt).scalars().all())
 
 
+def renew_leases(
+    session: Session, claims: list[tuple[uuid.UUID, int]], worker: str, lease: timedelta
+) -> list[uuid.UUID]:
+    """Extend the leases of the claims a live worker still runs: one UPDATE for all of them.
+
+    Fenced by attempt, so a worker whose claim moved on (requeued, taken by another worker)
+    never extends the new holder's lease. Returns the ids whose lease was extended.
+    """
+    if not claims:
+        return []
+    rows = session.execute(
+        sa.update(Job)
+        .where(
+            sa.tuple_(Job.id, Job.attempts).in_(claims),
+            Job.worker == worker,
+            Job.status == "running",
+        )
+        .values(lease_expires_at=sa.func.now() + lease)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [r.id for r in rows]
+
+
+def end_leases(session: Session, worker: str) -> int:
+    """Let the leases of a worker known to be dead (its process was reaped) run out now, so
+    the next sweep puts its jobs back without waiting. Returns how many jobs it held."""
+    result = session.execute(
+        sa.update(Job)
+        .where(Job.worker == worker, Job.status == "running")
+        .values(lease_expires_at=sa.func.now())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
 def release_jobs(session: Session, claims: list[tuple[uuid.UUID, int]]) -> None:
     """Put claimed jobs back to queued (a batch broke before writing); fenced by attempt."""
     for job_id, attempt in claims:
@@ -365,32 +401,21 @@ def _of_models(models: list[str] | None):
     return sa.true() if models is None else Job.model.in_(models)
 
 
-def running_workers(session: Session, models: list[str] | None = None) -> list[tuple[str, str]]:
-    """(model, worker) of every running job, so the caller can check their heartbeats."""
-    rows = session.execute(
-        sa.select(Job.model, Job.worker)
-        .where(Job.status == "running", _of_models(models))
-        .distinct()
-    ).all()
-    return [(r.model, r.worker) for r in rows if r.worker]
-
-
 def requeue_orphans(
     session: Session,
-    dead: list[tuple[str, str]],
     max_attempts: int,
     models: list[str] | None = None,
     limit: int = 500,
 ) -> tuple[list[Moved], list[Moved]]:
-    """Put back running jobs whose worker is dead (or whose lease ran out).
+    """Put back running jobs whose lease ran out: their worker stopped renewing it.
 
-    Returns (requeued, failed): a job that has used `max_attempts` claims is failed with a
-    clear error instead, so a job that kills its worker does not loop forever. Rows are taken
-    with SKIP LOCKED, so two sweepers never move the same job.
+    The lease in Postgres is the only authority; a heartbeat missing from Redis (flushed,
+    restarted, failed over) proves nothing. Returns (requeued, failed): a job that has used
+    `max_attempts` claims is failed with a clear error instead, so a job that kills its
+    worker does not loop forever. Rows are taken with SKIP LOCKED, so two sweepers never
+    move the same job.
     """
     orphaned = Job.lease_expires_at < sa.func.now()
-    if dead:
-        orphaned = sa.or_(orphaned, sa.tuple_(Job.model, Job.worker).in_(dead))
     rows = session.execute(
         sa.select(Job.id, Job.model, Job.priority, Job.attempts)
         .where(Job.status == "running", orphaned, _of_models(models))

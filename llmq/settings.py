@@ -61,7 +61,15 @@ class Settings(BaseSettings):
         1000, description="Redis connections one API process may hold (long-polls hold one each)."
     )
     worker_heartbeat_s: float = Field(
-        5.0, description="How often a worker refreshes its heartbeat."
+        5.0,
+        description="How often a worker refreshes its heartbeat in Redis and renews the "
+        "leases of the jobs it runs in Postgres.",
+    )
+    job_lease_s: float = Field(
+        30.0,
+        description="How long a claim holds a running job without renewal; a live worker "
+        "renews it every heartbeat, and the sweeper puts back jobs whose lease ran out. "
+        "At least 2 x LLMQ_WORKER_HEARTBEAT_S.",
     )
     flower_url: str | None = Field(None, description="Public URL of Flower, linked from jobs.")
     flower_port: int = Field(5555, description="Port `llmq dev` runs Flower on.")
@@ -232,7 +240,7 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _visibility_covers_generation(self) -> Settings:
+    def _timeouts_fit(self) -> Settings:
         # A message waits behind at most one batch, then runs in the next; Redis must not
         # hand it to another worker meanwhile.
         needed = 2 * self.max_generation_s + 120
@@ -240,6 +248,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"LLMQ_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must be at least "
                 f"2 x LLMQ_MAX_GENERATION_S + 120 = {needed:.0f}"
+            )
+        # One late or failed renewal must not cost a live worker its jobs.
+        if self.job_lease_s < 2 * self.worker_heartbeat_s:
+            raise ValueError(
+                f"LLMQ_JOB_LEASE_S ({self.job_lease_s}) must be at least "
+                f"2 x LLMQ_WORKER_HEARTBEAT_S = {2 * self.worker_heartbeat_s:g}"
             )
         return self
 

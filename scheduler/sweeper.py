@@ -1,12 +1,14 @@
 """The janitor that runs in the leader: no job is ever stranded.
 
-- A running job whose worker's heartbeat expired goes back to the queue (or fails once it has
-  used `max_attempts` claims), long before Redis's visibility timeout would return it.
+- A running job whose lease ran out goes back to the queue (or fails once it has used
+  `max_attempts` claims), long before Redis's visibility timeout would return it. A live
+  worker renews its leases in Postgres every heartbeat, so only a worker that stopped (or
+  cannot reach Postgres) loses its jobs; Redis losing heartbeat keys moves nothing.
 - A queued job whose deadline passed is expired.
 - A queued job with no message (the API died between commit and publish, or Redis lost its
-  data) is published again. "No message" is checked, not guessed: the job is stale and its id
-  is neither in the model's queue lists nor among the messages workers hold (kombu's
-  `unacked` hash). A duplicate that slips through a race is harmless: claims are idempotent.
+  data) is published again. "No message" is checked, not guessed: the job is stale and no
+  message in the model's queue lists or among those workers hold (kombu's `unacked` hash)
+  carries its id as its task id. A duplicate that slips through a race is harmless: claims are idempotent.
 
 Every state change goes through `llmq.jobs`, which takes rows with SKIP LOCKED; messages are
 published only after the transaction commits.
@@ -14,7 +16,9 @@ published only after the transaction commits.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -46,6 +50,39 @@ class SweepReport:
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in vars(self).items()}
+
+
+def task_id(message: object) -> str | None:
+    """The task id a decoded kombu message carries (Celery's protocol 2: `headers.id`, also
+    in `properties.correlation_id`); None for anything else. Only these fields count: a body
+    or argument that mentions some id is not that job's message."""
+    if not isinstance(message, dict):
+        return None
+    headers, properties = message.get("headers"), message.get("properties")
+    found = headers.get("id") if isinstance(headers, dict) else None
+    if found is None and isinstance(properties, dict):
+        found = properties.get("correlation_id")
+    return found if isinstance(found, str) else None
+
+
+def _decoded(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def queued_task_ids(raws: Iterable[bytes]) -> set[str]:
+    """Task ids of the messages in queue lists, as a set: one parse each, O(1) per lookup."""
+    return {i for i in (task_id(_decoded(raw)) for raw in raws) if i is not None}
+
+
+def held_task_ids(values: Iterable[bytes]) -> set[str]:
+    """Task ids of the `unacked` hash's entries, which kombu stores as [message, exchange,
+    routing key]."""
+    entries = (_decoded(value) for value in values)
+    messages = (e[0] if isinstance(e, list) and e else None for e in entries)
+    return {i for i in map(task_id, messages) if i is not None}
 
 
 class Sweeper:
@@ -83,23 +120,13 @@ class Sweeper:
                 log.exception("could not publish job %s again", job.id)
 
     def _requeue_orphans(self, report: SweepReport) -> None:
-        prefix = self.settings.redis_prefix
-        with session_scope() as session:
-            holders = jobs.running_workers(session, self.models)
-        dead = []
-        if holders:
-            with self.redis.pipeline(transaction=False) as pipe:
-                for model, node in holders:
-                    pipe.exists(events.worker_key(prefix, model, node))
-                alive = pipe.execute()
-            dead = [h for h, ok in zip(holders, alive, strict=True) if not ok]
         with session_scope() as session:
             requeued, failed = jobs.requeue_orphans(
-                session, dead, self.settings.max_attempts, self.models
+                session, self.settings.max_attempts, self.models
             )
             deliveries = outbox.created_in(session)
         self._publish(requeued)
-        events.publish_done(self.redis, prefix, [str(j.id) for j in failed])
+        events.publish_done(self.redis, self.settings.redis_prefix, [str(j.id) for j in failed])
         publish_webhooks(self.celery, deliveries)
         report.requeued += [str(j.id) for j in requeued]
         report.failed += [str(j.id) for j in failed]
@@ -119,7 +146,7 @@ class Sweeper:
             stale = jobs.stale_queued(session, older_than, self.models)
         if not stale:
             return
-        held = b"".join(self.redis.hvals(prefix + UNACKED_KEY))
+        held = held_task_ids(self.redis.hvals(prefix + UNACKED_KEY))
         lost = []
         for model, ids in stale.items():
             if waiting_count(self.redis, model, prefix) > self.settings.sweeper_scan_limit:
@@ -127,10 +154,8 @@ class Sweeper:
             with self.redis.pipeline(transaction=False) as pipe:
                 for key in queue_keys(model, prefix):
                     pipe.lrange(key, 0, -1)
-                queued = b"".join(b"".join(items) for items in pipe.execute())
-            lost += [
-                i for i in ids if str(i).encode() not in queued and str(i).encode() not in held
-            ]
+                queued = queued_task_ids(raw for items in pipe.execute() for raw in items)
+            lost += [i for i in ids if str(i) not in queued and str(i) not in held]
         if not lost:
             return
         with session_scope() as session:

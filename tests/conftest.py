@@ -40,6 +40,7 @@ os.environ.update(
     LLMQ_WORKER_HEARTBEAT_S="1",
     # Tests that scrape the API's internal metrics port pick a free one themselves.
     LLMQ_API_METRICS_PORT="0",
+    LLMQ_JOB_LEASE_S="5",
     LLMQ_SECRET_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
     # The suite's webhook receivers listen on loopback; production allows public hosts only.
     LLMQ_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
@@ -98,6 +99,12 @@ max_batch_wait_ms = 20
 context_length = 4096
 price_input_per_mtok_usd = "1000"
 price_output_per_mtok_usd = "2000"
+
+[models.echo-long]  # runs longer than the lease the lease tests give their worker
+engine = "echo"
+max_batch_size = 2
+max_batch_wait_ms = 50
+echo_delay_ms = 6000
 
 [models.idle]
 engine = "echo"

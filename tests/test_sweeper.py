@@ -49,20 +49,22 @@ def _clear_queue(client) -> None:
     client.delete(*queue_keys(MODEL, REDIS_PREFIX))
 
 
-def test_jobs_of_a_dead_worker_go_back_and_poison_jobs_fail(redis_client):
+def test_jobs_whose_lease_ran_out_go_back_and_poison_jobs_fail(redis_client):
+    """The lease in Postgres decides; a heartbeat key present or missing in Redis does not."""
     _clear_queue(redis_client)
     far = datetime.now(UTC) + timedelta(hours=1)
+    past = datetime.now(UTC) - timedelta(seconds=1)
     alive_node = f"alive-{uuid.uuid4().hex[:6]}@h"
     redis_client.set(events.worker_key(REDIS_PREFIX, MODEL, alive_node), "{}", ex=60)
-    dead = _jobs(2, status="running", worker="dead@h", attempts=1, lease_expires_at=far)
-    poison = _jobs(1, status="running", worker="dead@h", attempts=3, lease_expires_at=far)
+    dead = _jobs(2, status="running", worker="dead@h", attempts=1, lease_expires_at=past)
+    poison = _jobs(1, status="running", worker="dead@h", attempts=3, lease_expires_at=past)
     held = _jobs(1, status="running", worker=alive_node, attempts=1, lease_expires_at=far)
-    lapsed = _jobs(1, status="running", worker=alive_node, attempts=1,
-                   lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))  # fmt: skip
+    unseen = _jobs(1, status="running", worker="no-heartbeat@h", attempts=1, lease_expires_at=far)
+    lapsed = _jobs(1, status="running", worker=alive_node, attempts=1, lease_expires_at=past)
 
     report = _sweeper(max_attempts=3).sweep()
 
-    mine = {str(i) for i in dead + poison + held + lapsed}
+    mine = {str(i) for i in dead + poison + held + unseen + lapsed}
     assert sorted(mine & set(report.requeued)) == sorted(str(i) for i in dead + lapsed)
     assert mine & set(report.failed) == {str(poison[0])}
     for job in _rows(dead + lapsed):
@@ -71,11 +73,13 @@ def test_jobs_of_a_dead_worker_go_back_and_poison_jobs_fail(redis_client):
     [failed] = _rows(poison)
     assert failed.status == "failed" and failed.error["code"] == "max_attempts_exceeded"
     assert failed.finished_at is not None
-    assert _rows(held)[0].status == "running"  # its worker is alive and its lease holds
+    assert {j.status for j in _rows(held + unseen)} == {"running"}  # their leases hold
     assert waiting_count(redis_client, MODEL, REDIS_PREFIX) == 3  # one message each
     again = _sweeper().sweep()
     assert not mine & {*again.requeued, *again.failed, *again.expired, *again.republished}
     _clear_queue(redis_client)
+    with session_scope() as session:
+        session.execute(sa.delete(Job).where(Job.id.in_(held + unseen)))
 
 
 def test_queued_jobs_past_their_deadline_expire_and_are_never_claimed(redis_client):
@@ -141,8 +145,41 @@ def test_lost_messages_are_found_and_two_sweepers_publish_each_once(redis_client
         session.execute(sa.delete(Job).where(Job.id.in_(lost + present + fresh)))
 
 
-def test_jobs_of_a_worker_whose_heartbeat_expired_finish_on_another(client, auth, start_worker):
-    """No backend noticed this death (another host, a pod): only the heartbeat tells."""
+def test_a_message_counts_for_the_job_it_carries_not_the_jobs_it_mentions(redis_client):
+    """Queued and held messages are recognised by their task id; a message whose body merely
+    mentions another job's id is not that job's message."""
+    import json
+
+    from llmq.queues import publish_generate, queue_keys
+
+    _clear_queue(redis_client)
+    stale = datetime.now(UTC) - timedelta(minutes=5)
+    queued, mentioned, held = (str(i) for i in _jobs(3, created_at=stale))
+    publish_generate(make_celery(get_settings()), queued, MODEL, 0)
+    [key] = [k for k in queue_keys(MODEL, REDIS_PREFIX) if redis_client.llen(k)]
+    message = json.loads(redis_client.lpop(key))
+    message["headers"]["argsrepr"] = f"['{queued}', 'see {mentioned}']"
+    redis_client.lpush(key, json.dumps(message))
+    held_message = dict(message, headers=dict(message["headers"], id=held))
+    held_message["properties"] = dict(message["properties"], correlation_id=held)
+    unacked = REDIS_PREFIX + "unacked"
+    tag = f"tag-{uuid.uuid4().hex}"
+    redis_client.hset(unacked, tag, json.dumps([held_message, "", f"llmq.model.{MODEL}"]))
+
+    report = _sweeper([MODEL], republish_after_s=30).sweep()
+
+    assert mentioned in report.republished
+    assert queued not in report.republished and held not in report.republished
+    redis_client.hdel(unacked, tag)
+    _clear_queue(redis_client)
+    with session_scope() as session:
+        session.execute(sa.delete(Job).where(Job.id.in_([queued, mentioned, held])))
+
+
+def test_jobs_of_a_killed_worker_finish_on_another_once_their_lease_runs_out(
+    client, auth, start_worker
+):
+    """No backend noticed this death (another host, a pod): only the lapsed lease tells."""
     import os
     import signal
     import time
@@ -151,9 +188,9 @@ def test_jobs_of_a_worker_whose_heartbeat_expired_finish_on_another(client, auth
     from tests.conftest import wait_final, wait_for
 
     model = "pool-kill"
-    victim = start_worker(model)
     body = {"model": model, "prompt": "a b", "temperature": 0}
     ids = [client.post("/v1/jobs", json=body, headers=auth).json()["id"] for _ in range(4)]
+    victim = start_worker(model)  # all four are waiting: they run as one batch
     wait_for(lambda: {j.status for j in _rows(ids)} == {"running"}, 120, "the batch to run")
     os.killpg(victim.proc.pid, signal.SIGKILL)
     killed = time.monotonic()
@@ -176,8 +213,8 @@ def test_jobs_of_a_worker_whose_heartbeat_expired_finish_on_another(client, auth
             .group_by(LedgerEntry.job_id)
         ).all()
     assert len(counts) == 4 and all(n == 1 for _, n in counts)
-    ttl = 3 * get_settings().worker_heartbeat_s
+    lease = get_settings().job_lease_s
     print(
-        f"\n[measured] SIGKILL, heartbeat only (TTL {ttl:.0f}s): requeued after "
+        f"\n[measured] SIGKILL, lease only ({lease:.0f}s): requeued after "
         f"{requeued_s:.2f}s, its 4 jobs done after {done_s:.2f}s"
     )

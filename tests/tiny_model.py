@@ -15,8 +15,11 @@ CORPUS = [
     "Hello world! Numbers 0 1 2 3 4 5 6 7 8 9 and punctuation , . ; : ? !",
     "A small model for tests speaks in random words but always the same ones.",
 ]
+# Like many real templates, it knows no `tool` role and says so by raising.
 CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% for m in messages %}{% if m['role'] == 'tool' %}"
+    "{{ raise_exception('this template has no tool role') }}{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 

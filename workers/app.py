@@ -2,6 +2,11 @@
 
 A bootstep loads the model once, before the consumer takes any message, and starts the
 engine thread, the heartbeat and the cancellation listener.
+
+Each heartbeat refreshes the worker's key in Redis (live workers, metrics targets) and
+renews the Postgres leases of the jobs it runs; the leases are what keeps its jobs its own.
+A worker whose engine thread has ended stops beating and shuts down, so its jobs go back
+once their leases run out instead of waiting on a worker that only looks alive.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import threading
 import time
 
@@ -101,11 +107,27 @@ class Runtime:
             }
         )
         while not self._stop.is_set():
+            if not self.runner.alive:
+                self._engine_stopped(key)
+                return
             try:
                 self.redis.set(key, value, ex=max(1, int(every * 3)))
             except redis.RedisError:
                 log.warning("heartbeat to Redis failed")
+            self.runner.claims.renew()
             self._stop.wait(every)
+
+    def _engine_stopped(self, key: str) -> None:
+        """No engine, no worker: stop looking alive and shut down (warm: the tasks waiting on
+        the engine have already been failed, so they retry elsewhere)."""
+        log.critical("the engine thread is gone; stopping this worker")
+        with contextlib.suppress(redis.RedisError):
+            self.redis.delete(key)
+        self.shut_down()
+
+    def shut_down(self) -> None:
+        """Celery's warm shutdown, as on SIGTERM."""
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def _listen_cancels(self) -> None:
         channel = events.cancel_channel(self.settings.redis_prefix)

@@ -5,25 +5,28 @@ that arrived (one UPDATE), hands them to the engine, reads the tokens every runn
 produced, streams them, stops jobs that hit a stop sequence or were cancelled, and writes the
 jobs that ended, many per transaction, through the batch runner's write path.
 
+A turn that raises fails the jobs in hand (written as `engine_error`) and the loop goes on
+with an empty batch; one job's bad input (a chat template that rejects its messages) fails
+that job alone, before it joins the batch.
+
 GPU time is charged per job as its share of each interval it ran in: an interval in which n
 jobs ran adds 1/n of it to each, so the shares add up to the time the device was busy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from llmq import jobs, metrics
-from llmq.db import session_scope
+from llmq import metrics
 from llmq.ledger import gpu_seconds_cost_usd
 from llmq.models import Job
 from workers.batching import earliest_stop
-from workers.engines.base import GenerationRequest, GenerationResult
-from workers.engines.hf import too_long
+from workers.engines.base import GenerationRequest, GenerationResult, failure
 from workers.runner import BatchRunner, _Waiting
 
 log = logging.getLogger(__name__)
@@ -57,33 +60,63 @@ class ContinuousRunner(BatchRunner):
         waiting: dict[str, list[_Waiting]] = {}
         running: dict[str, _Running] = {}
         ended: list[_Ended] = []
-        last_write = self._last_tick = time.perf_counter()
+        self.last_write = self._last_tick = time.perf_counter()
         while True:
-            arrivals = self._drain()
-            if not arrivals and not running and not ended:
-                arrivals = [self.inbox.get()]
-            for item in arrivals:
-                waiting.setdefault(item.job_id, []).append(item)
-            fresh = [job_id for job_id in waiting if job_id not in running]
-            if not running:
-                self._last_tick = time.perf_counter()  # idle time is nobody's
-            if fresh:
-                ended += self._admit(fresh, running, waiting)
-            if running:
-                ended += self._collect(running)
-                self.cancelled.intersection_update(running)  # the rest will never be claimed
-            due = time.perf_counter() - last_write >= WRITE_EVERY_S or not running
-            if ended and due:
-                self._finish(ended, waiting)
-                ended, last_write = [], time.perf_counter()
+            try:
+                self._turn(waiting, running, ended)
+            except Exception as exc:  # a bug in one turn costs the jobs in hand, not the thread
+                log.exception("engine turn failed with %d jobs running", len(running))
+                metrics.ENGINE_ERRORS.labels(self.spec.name).inc()
+                self._abandon(waiting, running, ended, exc)
+
+    def _turn(self, waiting, running, ended: list[_Ended]) -> None:
+        arrivals = self._drain()
+        if not arrivals and not running and not ended:
+            arrivals = [self.inbox.get()]
+        for item in arrivals:
+            waiting.setdefault(item.job_id, []).append(item)
+        fresh = [job_id for job_id in waiting if job_id not in running]
+        if not running:
+            self._last_tick = time.perf_counter()  # idle time is nobody's
+        if fresh:
+            ended += self._admit(fresh, running, waiting)
+        if running:
+            ended += self._collect(running)
+            self.cancelled.intersection_update(running)  # the rest will never be claimed
+        due = time.perf_counter() - self.last_write >= WRITE_EVERY_S or not running
+        if ended and due:
+            batch = ended[:]
+            ended.clear()
+            self._finish(batch, waiting)
+            self.last_write = time.perf_counter()
+
+    def _abandon(self, waiting, running, ended: list[_Ended], exc: Exception) -> None:
+        """After a failed turn: fail every job in hand, and let every waiting task retry."""
+        error = failure("engine_error", f"the engine failed: {exc}")
+        in_hand = {str(job.id): job for job in self.claims.in_hand()}
+        for job_id in running:
+            with contextlib.suppress(Exception):
+                self.engine.cancel(job_id)
+        ended_ids = {str(e.job.id) for e in ended}
+        lost = [job for job_id, job in in_hand.items() if job_id not in ended_ids]
+        batch = ended[:] + [_Ended(job, error) for job in lost]
+        running.clear()
+        ended.clear()
+        try:
+            self._finish(batch, waiting)
+        except Exception:  # its claims' leases run out and the sweeper takes the jobs back
+            log.exception("could not fail the %d jobs in hand", len(batch))
+            self.claims.let_go([e.job for e in batch])
+        for items in waiting.values():
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(exc)  # the task retries
+        waiting.clear()
 
     def _admit(self, job_ids, running, waiting) -> list[_Ended]:
         """Claim newly arrived jobs and add them to the running batch."""
         try:
-            with session_scope() as session:
-                claimed = jobs.claim_jobs(
-                    session, [uuid.UUID(j) for j in job_ids], self.node, self.lease
-                )
+            claimed = self.claims.take([uuid.UUID(j) for j in job_ids])
         except Exception as exc:
             log.exception("could not claim %d jobs", len(job_ids))
             for job_id in job_ids:
@@ -100,13 +133,18 @@ class ContinuousRunner(BatchRunner):
         for job in claimed:
             metrics.QUEUE_WAIT.labels(self.spec.name).observe((job.queue_ms or 0) / 1000)
             request = self._request(job)
-            prompt = self.engine.render(request)
+            prompt, refused = self.engine.prepare(request)
+            if refused is not None:
+                failed.append(_Ended(job, refused))
+                continue
             room = self.engine.context_length - len(prompt)
-            if room <= 0:
-                failed.append(_Ended(job, too_long(len(prompt), self.engine.context_length)))
+            try:
+                self.engine.add(request, prompt, min(request.max_tokens, room))
+            except Exception as exc:
+                log.exception("the engine refused job %s", job.id)
+                failed.append(_Ended(job, failure("engine_error", f"the engine failed: {exc}")))
                 continue
             running[str(job.id)] = _Running(job, request, len(prompt), len(running) + 1)
-            self.engine.add(request, prompt, min(request.max_tokens, room))
         return failed
 
     def _collect(self, running: dict[str, _Running]) -> list[_Ended]:

@@ -3,6 +3,11 @@
 Task threads call `submit(job_id)` and wait on the returned future. A single thread owns the
 model. Per batch: one claim (conditional UPDATE), one generation per compatible group, one
 transaction for results and ledger rows, one pipeline of "done" notifications.
+
+Its claims are held in `workers/claims.py`, whose leases the heartbeat renews. No exception
+ends the engine thread: a failed turn fails the jobs in hand. Should the thread end anyway,
+every waiting task is failed at once and `alive` turns false, which stops the heartbeat and
+the worker (see `workers/app.py`).
 """
 
 from __future__ import annotations
@@ -28,11 +33,18 @@ from llmq.models import Job
 from llmq.queues import get_celery, publish_webhooks, waiting_count
 from llmq.settings import Settings
 from workers.batching import BatchState, batch_ready, group_by_key, sampling_key
+from workers.claims import Claims
 from workers.engines.base import Engine, GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
 
 BROKER_POLL_MS = 2.0  # how often the queue length is read while a batch fills
+HOLD_GRACE_S = 120.0  # a claim is renewed at most this long past max_generation_s (hung engine)
+SUPERSEDED = "superseded"  # what a task reports when its claim moved on and wrote nothing
+
+
+class EngineStopped(RuntimeError):
+    """The engine thread is gone; the task should retry on another worker."""
 
 
 @dataclass
@@ -49,16 +61,51 @@ class BatchRunner:
         self.inbox: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
         self.cancelled: set[str] = set()
         self.streamed: dict[str, str] = {}  # job id -> text already on its stream
-        self.lease = timedelta(seconds=settings.max_generation_s + 120)
-        self._thread = threading.Thread(target=self._loop, name="llmq-engine", daemon=True)
+        self.claims = Claims(
+            node,
+            timedelta(seconds=settings.job_lease_s),
+            settings.max_generation_s + HOLD_GRACE_S,
+        )
+        self._open: set[Future] = set()  # futures task threads wait on
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._serve, name="llmq-engine", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def submit(self, job_id: str) -> Future:
         future: Future = Future()
+        with self._lock:
+            if self._stopped:
+                future.set_exception(EngineStopped("this worker's engine thread stopped"))
+                return future
+            self._open.add(future)
+        future.add_done_callback(self._settled)
         self.inbox.put(_Waiting(job_id, future, time.monotonic()))
         return future
+
+    def _settled(self, future: Future) -> None:
+        with self._lock:
+            self._open.discard(future)
+
+    def _serve(self) -> None:
+        """The engine thread's body. `_loop` never returns; if it ends anyway, nobody may keep
+        waiting on it."""
+        try:
+            self._loop()
+        finally:
+            log.critical("the engine thread stopped; this worker takes no more jobs")
+            with self._lock:
+                self._stopped = True
+                waiting = list(self._open)
+            for future in waiting:
+                if not future.done():
+                    future.set_exception(EngineStopped("this worker's engine thread stopped"))
 
     def mark_cancelled(self, job_id: str) -> None:
         self.cancelled.add(job_id)
@@ -68,16 +115,28 @@ class BatchRunner:
     def _loop(self) -> None:
         pending: list[_Waiting] = []
         while True:
-            if not pending:
-                pending.append(self.inbox.get())
-            pending.extend(self._drain())
-            if self._ready(pending):
-                size = self.spec.max_batch_size
-                batch, pending = pending[:size], pending[size:]
-                self._run_batch(batch)
-            else:
-                with contextlib.suppress(queue.Empty):
-                    pending.append(self.inbox.get(timeout=BROKER_POLL_MS / 1000))
+            try:
+                pending = self._turn(pending)
+            except Exception as exc:  # a bug in one turn costs the jobs in hand, not the thread
+                log.exception("engine turn failed with %d jobs in hand", len(pending))
+                metrics.ENGINE_ERRORS.labels(self.spec.name).inc()
+                for item in pending:
+                    if not item.future.done():
+                        item.future.set_exception(exc)  # the task retries
+                pending = []
+
+    def _turn(self, pending: list[_Waiting]) -> list[_Waiting]:
+        if not pending:
+            pending.append(self.inbox.get())
+        pending.extend(self._drain())
+        if self._ready(pending):
+            size = self.spec.max_batch_size
+            batch, pending = pending[:size], pending[size:]
+            self._run_batch(batch)
+        else:
+            with contextlib.suppress(queue.Empty):
+                pending.append(self.inbox.get(timeout=BROKER_POLL_MS / 1000))
+        return pending
 
     def _drain(self) -> list[_Waiting]:
         items = []
@@ -122,8 +181,7 @@ class BatchRunner:
 
     def _execute(self, batch: list[_Waiting]) -> dict[str, str]:
         ids = list(dict.fromkeys(uuid.UUID(item.job_id) for item in batch))
-        with session_scope() as session:
-            claimed = jobs.claim_jobs(session, ids, self.node, self.lease)
+        claimed = self.claims.take(ids)
         if not claimed:
             return {}
         try:
@@ -147,23 +205,36 @@ class BatchRunner:
         return self._write(claimed, outcomes)
 
     def _write(self, claimed: list[Job], outcomes: list[jobs.Outcome]) -> dict[str, str]:
-        """One transaction for the results, then the notifications that follow a commit."""
+        """One transaction for the results, then the notifications that follow a commit.
+
+        Returns what each task reports: the job's outcome, or `superseded` when the finish
+        was fenced off (the claim's attempt is no longer current) and nothing was written.
+        """
         with session_scope() as session:
             done_ids = jobs.finish_jobs(session, outcomes)
             deliveries = outbox.created_in(session)
+        self.claims.let_go(claimed)
         done = set(done_ids)
         self._stream_rest([out for out in outcomes if out.job_id in done])
         events.publish_done(self.redis, self.settings.redis_prefix, [str(i) for i in done_ids])
         publish_webhooks(get_celery(), deliveries)
         self._reconcile_tokens(claimed, outcomes, done)
+        reports = {}
         for out in outcomes:
             self.streamed.pop(str(out.job_id), None)
-            metrics.record_outcome(self.spec.name, out)
-        return {str(out.job_id): "succeeded" if out.succeeded else "failed" for out in outcomes}
+            if out.job_id in done:
+                metrics.record_outcome(self.spec.name, out)
+                reports[str(out.job_id)] = "succeeded" if out.succeeded else "failed"
+            else:
+                log.warning("job %s moved on from attempt %d; its result was not written",
+                            out.job_id, out.attempt)  # fmt: skip
+                reports[str(out.job_id)] = SUPERSEDED
+        return reports
 
     def _release(self, claimed: list[Job]) -> None:
         """Give claimed jobs back to the queue when the batch broke before its results were
         written, so the tasks' retries can claim them again at once."""
+        self.claims.let_go(claimed)
         try:
             with session_scope() as session:
                 jobs.release_jobs(session, [(job.id, job.attempts) for job in claimed])

@@ -23,6 +23,6 @@ def generate(self, job_id: str) -> str:
     try:
         # At worst the job waits behind one batch, then runs in the next.
         return future.result(timeout=2 * get_settings().max_generation_s + 60)
-    except Exception as exc:  # the batch could not be written (database or broker down)
+    except Exception as exc:  # the batch could not be written, or this engine stopped
         delay = RETRY_DELAYS_S[min(self.request.retries, len(RETRY_DELAYS_S) - 1)]
         raise self.retry(exc=exc, countdown=delay) from exc

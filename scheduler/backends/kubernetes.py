@@ -3,7 +3,7 @@
 Draining is Kubernetes's own: a pod removed from the Deployment gets SIGTERM (Celery's warm
 shutdown: stop consuming, finish what it holds) and is killed only after the pod's
 `terminationGracePeriodSeconds`, which the manifests set longer than the drain. The jobs of a
-killed pod go back to the queue through the sweeper once its heartbeat expires.
+killed pod go back to the queue through the sweeper once their leases run out.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 A worker leaving its pool is drained: its consumer is cancelled (it takes no new message),
 it finishes the jobs it holds, and only then gets SIGTERM (Celery's warm shutdown). One that
-has not exited `drain_timeout_s` later is killed; its heartbeat key is removed so the sweeper
-puts its jobs back at once.
+has not exited `drain_timeout_s` later is killed; its heartbeat key is removed and its leases
+end, so the sweeper puts its jobs back at once.
 
 Workers this backend starts are named `<model>-pool-<hex>@<host>`; a new leader adopts the
 live ones another scheduler on this host left behind (it sees them by their heartbeats).
@@ -28,7 +28,7 @@ import redis
 import sqlalchemy as sa
 from celery import Celery
 
-from llmq import events
+from llmq import events, jobs
 from llmq.backoff import restart_delay_s
 from llmq.catalog import Catalog
 from llmq.db import session_scope
@@ -141,7 +141,7 @@ class LocalBackend:
             if not worker.alive():
                 self.workers.remove(worker)
                 if worker.draining_since is None:
-                    # It died holding jobs, maybe: drop its heartbeat so they go back now.
+                    # It died holding jobs, maybe: end its leases so they go back now.
                     code = worker.proc.returncode if worker.proc is not None else None
                     log.error("worker %s exited on its own (code %s)", worker.node, code)
                     self._forget(worker)
@@ -244,6 +244,12 @@ class LocalBackend:
         self._forget(worker)
 
     def _forget(self, worker: LocalWorker) -> None:
+        """The process is gone: its heartbeat and its leases go with it."""
+        try:
+            with session_scope() as session:
+                jobs.end_leases(session, worker.node)
+        except Exception:  # its leases then run out on their own
+            log.exception("could not end the leases of %s", worker.node)
         with contextlib.suppress(redis.RedisError):
             self.redis.delete(
                 events.worker_key(self.settings.redis_prefix, worker.model, worker.node)

@@ -14,8 +14,8 @@ from transformers import ContinuousBatchingConfig, GenerationConfig
 
 from llmq.catalog import ModelSpec
 from llmq.settings import Settings
-from workers.engines.base import GenerationRequest
-from workers.engines.hf import eos_ids, render_prompt
+from workers.engines.base import GenerationRequest, GenerationResult
+from workers.engines.hf import eos_ids, prepare_prompt, render_prompt
 from workers.loader import load_model
 
 PAGE_TOKENS = 64
@@ -56,6 +56,10 @@ class ContinuousEngine:
 
     def render(self, req: GenerationRequest) -> list[int]:
         return render_prompt(self.tokenizer, req)
+
+    def prepare(self, req: GenerationRequest) -> tuple[list[int], GenerationResult | None]:
+        """The prompt's ids, or why the job fails before it joins the batch."""
+        return prepare_prompt(self.tokenizer, req, self.context_length)
 
     def add(self, req: GenerationRequest, prompt_ids: list[int], max_new_tokens: int) -> None:
         sampling = (

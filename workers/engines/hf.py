@@ -111,6 +111,24 @@ def render_prompt(tokenizer, req: GenerationRequest) -> list[int]:
     return tokenizer(req.prompt)["input_ids"]
 
 
+def prepare_prompt(
+    tokenizer, req: GenerationRequest, context_length: int
+) -> tuple[list[int], GenerationResult | None]:
+    """The prompt's token ids, or the failure that ends the job before it runs: a chat
+    template that rejects its messages (say, a role it does not know) or a prompt that leaves
+    no room in the context. Either is this job's input, so it fails this job alone."""
+    try:
+        ids = render_prompt(tokenizer, req)
+    except Exception as exc:
+        what = "messages" if req.messages is not None else "prompt"
+        return [], failure(
+            f"invalid_{what}", f"the model's chat template rejected the {what}: {exc}"
+        )
+    if len(ids) >= context_length:
+        return ids, too_long(len(ids), context_length)
+    return ids, None
+
+
 def too_long(prompt_tokens: int, context_length: int) -> GenerationResult:
     return failure(
         "context_length_exceeded",
@@ -140,6 +158,9 @@ class HFEngine:
     def render(self, req: GenerationRequest) -> list[int]:
         return render_prompt(self.tokenizer, req)
 
+    def prepare(self, req: GenerationRequest) -> tuple[list[int], GenerationResult | None]:
+        return prepare_prompt(self.tokenizer, req, self.context_length)
+
     def generate(
         self,
         requests: list[GenerationRequest],
@@ -151,11 +172,11 @@ class HFEngine:
         results: list[GenerationResult | None] = [None] * len(requests)
         rows: list[tuple[int, _Row]] = []
         for i, req in enumerate(requests):
-            ids = self.render(req)
-            room = self.context_length - len(ids)
-            if room <= 0:
-                results[i] = too_long(len(ids), self.context_length)
+            ids, refused = self.prepare(req)
+            if refused is not None:
+                results[i] = refused
             else:
+                room = self.context_length - len(ids)
                 rows.append((i, _Row(req, ids, min(req.max_tokens, room))))
         plan = plan_sub_batches(
             [len(r.prompt_ids) for _, r in rows],
