@@ -82,14 +82,16 @@ def test_a_job_claimed_while_it_is_cancelled_keeps_its_tokens_for_the_worker(cli
 
 
 def test_a_job_the_sweeper_put_back_keeps_its_tokens_for_its_first_worker(client, redis_client):
-    """A job requeued from a worker thought dead may still be written by that worker, which
+    """A job requeued from a worker whose lease ran out may still be written by that worker, which
     then reconciles its tokens; a cancel in between must not give them back too."""
     key_id, headers = tpm_key(60)
     job_id = uuid.UUID(client.post("/v1/jobs", json=BODY, headers=headers).json()["id"])
     with session_scope() as session:
         (claimed,) = jobs.claim_jobs(session, [job_id], "slow", timedelta(minutes=5))
     with session_scope() as session:
-        requeued, _ = jobs.requeue_orphans(session, [("parked", "slow")], 3, ["parked"])
+        jobs.end_leases(session, "slow")
+    with session_scope() as session:
+        requeued, _ = jobs.requeue_orphans(session, 3, ["parked"])
     assert [moved.id for moved in requeued] == [job_id]
     charged = redis_client.hget(ratelimit.limit_key(REDIS_PREFIX, key_id, "tpm"), "tat")
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=headers).status_code == 200
