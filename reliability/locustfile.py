@@ -8,15 +8,40 @@ users x that, as long as a job's round trip stays under 1 / that. Targets loopba
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import time
 import uuid
 from urllib.parse import urlsplit
 
-from locust import HttpUser, constant_throughput, task
+from locust import HttpUser, constant_throughput, events, task
+from locust.env import Environment
 
 FINAL = ("succeeded", "failed", "cancelled", "expired")
 TIMEOUT_S = 60
+JOB = "submit→final"
+_run: dict[str, Environment] = {}
+
+
+@events.init.add_listener
+def _keep(environment: Environment, **_) -> None:
+    _run["env"] = environment
+
+
+@events.quit.add_listener
+def _save(**_) -> None:
+    """After the last user stopped: the round trips and errors, to LLMQ_LOAD_RESULT_PATH."""
+    stats = _run["env"].runner.stats
+    job = stats.get(JOB, "JOB")
+    result = {
+        "jobs": job.num_requests,
+        "p50_ms": job.get_response_time_percentile(0.5),
+        "p99_ms": job.get_response_time_percentile(0.99),
+        "max_ms": job.max_response_time,
+        "errors": {f"{e.method} {e.name}: {e.error}": e.occurrences for e in stats.errors.values()},
+    }
+    with open(os.environ["LLMQ_LOAD_RESULT_PATH"], "w") as f:
+        json.dump(result, f)
 
 
 class Submitter(HttpUser):
@@ -52,7 +77,7 @@ class Submitter(HttpUser):
         error = None if job["status"] == "succeeded" else RuntimeError(f"job {job['status']}")
         self.environment.events.request.fire(
             request_type="JOB",
-            name="submit→final",
+            name=JOB,
             response_time=(time.perf_counter() - started) * 1000,
             response_length=0,
             exception=error,
