@@ -9,6 +9,7 @@ sampled every few seconds, from minute 1 (or a quarter of a short run) to the en
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -58,8 +59,6 @@ def run_locust(url: str, key: str, webhook_url: str, rate: float, seconds: int, 
 
 
 def _base_env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
 
 

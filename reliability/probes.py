@@ -25,7 +25,7 @@ PUBLIC_ROUTES = {"/healthz", "/readyz", "/metrics", "/metrics/targets"}
 # Known defects, being fixed elsewhere: the check still runs and fails, labelled with this.
 KNOWN = {
     "chunked": "a chunked body is read whole before the size limit applies (being fixed)",
-    "surrogate": "a lone surrogate in a text field is a 5xx (being fixed)",
+    "surrogate": "a lone surrogate in a text field is a 5xx or a dropped connection (being fixed)",
 }
 INJECTIONS = {
     "sql": "'; DROP TABLE jobs; -- ' OR '1'='1",
@@ -265,10 +265,12 @@ def _closed_by_server(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
-def _submit_cases(model: str, marker: str) -> dict[str, tuple[dict, dict]]:
+def _submit_cases(
+    model: str, marker: str, strings: dict[str, str] = INJECTIONS
+) -> dict[str, tuple[dict, dict]]:
     """(body, headers) per injection case, each in one text field of the submit body."""
     cases: dict[str, tuple[dict, dict]] = {}
-    for name, text in INJECTIONS.items():
+    for name, text in strings.items():
         tagged = f"{marker}-{name} {text}"
         base = {"model": model, "prompt": f"{marker}-{name} plain", "max_tokens": 8}
         cases[f"prompt: {name}"] = (dict(base, prompt=tagged), {})
@@ -315,6 +317,12 @@ def injection_checks(t: Target) -> list[Check]:
     out = []
 
     def one(item: tuple[str, tuple[dict, dict]]) -> Check:
+        try:
+            return submit(item)
+        except httpx.HTTPError as exc:  # the server dropped the connection
+            return Check("POST /v1/jobs", item[0], False, type(exc).__name__)
+
+    def submit(item: tuple[str, tuple[dict, dict]]) -> Check:
         case, (body, extra) = item
         with httpx.Client(base_url=t.url, timeout=60, headers=headers) as client:
             r = client.post("/v1/jobs", json=body, headers=extra)
@@ -331,18 +339,24 @@ def injection_checks(t: Target) -> list[Check]:
 
     with ThreadPoolExecutor(4) as pool:
         out += list(pool.map(one, _submit_cases(t.model, marker).items()))
-    raw = json.dumps({"model": t.model, "prompt": f"{marker}-surrogate a"})[:-1] + '\\ud800b"}'
+    # JSON may spell a lone surrogate (\ud800), which no UTF-8 text can hold.
+    placeholder = "SURROGATE-HERE"
+    lone = _submit_cases(t.model, marker, {"lone surrogate": placeholder})
     with httpx.Client(base_url=t.url, timeout=30, headers=headers) as client:
-        for field_name, content in {
-            "prompt": raw,
-            "metadata value": json.dumps({"model": t.model, "prompt": f"{marker}-s b",
-                                          "metadata": {"k": "x"}})[:-3] + '\\udc80"}}',
-        }.items():  # fmt: skip
-            status = client.post(
-                "/v1/jobs", content=content, headers={"Content-Type": "application/json"}
-            ).status_code
-            out.append(Check("POST /v1/jobs", f"{field_name}: lone surrogate", status < 500,
-                             str(status), known="" if status < 500 else "surrogate"))  # fmt: skip
+        for case, (body, extra) in lone.items():
+            if extra:
+                continue  # a header cannot carry one
+            content = json.dumps(body).replace(placeholder, "a\\ud800b")
+            try:
+                got = str(
+                    client.post(
+                        "/v1/jobs", content=content, headers={"Content-Type": "application/json"}
+                    ).status_code
+                )
+            except httpx.HTTPError as exc:  # the server dropped the connection
+                got = type(exc).__name__
+            ok = got.isdigit() and int(got) < 500
+            out.append(Check("POST /v1/jobs", case, ok, got, known="" if ok else "surrogate"))
         gets = [(p, op) for m, p, op in operations(client) if m == "GET" and op.get("security")]
         for path, op in gets:
             for param in (p for p in op.get("parameters", []) if p["in"] == "query"):
