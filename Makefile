@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo up test lint format bench fuzz migrate services docs clean
+.PHONY: install demo up test lint format bench fuzz load migrate services docs clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ bench: install services
 
 fuzz: install services
 	$(PY) -m reliability fuzz
+
+# Five minutes of a constant job rate from locust (headless, loopback); QUICK=1 for 30 s.
+load: install services
+	$(PY) -m reliability $(if $(QUICK),--quick) load
 
 clean:
 	rm -rf $(VENV) .llmq .pytest_cache .ruff_cache

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from api import errors
+from api.headers import HeaderLimits
 from api.metrics_server import create_metrics_app, metrics_server
 from api.middleware import RequestMetrics
 from api.routes import admin, health, jobs, models, streams, usage, webhooks
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
 
     app.add_middleware(RequestMetrics, settings=settings)
+    app.add_middleware(HeaderLimits, settings=settings)  # outermost: before any other work
 
     for router in (
         jobs.router,

@@ -131,16 +131,20 @@ class Proc:
         self.log.close()
 
 
-def worker(env: BenchEnv, model: str, extra: dict[str, str] | None = None) -> Proc:
-    argv = [sys.executable, "-m", "llmq.cli", "worker", "--model", model, "--loglevel", "WARNING"]
+def worker(
+    env: BenchEnv, model: str, extra: dict[str, str] | None = None, loglevel: str = "WARNING"
+) -> Proc:
+    argv = [sys.executable, "-m", "llmq.cli", "worker", "--model", model, "--loglevel", loglevel]
     return Proc(
         argv, dict(env.env, **(extra or {})), env.dir / f"worker-{model}-{time.time_ns()}.log"
     )
 
 
-def api(env: BenchEnv, port: int) -> Proc:
+def api(env: BenchEnv, port: int, access_log: bool = False) -> Proc:
+    """One uvicorn API process; with `access_log`, it logs at info as a deployment does."""
     argv = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--port", str(port),
-            "--log-level", "warning", "--no-access-log"]  # fmt: skip
+            "--host", "127.0.0.1"]  # fmt: skip
+    argv += ["--log-level", "info"] if access_log else ["--log-level", "warning", "--no-access-log"]
     proc = Proc(argv, env.env, env.dir / "api.log")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     max_bulk_request_bytes: int = Field(
         64 * 1_048_576, description="Largest body accepted by POST /v1/jobs/bulk."
     )
+    max_header_bytes: int = Field(
+        32_768, description="Largest header section accepted (names and values), in bytes."
+    )
+    max_header_count: int = Field(100, description="Most header fields one request may carry.")
     redis_max_connections: int = Field(
         1000, description="Redis connections one API process may hold (long-polls hold one each)."
     )
