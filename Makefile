@@ -51,6 +51,6 @@ clean:
 	rm -rf $(VENV) .llmq .pytest_cache .ruff_cache
 
 .PHONY: chaos
-# Random faults while jobs flow, on private Redis and Postgres (CHAOS_ARGS=--quick: 4 rounds).
+# Random faults while jobs flow, on private Redis and Postgres (CHAOS_ARGS=--quick: 3 rounds).
 chaos: install
 	$(PY) -m reliability $(CHAOS_ARGS) chaos

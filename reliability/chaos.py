@@ -32,7 +32,7 @@ from reliability.report import Figure, SuiteResult
 from reliability.stack import ROOT, Stack, create_keys
 from reliability.traffic import Traffic
 
-QUICK_ROUNDS, FULL_ROUNDS = 4, 50
+QUICK_ROUNDS, FULL_ROUNDS = 3, 50
 RECOVERY_BOUND_S = 90.0  # a process must be back this long after its fault
 SETTLE_BOUND_S = 120.0  # every job final and every webhook received this long after traffic
 PROCESS_KINDS = ("api", "scheduler", "webhook-sender", "worker", "redis", "postgres")
@@ -169,6 +169,7 @@ def _result(seed, rounds, quick, details, checker, stack, duration_s) -> SuiteRe
         ("double_finishes", "double-run finishes written"),
         ("ledger_mismatches", "ledger mismatches (rows, prices, /v1/usage)"),
         ("webhooks_missing", "webhook events missing"),
+        ("webhooks_unexpected", "webhook events no job owed"),
         ("budget_overruns", "budget overruns"),
         ("signatures_rejected", "webhook signatures rejected"),
     ):
@@ -187,6 +188,9 @@ def _result(seed, rounds, quick, details, checker, stack, duration_s) -> SuiteRe
                 worst is not None,
             )
         )
+    again, spent = checker.redeliveries()
+    figures.append(Figure("jobs claimed more than once / failed after max attempts",
+                          f"{again} / {spent}"))  # fmt: skip
     received, deliveries = checker.deliveries()
     figures.append(
         Figure("webhook events received (distinct / deliveries)", f"{received} / {deliveries}")

@@ -33,6 +33,7 @@ class JobRow:
     finished_at: datetime | None
     webhook_url: str | None
     error_code: str | None = None
+    attempts: int = 0
 
     def result(self) -> tuple:
         """What a finish writes; once the job is final it must never change."""
@@ -58,6 +59,7 @@ class Findings:
     double_finishes: list[str] = field(default_factory=list)
     ledger_mismatches: list[str] = field(default_factory=list)
     webhooks_missing: list[str] = field(default_factory=list)
+    webhooks_unexpected: list[str] = field(default_factory=list)
     budget_overruns: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
@@ -184,6 +186,14 @@ def missing_webhooks(jobs: dict[uuid.UUID, JobRow], received: dict[str, int]) ->
         for job in jobs.values()
         if job.webhook_url and job.status in FINAL_STATUSES and delivery_id(job.id) not in received
     )
+
+
+def unexpected_webhooks(jobs: dict[uuid.UUID, JobRow], received: dict[str, int]) -> list[str]:
+    """Event ids the receiver verified that no final job with a webhook owes."""
+    owed = {
+        delivery_id(j.id) for j in jobs.values() if j.webhook_url and j.status in FINAL_STATUSES
+    }
+    return sorted(i for i in received if i not in owed)
 
 
 def budget_overruns(ledger: list[LedgerRow], budgets: dict[uuid.UUID, Decimal]) -> list[str]:
