@@ -294,25 +294,8 @@ class Stack:
         return state
 
 
-def key_script() -> str:
-    """Python run in the stack's environment: create the suite's keys, print them as JSON."""
-    return (
-        "import json; from decimal import Decimal; from llmq.db import session_scope; "
-        "from llmq.keys import Limits, create_key, webhook_secret\n"
-        "out = {}\n"
-        "with session_scope() as s:\n"
-        "    for name, admin, budget in (('admin', True, None), ('plain', False, None),"
-        " ('budget', False, '2')):\n"
-        "        limits = Limits(budget_usd=Decimal(budget), budget_period='day') if budget"
-        " else Limits()\n"
-        "        row, plain = create_key(s, 'chaos-' + name, admin, limits)\n"
-        "        out[name] = {'key': plain, 'secret': webhook_secret(row), 'id': str(row.id),"
-        " 'budget_usd': budget}\n"
-        "print(json.dumps(out))\n"
-    )
-
-
 def create_keys(stack: Stack) -> dict[str, dict]:
-    result = subprocess.run([sys.executable, "-c", key_script()], env=stack.env, cwd=ROOT,
+    """The suite's keys (admin, plain, budget): key, webhook secret, id, budget."""
+    result = subprocess.run([sys.executable, "-m", "reliability.keys"], env=stack.env, cwd=ROOT,
                             capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
     return json.loads(result.stdout.strip().splitlines()[-1])
