@@ -174,6 +174,15 @@ def _result(seed, rounds, quick, details, checker, stack, duration_s) -> SuiteRe
         ("signatures_rejected", "webhook signatures rejected"),
     ):
         figures.append(Figure(label, str(totals[name]), "0", totals[name] == 0))
+    answers: Counter = Counter()
+    for d in details:
+        answers.update(d["answers"])
+    errors = sum(n for code, n in answers.items() if code.isdigit() and int(code) >= 500
+                 and code != "503")  # fmt: skip
+    figures.append(
+        Figure("submit answers", ", ".join(f"{k} {n}" for k, n in sorted(answers.items())))
+    )
+    figures.append(Figure("submits answered 5xx other than 503", str(errors), "0", errors == 0))
     figures.append(Figure("processes not back within the bound", str(not_back), "0", not_back == 0))
     for kind in PROCESS_KINDS:
         times = [d["recovery_s"] for d in details if d["process"] == kind]
