@@ -101,9 +101,14 @@ def run(quick: bool = False) -> SuiteResult:
             f"chaos: stack up in {time.monotonic() - started:.0f}s (logs in {folder})", flush=True
         )
         details = []
-        for number, kind in enumerate(plan(rng, rounds), 1):
-            details.append(_round(number, kind, rng, stack, keys, receiver, checker))
-            print(f"chaos: round {number} {kind}: {details[-1]['summary']}", flush=True)
+        try:
+            for number, kind in enumerate(plan(rng, rounds), 1):
+                details.append(_round(number, kind, rng, stack, keys, receiver, checker))
+                print(f"chaos: round {number} {kind}: {details[-1]['summary']}", flush=True)
+        except KeyboardInterrupt:  # Ctrl-C: report the rounds that ran to their checks
+            print(f"chaos: interrupted after {len(details)} of {rounds} rounds", flush=True)
+            if not details:
+                raise
         result = _result(seed, rounds, quick, details, checker, stack, time.monotonic() - started)
     finally:
         if receiver is not None:
@@ -155,7 +160,7 @@ def _result(seed, rounds, quick, details, checker, stack, duration_s) -> SuiteRe
     faults = Counter(d["fault"] for d in details)
     not_back = sum(1 for d in details if d["recovery_s"] is None or d["not_back"])
     figures = [
-        Figure("rounds", str(rounds)),
+        Figure("rounds", str(len(details))),
         Figure("faults by kind", ", ".join(f"{k} {n}" for k, n in sorted(faults.items()))),
         Figure("jobs submitted (2xx)", str(len(checker.accepted))),
         Figure(
@@ -204,8 +209,9 @@ def _result(seed, rounds, quick, details, checker, stack, duration_s) -> SuiteRe
     figures.append(
         Figure("webhook events received (distinct / deliveries)", f"{received} / {deliveries}")
     )
+    ran = f"{len(details)} of {rounds}" if len(details) < rounds else str(rounds)
     how = (
-        f"{rounds} rounds{' (quick)' if quick else ''}, seed {seed} "
+        f"{ran} rounds{' (quick)' if quick else ''}, seed {seed} "
         f"(repeat: `RELIABILITY_CHAOS_SEED={seed} python -m reliability chaos`), "
         f"{duration_s / 60:.1f} min. Private Redis and Postgres; API, two schedulers (local "
         "backend, echo and tiny pools), webhook sender, signature-checking receiver. Each "
