@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from reliability import services
@@ -45,7 +46,7 @@ def plan(rng: random.Random, rounds: int) -> list[str]:
     return (first + [rng.choice(kinds) for _ in range(max(0, rounds - len(kinds)))])[:rounds]
 
 
-def _wait(check, bound_s: float, stack: Stack) -> float | None:
+def _wait(check: Callable[[], object], bound_s: float, stack: Stack) -> float | None:
     """Seconds until `check()` holds while the supervisor does its work; None past the bound."""
     started = time.monotonic()
     while time.monotonic() - started < bound_s:
@@ -121,7 +122,20 @@ def run(quick: bool = False) -> SuiteResult:
     return result
 
 
-def _round(number, kind, rng, stack, keys, receiver, checker) -> dict:
+def _seconds(value: float | None) -> str:
+    return "not within the bound" if value is None else f"{value:.1f}s"
+
+
+def _round(
+    number: int,
+    kind: str,
+    rng: random.Random,
+    stack: Stack,
+    keys: dict[str, dict],
+    receiver: Receiver,
+    checker: Checker,
+) -> dict:
+    """One round: traffic, the fault, recovery, settling, then the invariants."""
     traffic = Traffic(stack.api_url, keys, receiver.url_for, rng.randrange(2**32)).start()
     time.sleep(rng.uniform(1.0, 2.5))  # jobs are queued and running when the fault strikes
     fault = FAULTS[kind](stack, rng)
@@ -148,14 +162,22 @@ def _round(number, kind, rng, stack, keys, receiver, checker) -> dict:
     }
     bad = {k: len(v) for k, v in findings.items() if v}
     detail["summary"] = (
-        f"{fault.detail}; back in {detail['recovery_s']}s, settled in {detail['settle_s']}s, "
+        f"{fault.detail}; back in {_seconds(back_s)}, settled in {_seconds(settle_s)}, "
         f"{len(submitted.accepted)} jobs, answers {dict(submitted.answers)}; "
         + (f"VIOLATIONS {bad}" if bad else "invariants hold")
     )
     return detail
 
 
-def _result(seed, rounds, quick, details, checker, stack, duration_s) -> SuiteResult:
+def _result(
+    seed: int,
+    rounds: int,
+    quick: bool,
+    details: list[dict],
+    checker: Checker,
+    stack: Stack,
+    duration_s: float,
+) -> SuiteResult:
     totals = checker.totals()
     faults = Counter(d["fault"] for d in details)
     not_back = sum(1 for d in details if d["recovery_s"] is None or d["not_back"])
