@@ -70,8 +70,9 @@ def _build_tiny(folder: Path) -> subprocess.Popen:
 
 def run(quick: bool = False) -> SuiteResult:
     reason = services.available()
-    if reason:
-        raise RuntimeError(f"chaos needs private Redis and Postgres servers: {reason}")
+    if reason:  # a row that says so, rather than a crash of every other suite's run
+        how = f"Not run: chaos needs private Redis and Postgres servers, and {reason}."
+        return SuiteResult("chaos", how, [Figure("ran", "no", "yes", False)])
     seed = int(os.environ.get("RELIABILITY_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
     rounds = int(
         os.environ.get("RELIABILITY_CHAOS_ROUNDS") or (QUICK_ROUNDS if quick else FULL_ROUNDS)
