@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo up test lint format bench fuzz load migrate services docs clean
+.PHONY: install demo up test lint format bench reliability chaos fuzz load migrate services docs clean
 
 install: $(STAMP)
 
@@ -47,12 +47,24 @@ docs: install
 bench: install services
 	$(PY) -m bench
 
+# Reliability suites write RELIABILITY.md; QUICK=1 runs the short versions CI runs.
+RELIABILITY := $(PY) -m reliability $(if $(QUICK),--quick)
+
+# Every suite: chaos, fuzz, load, security.
+reliability: install services
+	$(RELIABILITY)
+
+# Random faults while jobs flow, on private Redis and Postgres: 50 rounds (QUICK=1: 3).
+chaos: install
+	$(RELIABILITY) chaos
+
+# Schemathesis over every route of the OpenAPI spec.
 fuzz: install services
-	$(PY) -m reliability fuzz
+	$(RELIABILITY) fuzz
 
 # Five minutes of a constant job rate from locust (headless, loopback); QUICK=1 for 30 s.
 load: install services
-	$(PY) -m reliability $(if $(QUICK),--quick) load
+	$(RELIABILITY) load
 
 clean:
 	rm -rf $(VENV) .llmq .pytest_cache .ruff_cache
