@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import redis
+from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +78,9 @@ class BenchEnv:
             LLMQ_REDIS_URL=self.redis_url,
             LLMQ_REDIS_PREFIX=self.prefix,
             LLMQ_CATALOG_PATH=str(self.catalog),
+            # Every long-running process needs the key; a run of its own gets a fresh one.
+            LLMQ_SECRET_KEY=os.environ.get("LLMQ_SECRET_KEY") or Fernet.generate_key().decode(),
+            LLMQ_API_METRICS_PORT="0",
             PYTHONUNBUFFERED="1",
         )
         os.environ.update({k: v for k, v in self.env.items() if k.startswith("LLMQ_")})
