@@ -21,7 +21,8 @@ import sqlalchemy as sa
 
 from bench.env import BenchEnv, Proc, api, wait_for_worker, worker
 from llmq.devstack import free_port
-from reliability.procs import Receiver, RssSampler, webhook_sender
+from reliability.procs import RssSampler, webhook_sender
+from reliability.receiver import CountingReceiver
 from reliability.report import Figure, SuiteResult
 
 # 15 jobs/s is what the 2-core reference machine sustains with room to spare while other work
@@ -123,7 +124,7 @@ def run(quick: bool = False) -> SuiteResult:
     env.env["LLMQ_WEBHOOK_ALLOWED_NETWORKS"] = "127.0.0.0/8"  # the receiver is on loopback
     env.setup()
     procs: dict[str, Proc] = {}
-    receiver = Receiver()
+    receiver = CountingReceiver()
     try:
         port = free_port()
         procs["api"] = api(env, port)

@@ -1,12 +1,11 @@
 """What the load and security suites add to bench.env: the webhook sender and Flower as child
-processes, a loopback webhook receiver, and a resident-memory sampler."""
+processes, and a resident-memory sampler."""
 
 from __future__ import annotations
 
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -40,39 +39,6 @@ def log_text(proc: Proc) -> str:
     if not proc.log.closed:
         proc.log.flush()
     return Path(proc.log.name).read_text(errors="replace")
-
-
-class Receiver:
-    """A webhook receiver on 127.0.0.1 that answers 200 and counts what it got."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.bodies: list[bytes] = []
-        lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                with lock:
-                    receiver.count += 1
-                    if len(receiver.bodies) < 1000:
-                        receiver.bodies.append(body)
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def rss_kb(pid: int) -> int:

@@ -1,4 +1,4 @@
-"""A real webhook receiver on loopback: verifies each Standard Webhooks signature and keeps
+"""Webhook receivers on loopback. `Receiver` verifies each Standard Webhooks signature and keeps
 the ids it accepted. A delivery that fails verification is answered 401 and counted, so
 the sender retries it and the suite sees the fault."""
 
@@ -12,23 +12,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from standardwebhooks import Webhook, WebhookVerificationError
 
 
-class Receiver:
-    """`url_for(name)` is the endpoint of the key `name`, verified with that key's secret."""
+class LoopbackHooks:
+    """An HTTP server on 127.0.0.1 whose POSTs go to `accept(name, headers, body)`, where
+    `name` is the last part of the path; it answers with the status `accept` returns."""
 
-    def __init__(self, secrets_by_name: dict[str, str]):
-        self.verifiers = {name: Webhook(secret) for name, secret in secrets_by_name.items()}
-        self.lock = threading.Lock()
-        self.received: dict[str, int] = {}  # webhook-id -> verified deliveries
-        self.status: dict[str, str] = {}  # webhook-id -> the job status the event carried
-        self.bodies: dict[str, set[bytes]] = {}  # webhook-id -> distinct bodies seen
-        self.rejected = 0
-        receiver = self
+    def __init__(self) -> None:
+        hooks = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 name = self.path.rstrip("/").rsplit("/", 1)[-1]
-                code = receiver.accept(name, dict(self.headers.items()), body)
+                code = hooks.accept(name, dict(self.headers.items()), body)
                 self.send_response(code)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -40,6 +35,42 @@ class Receiver:
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
         threading.Thread(target=self.server.serve_forever, name="receiver", daemon=True).start()
+
+    def accept(self, name: str, headers: dict[str, str], body: bytes) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.server.shutdown()
+            self.server.server_close()
+
+
+class CountingReceiver(LoopbackHooks):
+    """Answers 200 to every delivery and counts them (`url` takes them all)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lock = threading.Lock()
+        super().__init__()
+        self.url = f"{self.base_url}/any"
+
+    def accept(self, name: str, headers: dict[str, str], body: bytes) -> int:
+        with self.lock:
+            self.count += 1
+        return 200
+
+
+class Receiver(LoopbackHooks):
+    """`url_for(name)` is the endpoint of the key `name`, verified with that key's secret."""
+
+    def __init__(self, secrets_by_name: dict[str, str]):
+        self.verifiers = {name: Webhook(secret) for name, secret in secrets_by_name.items()}
+        self.lock = threading.Lock()
+        self.received: dict[str, int] = {}  # webhook-id -> verified deliveries
+        self.status: dict[str, str] = {}  # webhook-id -> the job status the event carried
+        self.bodies: dict[str, set[bytes]] = {}  # webhook-id -> distinct bodies seen
+        self.rejected = 0
+        super().__init__()
 
     def url_for(self, name: str) -> str:
         return f"{self.base_url}/{name}"
@@ -70,8 +101,3 @@ class Receiver:
                 dict(self.status),
                 {k: len(v) for k, v in self.bodies.items()},
             )
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.server.shutdown()
-            self.server.server_close()

@@ -103,7 +103,8 @@ def run(quick: bool = False) -> SuiteResult:
     from llmq.devstack import free_port
     from llmq.keys import create_key
     from llmq.settings import get_settings
-    from reliability.procs import Receiver, flower, log_text, webhook_sender
+    from reliability.procs import flower, log_text, webhook_sender
+    from reliability.receiver import CountingReceiver
 
     env = BenchEnv()
     extra = {
@@ -116,7 +117,7 @@ def run(quick: bool = False) -> SuiteResult:
     get_engine.cache_clear()
     env.setup()
     flower_auth = ("ops", secrets.token_urlsafe(16))
-    receiver = Receiver()
+    receiver = CountingReceiver()
     procs = {}
     try:
         port, flower_port = free_port(), free_port()
