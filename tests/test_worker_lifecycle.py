@@ -8,24 +8,24 @@ import time
 import sqlalchemy as sa
 
 from llmq.db import session_scope
-from llmq.models import LedgerEntry
+from llmq.models import Job, LedgerEntry
 from llmq.queues import waiting_count
-from tests.conftest import REDIS_PREFIX, wait_final
+from tests.conftest import REDIS_PREFIX, wait_final, wait_for
 
 
 def test_sigterm_mid_batch_finishes_held_jobs_and_loses_none(
     client, auth, redis_client, start_worker
 ):
-    worker = start_worker("echo-slow")
     body = {"model": "echo-slow", "prompt": "one two three", "temperature": 0}
+    # Queued before the worker starts, so its first batch takes all three at once.
     held = [client.post("/v1/jobs", json=body, headers=auth).json()["id"] for _ in range(3)]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        statuses = {client.get(f"/v1/jobs/{i}", headers=auth).json()["status"] for i in held}
-        if statuses == {"running"}:
-            break
-        time.sleep(0.05)
-    assert statuses == {"running"}
+    worker = start_worker("echo-slow")
+
+    def statuses() -> set[str]:
+        with session_scope() as session:
+            return set(session.scalars(sa.select(Job.status).where(Job.id.in_(held))))
+
+    wait_for(lambda: statuses() == {"running"}, timeout_s=30, what="the batch running")
 
     worker.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
