@@ -49,6 +49,8 @@ def held_task_ids(
 
     An entry delivered earlier is held by a worker that has not acted on it for that long:
     the caller treats it as lost. An entry with no delivery time counts as just delivered.
+    Delivery times come from the workers' clocks, so hosts need roughly synchronised clocks
+    (skew well under the caller's bound).
     """
     fresh = (v for tag, v in entries.items() if delivered_at.get(tag, since) >= since)
     decoded = (_decoded(value) for value in fresh)
