@@ -27,10 +27,14 @@ def broker_priority(priority: int) -> int:
     return 9 - priority
 
 
+def priority_keys(queue: str, prefix: str) -> list[str]:
+    """Every Redis list that holds a queue's waiting messages, one per priority step."""
+    return [prefix + (queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}") for p in PRIORITY_STEPS]
+
+
 def queue_keys(model: str, prefix: str) -> list[str]:
-    """Every Redis list that holds the model's waiting messages, one per priority step."""
-    base = queue_name(model)
-    return [prefix + (base if p == 0 else f"{base}{PRIORITY_SEP}{p}") for p in PRIORITY_STEPS]
+    """Every Redis list that holds the model's waiting messages."""
+    return priority_keys(queue_name(model), prefix)
 
 
 def waiting_count(client: redis.Redis, model: str, prefix: str) -> int:
@@ -117,6 +121,7 @@ WEBHOOK_QUEUE = "llmq.webhooks"
 def publish_webhooks(app: Celery, delivery_ids: list[str]) -> None:
     """Ask the webhook workers to deliver these outbox rows now.
 
+    The task id is the delivery id, so the webhook sweep can tell which rows have a message.
     Best effort: a row whose message is lost stays `pending` and the webhook worker's sweep
     sends it, so a failure here is logged, not raised (the job's end is already committed).
     """
@@ -124,7 +129,9 @@ def publish_webhooks(app: Celery, delivery_ids: list[str]) -> None:
 
     for delivery_id in delivery_ids:
         try:
-            app.send_task(WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOK_QUEUE)
+            app.send_task(
+                WEBHOOK_TASK, args=[delivery_id], task_id=delivery_id, queue=WEBHOOK_QUEUE
+            )
         except Exception:
             logging.getLogger(__name__).warning(
                 "could not publish webhook %s; the sweep will send it", delivery_id

@@ -160,6 +160,15 @@ class Settings(BaseSettings):
         description="A queued job whose message has not been seen this long after it was "
         "last published is published again.",
     )
+    held_message_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="A message a worker took this long ago and has not acknowledged no "
+        "longer counts as the job's (or webhook delivery's) message: a queued job or pending "
+        "delivery it carries is published again. A live worker claims within one batch; a "
+        "dead one's messages would otherwise wait for LLMQ_VISIBILITY_TIMEOUT_S. A second "
+        "message is harmless: only one claim wins.",
+    )
     sweeper_scan_limit: int = Field(
         10_000,
         description="Longest queue the sweeper reads to find queued jobs that have no "

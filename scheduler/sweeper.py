@@ -5,10 +5,15 @@
   worker renews its leases in Postgres every heartbeat, so only a worker that stopped (or
   cannot reach Postgres) loses its jobs; Redis losing heartbeat keys moves nothing.
 - A queued job whose deadline passed is expired.
-- A queued job with no message (the API died between commit and publish, or Redis lost its
-  data) is published again. "No message" is checked, not guessed: the job is stale and no
-  message in the model's queue lists or among those workers hold (kombu's `unacked` hash)
-  carries its id as its task id. A duplicate that slips through a race is harmless: claims are idempotent.
+- A queued job with no live message (the API died between commit and publish, Redis lost
+  its data, or a worker died holding its message before it claimed the job) is published
+  again. This is checked, not guessed (`llmq.broker`): the job is stale and no message in
+  the model's queue lists carries its id as its task id, nor does one a worker took less
+  than `held_message_timeout_s` ago. A live worker claims a message it took once its batch
+  forms, normally within one batch; one held longer (a dead worker's, or one stuck behind a
+  long generation) gets a second message rather than waiting for Redis's visibility
+  timeout. A duplicate is harmless: claims are conditional UPDATEs fenced by attempt, so
+  whichever message comes second finds the job taken and is skipped.
 
 Every state change goes through `llmq.jobs`, which takes rows with SKIP LOCKED; messages are
 published only after the transaction commits.
@@ -16,9 +21,8 @@ published only after the transaction commits.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterable
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -26,6 +30,7 @@ import redis
 from celery import Celery
 
 from llmq import events, jobs, metrics, outbox
+from llmq.broker import held_since, waiting_task_ids
 from llmq.db import session_scope
 from llmq.queues import (
     declare_queue,
@@ -38,8 +43,6 @@ from llmq.settings import Settings
 
 log = logging.getLogger("llmq.sweeper")
 
-UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered and not yet acked
-
 
 @dataclass
 class SweepReport:
@@ -50,39 +53,6 @@ class SweepReport:
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in vars(self).items()}
-
-
-def task_id(message: object) -> str | None:
-    """The task id a decoded kombu message carries (Celery's protocol 2: `headers.id`, also
-    in `properties.correlation_id`); None for anything else. Only these fields count: a body
-    or argument that mentions some id is not that job's message."""
-    if not isinstance(message, dict):
-        return None
-    headers, properties = message.get("headers"), message.get("properties")
-    found = headers.get("id") if isinstance(headers, dict) else None
-    if found is None and isinstance(properties, dict):
-        found = properties.get("correlation_id")
-    return found if isinstance(found, str) else None
-
-
-def _decoded(raw: bytes) -> object:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
-def queued_task_ids(raws: Iterable[bytes]) -> set[str]:
-    """Task ids of the messages in queue lists, as a set: one parse each, O(1) per lookup."""
-    return {i for i in (task_id(_decoded(raw)) for raw in raws) if i is not None}
-
-
-def held_task_ids(values: Iterable[bytes]) -> set[str]:
-    """Task ids of the `unacked` hash's entries, which kombu stores as [message, exchange,
-    routing key]."""
-    entries = (_decoded(value) for value in values)
-    messages = (e[0] if isinstance(e, list) and e else None for e in entries)
-    return {i for i in map(task_id, messages) if i is not None}
 
 
 class Sweeper:
@@ -146,15 +116,12 @@ class Sweeper:
             stale = jobs.stale_queued(session, older_than, self.models)
         if not stale:
             return
-        held = held_task_ids(self.redis.hvals(prefix + UNACKED_KEY))
+        held = held_since(self.redis, prefix, time.time() - self.settings.held_message_timeout_s)
         lost = []
         for model, ids in stale.items():
             if waiting_count(self.redis, model, prefix) > self.settings.sweeper_scan_limit:
                 continue  # too long to read now; checked again once it is shorter
-            with self.redis.pipeline(transaction=False) as pipe:
-                for key in queue_keys(model, prefix):
-                    pipe.lrange(key, 0, -1)
-                queued = queued_task_ids(raw for items in pipe.execute() for raw in items)
+            queued = waiting_task_ids(self.redis, queue_keys(model, prefix))
             lost += [i for i in ids if str(i) not in queued and str(i) not in held]
         if not lost:
             return

@@ -133,6 +133,13 @@ max_batch_wait_ms = 300
 echo_delay_ms = 4000
 max_replicas = 1
 
+[models.held-kill]  # a job waits behind a long batch after its worker took its message
+engine = "echo"
+max_batch_size = 2
+max_batch_wait_ms = 50
+echo_delay_ms = 6000
+max_replicas = 1
+
 [models.pool-drain]
 engine = "echo"
 max_batch_size = 2

@@ -218,3 +218,38 @@ def test_jobs_of_a_killed_worker_finish_on_another_once_their_lease_runs_out(
         f"\n[measured] SIGKILL, lease only ({lease:.0f}s): requeued after "
         f"{requeued_s:.2f}s, its 4 jobs done after {done_s:.2f}s"
     )
+
+
+def test_a_message_a_killed_worker_took_and_never_claimed_is_published_again(
+    client, auth, start_worker, redis_client
+):
+    """The job is queued and its message sits in kombu's `unacked` hash until the visibility
+    timeout; once it has been held longer than `held_message_timeout_s` it counts as lost."""
+    import os
+    import signal
+
+    from llmq.broker import held_since
+    from tests.conftest import wait_for
+
+    model = "held-kill"
+    body = {"model": model, "prompt": "a b", "temperature": 0}
+    victim = start_worker(model)
+    first = client.post("/v1/jobs", json=body, headers=auth).json()["id"]
+    wait_for(lambda: _rows([first])[0].status == "running", 60, "the first batch to run")
+    second = client.post("/v1/jobs", json=body, headers=auth).json()["id"]
+    wait_for(lambda: second in held_since(redis_client, REDIS_PREFIX, 0), 30, "a worker to take it")
+    assert _rows([second])[0].status == "queued"  # taken, not claimed: it waits for the engine
+    os.killpg(victim.proc.pid, signal.SIGKILL)
+    start_worker(model, wait=False)
+
+    sweeper = _sweeper([model], republish_after_s=1, held_message_timeout_s=2)
+    republished: set[str] = set()
+
+    def both_done() -> bool:  # the first job comes back once its lease runs out
+        republished.update(sweeper.sweep().republished)
+        return {j.status for j in _rows([first, second])} == {"succeeded"}
+
+    wait_for(both_done, 120, "both jobs to succeed")
+    assert second in republished
+    attempts = {str(j.id): j.attempts for j in _rows([first, second])}
+    assert attempts == {first: 2, second: 1}  # the second was never claimed before

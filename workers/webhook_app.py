@@ -2,19 +2,25 @@
 
 It loads no model and no torch. Besides the delivery task, a sweep thread hands due retries
 and lost deliveries (a message that never reached the queue, a sender that died) back to
-the queue every `LLMQ_WEBHOOK_SWEEP_S` seconds.
+the queue every `LLMQ_WEBHOOK_SWEEP_S` seconds. A due delivery is published only if no
+message for it is waiting in the queue or was taken by a sender less than
+`LLMQ_HELD_MESSAGE_TIMEOUT_S` ago (`llmq.broker`), so a sender that falls behind is not
+flooded with copies.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from celery import bootsteps
+import redis
+from celery import Celery, bootsteps
 
+from llmq.broker import held_since, waiting_task_ids
 from llmq.db import session_scope
-from llmq.queues import WEBHOOK_TASK, make_celery, publish_webhooks
-from llmq.settings import get_settings
+from llmq.queues import WEBHOOK_QUEUE, WEBHOOK_TASK, make_celery, priority_keys, publish_webhooks
+from llmq.settings import Settings, get_settings
 from workers.webhooks import deliver_once, due_deliveries
 
 log = logging.getLogger("llmq.webhooks")
@@ -25,6 +31,20 @@ app = make_celery()
 @app.task(name=WEBHOOK_TASK)
 def deliver(delivery_id: str) -> str:
     return deliver_once(delivery_id, get_settings())
+
+
+def sweep(celery: Celery, client: redis.Redis, settings: Settings) -> list[str]:
+    """Publish the due deliveries that have no live message; return their ids."""
+    with session_scope() as session:
+        due = due_deliveries(session)
+    if not due:
+        return []
+    prefix = settings.redis_prefix
+    present = waiting_task_ids(client, priority_keys(WEBHOOK_QUEUE, prefix))
+    present |= held_since(client, prefix, time.time() - settings.held_message_timeout_s)
+    lost = [str(i) for i in due if str(i) not in present]
+    publish_webhooks(celery, lost)
+    return lost
 
 
 class SweepStep(bootsteps.StartStopStep):
@@ -41,12 +61,11 @@ class SweepStep(bootsteps.StartStopStep):
         self._stop.set()
 
     def _loop(self) -> None:
-        every = get_settings().webhook_sweep_s
-        while not self._stop.wait(every):
+        settings = get_settings()
+        client = redis.Redis.from_url(settings.redis_url)
+        while not self._stop.wait(settings.webhook_sweep_s):
             try:
-                with session_scope() as session:
-                    ids = due_deliveries(session)
-                publish_webhooks(app, ids)
+                sweep(app, client, settings)
             except Exception:
                 log.exception("webhook sweep failed; trying again")
 

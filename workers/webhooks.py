@@ -259,7 +259,8 @@ def deliver_once(delivery_id: str, settings: Settings) -> str:
 def due_deliveries(session, limit: int = 500) -> list[str]:
     """Rows to (re)send now: due pending rows, and rows whose sender died mid-attempt.
 
-    A row handed out here is not handed out again for 30 s, so a slow queue is not flooded.
+    A row handed out here is not handed out again for 30 s, so two sweeps do not race on it;
+    the caller publishes only those with no message in the queue (`webhook_app.sweep`).
     """
     session.execute(
         sa.update(WebhookDelivery)
