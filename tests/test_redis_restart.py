@@ -13,7 +13,7 @@ import redis
 
 from llmq import events
 from reliability import services
-from tests.conftest import REDIS_PREFIX, ROOT, wait_final, wait_for
+from tests.conftest import REDIS_PREFIX, wait_final, wait_for
 
 MODEL = "echo-slow"  # 1.5 s per batch: jobs are in flight when Redis goes away
 
@@ -23,8 +23,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def private_redis():
-    server = services.PrivateRedis(ROOT / "redis-restart")
+def private_redis(tmp_path):
+    server = services.PrivateRedis(tmp_path / "redis")
     server.start()
     yield server
     server.kill()
