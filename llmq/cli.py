@@ -87,9 +87,11 @@ def worker(
         "--prefetch-multiplier", "1", "-Q", queue_name(model), "-n", node, "-E",
         "--without-mingle", "--without-gossip", "-l", loglevel,
     ]  # fmt: skip
-    from workers.app import app as celery_app
+    from workers.app import run_worker
 
-    celery_app.worker_main(argv)  # in this process: no second interpreter start
+    code = run_worker(argv)  # in this process: no second interpreter start
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("webhook-worker")

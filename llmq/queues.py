@@ -65,7 +65,10 @@ def celery_config(settings: Settings) -> dict:
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
         "task_reject_on_worker_lost": False,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # The threads pool cannot stop a running task (it raises on kill_job), so cancelling on
+        # a lost broker connection only logs errors. A message redelivered while its job still
+        # runs is harmless: the job's claim in Postgres, fenced by attempt, skips the duplicate.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_create_missing_queues": True,
         "task_default_queue": "llmq.default",
         "worker_send_task_events": True,

@@ -22,6 +22,7 @@ import time
 import click
 import redis
 from celery import bootsteps, signals
+from celery.worker import WorkController
 
 from llmq import events, metrics
 from llmq.catalog import get_catalog
@@ -144,6 +145,25 @@ class Runtime:
 
 
 runtime = Runtime()
+_workers: list[WorkController] = []
+
+
+@signals.worker_init.connect
+def _remember_worker(sender: WorkController, **_) -> None:
+    """Keep the worker so `run_worker` can read its exit code once it has stopped."""
+    _workers.append(sender)
+
+
+def run_worker(argv: list[str]) -> int:
+    """Run `celery worker` in this process and return its exit code.
+
+    `Celery.worker_main` drops the code: a worker that stopped on an unrecoverable error
+    would exit 0, which supervisors read as a clean stop and may not restart.
+    """
+    app.worker_main(argv)
+    if not _workers:
+        return 1  # the worker was never built: bad arguments or configuration
+    return int(_workers[-1].exitcode or 0)
 
 
 @signals.worker_shutdown.connect
