@@ -3,6 +3,7 @@ random faults against a whole stack on private Redis and Postgres."""
 
 from __future__ import annotations
 
+import os
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -128,6 +129,9 @@ def test_quick_chaos_run_keeps_every_invariant(monkeypatch):
         pytest.skip(reason)
     from reliability import chaos
 
+    # CI repeats one plan that holds the hardest faults (a worker killed, Postgres restarted,
+    # Redis restarted empty); `make chaos` draws a new seed every run.
+    monkeypatch.setenv("RELIABILITY_CHAOS_SEED", os.environ.get("RELIABILITY_CHAOS_SEED", "2"))
     result = chaos.run(quick=True)
     missed = [f for f in result.figures if f.met is False]
     assert not missed, (missed, result.how, result.raw["violations"])
