@@ -29,12 +29,15 @@ from reliability.report import Figure, SuiteResult
 # runs (20 jobs/s brought the median round trip to 1.5 s there); raise it on a bigger machine.
 FULL = {"jobs_per_s": 15.0, "seconds": 300, "sample_s": 5.0}
 QUICK = {"jobs_per_s": 5.0, "seconds": 30, "sample_s": 2.0}
+TENANTS = 4
 JOBS_PER_USER_S = 0.25  # each user starts a job every 4 s; a round trip stays well under that
 DRAIN_TIMEOUT_S = 120
 MEMORY_GROWTH_GOAL = 0.10
 
 
-def run_locust(url: str, key: str, webhook_url: str, rate: float, seconds: int, out: Path) -> dict:
+def run_locust(
+    url: str, keys: list[str], webhook_url: str, rate: float, seconds: int, out: Path
+) -> dict:
     """Run locust headless with a fixed user count for `seconds`; returns the locustfile's
     result: jobs, p50_ms, p99_ms, max_ms and errors ({'method name: error': count})."""
     users = max(1, round(rate / JOBS_PER_USER_S))
@@ -46,7 +49,7 @@ def run_locust(url: str, key: str, webhook_url: str, rate: float, seconds: int, 
         "--exit-code-on-error", "0",
     ]  # fmt: skip
     env = {
-        "LLMQ_LOAD_API_KEY": key,
+        "LLMQ_LOAD_API_KEYS": ",".join(keys),
         "LLMQ_LOAD_JOBS_PER_USER_S": str(JOBS_PER_USER_S),
         "LLMQ_LOAD_WEBHOOK_URL": webhook_url,
         "LLMQ_LOAD_RESULT_PATH": str(result),
@@ -131,13 +134,17 @@ def run(quick: bool = False) -> SuiteResult:
         procs["worker"] = worker(env, "echo")
         procs["webhook sender"] = webhook_sender(env)
         wait_for_worker(env, "echo")
-        key = env.key()
+        # Several tenants, as in a real deployment: each holds a share of the users' open
+        # long-polls, under the per-key cap on open waits.
+        keys = [env.key() for _ in range(TENANTS)]
         url = f"http://127.0.0.1:{port}"
         warm = {"model": "echo", "prompt": "warm up", "max_tokens": 2}
-        job = httpx.post(f"{url}/v1/jobs", json=warm, headers={"Authorization": f"Bearer {key}"})
+        job = httpx.post(
+            f"{url}/v1/jobs", json=warm, headers={"Authorization": f"Bearer {keys[0]}"}
+        )
         job.raise_for_status()
         sampler = RssSampler({n: p.proc.pid for n, p in procs.items()}, plan["sample_s"])
-        stats = run_locust(url, key, receiver.url, plan["jobs_per_s"], plan["seconds"], env.dir)
+        stats = run_locust(url, keys, receiver.url, plan["jobs_per_s"], plan["seconds"], env.dir)
         left = wait_drained(env, DRAIN_TIMEOUT_S)
         sampler.stop()
         counts, ran_s = job_counts(env, job.json()["id"])
@@ -199,7 +206,7 @@ def result(plan, ran_s, stats, counts, left, sampler, webhooks) -> SuiteResult:
     how = (
         f"locust, headless, {max(1, round(plan['jobs_per_s'] / JOBS_PER_USER_S))} users each "
         f"starting a job every {1 / JOBS_PER_USER_S:g} s (constant throughput) for "
-        f"{plan['seconds']} s against 127.0.0.1: submit an echo job (max_tokens 4, a webhook "
+        f"{plan['seconds']} s against 127.0.0.1, spread over {TENANTS} tenant keys: submit an echo job (max_tokens 4, a webhook "
         f"to a local receiver), long-poll `GET /v1/jobs/{{id}}?wait=30` until final. One API "
         f"(uvicorn), one echo worker, one webhook sender. {succeeded} jobs succeeded "
         f"between the first submit and the last finish ({ran_s:.0f} s), "

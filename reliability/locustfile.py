@@ -8,6 +8,7 @@ users x that, as long as a job's round trip stays under 1 / that. Targets loopba
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import os
 import time
@@ -46,12 +47,15 @@ def _save(**_) -> None:
 
 class Submitter(HttpUser):
     wait_time = constant_throughput(float(os.environ.get("LLMQ_LOAD_JOBS_PER_USER_S", "0.5")))
+    started = itertools.count()  # users take the tenants' keys in turn
 
     def on_start(self) -> None:
         host = urlsplit(self.host).hostname or ""
         if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
             raise RuntimeError(f"the load test targets loopback only, not {host}")
-        self.client.headers["Authorization"] = f"Bearer {os.environ['LLMQ_LOAD_API_KEY']}"
+        keys = os.environ["LLMQ_LOAD_API_KEYS"].split(",")
+        key = keys[next(Submitter.started) % len(keys)]
+        self.client.headers["Authorization"] = f"Bearer {key}"
         self.body = {"model": os.environ.get("LLMQ_LOAD_MODEL", "echo"), "max_tokens": 4}
         if os.environ.get("LLMQ_LOAD_WEBHOOK_URL"):
             self.body["webhook_url"] = os.environ["LLMQ_LOAD_WEBHOOK_URL"]

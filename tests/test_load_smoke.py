@@ -17,7 +17,7 @@ def test_locust_drives_a_short_constant_load(environment, tmp_path):
     worker = WorkerProcess("echo").wait_ready()
     server = ApiServer().wait_ready()
     try:
-        stats = load.run_locust(server.url, make_key("load"), "", 2.0, 5, tmp_path)
+        stats = load.run_locust(server.url, [make_key("load")], "", 2.0, 5, tmp_path)
         wait_for(drained, 60, "the load's jobs final and the echo queue empty")
     finally:
         server.stop()
