@@ -138,7 +138,7 @@ class Proc:
 def worker(
     env: BenchEnv, model: str, extra: dict[str, str] | None = None, loglevel: str = "WARNING"
 ) -> Proc:
-    argv = [sys.executable, "-m", "llmq.cli", "worker", "--model", model, "--loglevel", loglevel]
+    argv = [sys.executable, "-m", "cli", "worker", "--model", model, "--loglevel", loglevel]
     return Proc(
         argv, dict(env.env, **(extra or {})), env.dir / f"worker-{model}-{time.time_ns()}.log"
     )

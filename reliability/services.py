@@ -19,7 +19,7 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 
-from llmq.devstack import _pg_binary, free_port
+from cli.devstack import _pg_binary, free_port
 
 POSTGRES_USER = "postgres"
 

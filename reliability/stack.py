@@ -22,9 +22,9 @@ import httpx
 import redis
 from cryptography.fernet import Fernet
 
+from cli.devstack import free_port
 from llmq import events
 from llmq.db import ensure_database, migrate
-from llmq.devstack import free_port
 from reliability.services import PrivatePostgres, PrivateRedis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,11 +213,11 @@ class Stack:
         return Process("api", argv, self.env, self._log("api"))
 
     def _sender(self) -> Process:
-        argv = self._python("-m", "llmq.cli", "webhook-worker", "--concurrency", "4")
+        argv = self._python("-m", "cli", "webhook-worker", "--concurrency", "4")
         return Process("webhook-sender", argv, self.env, self._log("webhooks"))
 
     def _scheduler(self) -> Process:
-        argv = self._python("-m", "llmq.cli", "scheduler", "--backend", "local")
+        argv = self._python("-m", "cli", "scheduler", "--backend", "local")
         for model in MODELS:
             argv += ["--model", model]
         return Process("scheduler", argv, self.env, self._log("scheduler"))

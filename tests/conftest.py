@@ -277,7 +277,7 @@ class WorkerProcess:
         self.log_path = ROOT / f"worker-{model}-{uuid.uuid4().hex[:6]}.log"
         self.log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmq.cli", "worker", "--model", model, "--loglevel", "INFO"],
+            [sys.executable, "-m", "cli", "worker", "--model", model, "--loglevel", "INFO"],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -355,7 +355,7 @@ class SchedulerProcess:
         self.models = models
         self.log_path = ROOT / f"scheduler-{uuid.uuid4().hex[:6]}.log"
         self.log = self.log_path.open("wb")
-        argv = [sys.executable, "-m", "llmq.cli", "scheduler", "--backend", "local"]
+        argv = [sys.executable, "-m", "cli", "scheduler", "--backend", "local"]
         for model in models:
             argv += ["--model", model]
         self.proc = subprocess.Popen(

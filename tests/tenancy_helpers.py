@@ -84,7 +84,7 @@ class ApiServer(Process):
 
 class WebhookWorker(Process):
     def __init__(self, env: dict[str, str] | None = None):
-        argv = [sys.executable, "-m", "llmq.cli", "webhook-worker", "--concurrency", "4"]
+        argv = [sys.executable, "-m", "cli", "webhook-worker", "--concurrency", "4"]
         super().__init__("webhook-worker", argv, env)
 
     def wait_ready(self, timeout_s: float = 60) -> WebhookWorker:

@@ -187,7 +187,7 @@ class LocalBackend:
             self._waiting_for_gpu.discard(model)
             gpu = free[0]
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        argv = [sys.executable, "-m", "llmq.cli", "worker", "--model", model, "--node", node]
+        argv = [sys.executable, "-m", "cli", "worker", "--model", model, "--node", node]
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
