@@ -3,6 +3,7 @@
 Every import counts, at the top of a module or inside a function, and so does a string
 given to `importlib.import_module` or `__import__`: an import that only runs on one path
 is still an arrow between the layers. `cli/` sits above everything and has no rule.
+Within the layers, no two modules import each other while they load.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "scheduler": ("workers", "api", "cli", *HEAVY),
     "workers": ("api", "scheduler", "cli"),
 }
+PACKAGES = (*FORBIDDEN, "cli")
 IMPORT_FUNCTIONS = {"import_module", "__import__"}
 
 
@@ -63,6 +65,71 @@ def scan(root: Path) -> tuple[list[str], int]:
             files += 1
             found += violations(package, path.read_text(), str(path.relative_to(root)))
     return found, files
+
+
+def module_name(root: Path, path: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def load_time_imports(tree: ast.Module, module: str, is_package: bool) -> list[str]:
+    """Modules imported while `module` loads: not those inside functions or TYPE_CHECKING."""
+    found: list[str] = []
+    here = module.split(".") if is_package else module.split(".")[:-1]
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                continue
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for statement in child.orelse:
+                    visit(ast.Module(body=[statement], type_ignores=[]))
+                continue
+            if isinstance(child, ast.Import):
+                found.extend(alias.name for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = here[: len(here) - child.level + 1] if child.level else []
+                base = ".".join([*base, *([child.module] if child.module else [])])
+                found.extend(f"{base}.{alias.name}" for alias in child.names)
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def import_cycles(root: Path) -> list[list[str]]:
+    """Each cycle of load-time imports between the packages' modules, once."""
+    paths = {module_name(root, p): p for pkg in PACKAGES for p in (root / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        tree = ast.parse(path.read_text(), str(path))
+        targets = set()
+        for name in load_time_imports(tree, module, path.name == "__init__.py"):
+            parts = name.split(".")
+            while parts and ".".join(parts) not in paths:
+                parts.pop()  # `from pkg import name`: name is not a module of its own
+            if parts and ".".join(parts) != module:
+                targets.add(".".join(parts))
+        graph[module] = targets
+    cycles: list[list[str]] = []
+    state: dict[str, str] = {}
+    trail: list[str] = []
+
+    def walk(module: str) -> None:
+        state[module] = "open"
+        trail.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                cycles.append([*trail[trail.index(target) :], target])
+            elif target not in state:
+                walk(target)
+        trail.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            walk(module)
+    return cycles
 
 
 def test_every_package_keeps_its_layer():
@@ -124,3 +191,21 @@ def test_scan_finds_a_forbidden_import_in_a_file(tmp_path):
     assert found == [
         "api/routes/bad.py:3 imports workers.app (api must not import workers)",
     ]
+
+
+def test_no_two_modules_import_each_other_while_loading():
+    cycles = import_cycles(ROOT)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_a_cycle_is_found(tmp_path):
+    (tmp_path / "workers" / "engines").mkdir(parents=True)
+    (tmp_path / "workers" / "__init__.py").write_text("")
+    (tmp_path / "workers" / "app.py").write_text("x = 1\nimport workers.tasks\n")
+    (tmp_path / "workers" / "tasks.py").write_text("from workers.app import x\n")
+    (tmp_path / "workers" / "engines" / "__init__.py").write_text("from . import echo\n")
+    (tmp_path / "workers" / "engines" / "echo.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from workers.engines import x\n"
+        "def f():\n    from workers import engines\n"
+    )
+    assert import_cycles(tmp_path) == [["workers.app", "workers.tasks", "workers.app"]]
