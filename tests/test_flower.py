@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from cli.devstack import free_port
+from llmq.processes import stop_process
 from tests.conftest import ROOT
 
 AUTH = ("ops", "flower-test-secret")
@@ -36,13 +37,7 @@ class Process:
         return Path(self.log_path).read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, 30, group=True)
         self.log.close()
 
 
