@@ -29,6 +29,7 @@ COPY llmq llmq
 COPY api api
 COPY workers workers
 COPY scheduler scheduler
+COPY cli cli
 COPY migrations migrations
 COPY alembic.ini models.toml ./
 RUN set -eux; \

@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 services: install
-	$(PY) -m llmq.cli services
+	$(PY) -m cli services
 
 demo: install
 	$(VENV)/bin/llmq demo
@@ -42,7 +42,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 docs: install
-	$(PY) -m llmq.gendocs
+	$(PY) -m cli.gendocs
 
 bench: install services
 	$(PY) -m bench

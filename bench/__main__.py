@@ -16,7 +16,7 @@ from rich.table import Table
 
 from bench import overhead, pipeline
 from bench.env import ROOT, BenchEnv, api, wait_for_worker, worker
-from llmq.devstack import free_port
+from cli.devstack import free_port
 
 console = Console()
 PAIRED_RUNS = 5  # pipeline and bare generate, taken in turns so each pair sees the same machine

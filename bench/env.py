@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,8 @@ import httpx
 import redis
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
+
+from llmq.processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = uuid.uuid4().hex[:8]
@@ -125,20 +126,14 @@ class Proc:
         return int(line.split()[1]) / 1024
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc, 60, group=True)
         self.log.close()
 
 
 def worker(
     env: BenchEnv, model: str, extra: dict[str, str] | None = None, loglevel: str = "WARNING"
 ) -> Proc:
-    argv = [sys.executable, "-m", "llmq.cli", "worker", "--model", model, "--loglevel", loglevel]
+    argv = [sys.executable, "-m", "cli", "worker", "--model", model, "--loglevel", loglevel]
     return Proc(
         argv, dict(env.env, **(extra or {})), env.dir / f"worker-{model}-{time.time_ns()}.log"
     )

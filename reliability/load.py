@@ -20,7 +20,7 @@ import redis
 import sqlalchemy as sa
 
 from bench.env import BenchEnv, Proc, api, wait_for_worker, worker
-from llmq.devstack import free_port
+from cli.devstack import free_port
 from reliability.procs import RssSampler, webhook_sender
 from reliability.receiver import CountingReceiver
 from reliability.report import Figure, SuiteResult

@@ -14,14 +14,14 @@ from bench.env import BenchEnv, Proc
 
 
 def webhook_sender(env: BenchEnv, loglevel: str = "WARNING") -> Proc:
-    argv = [sys.executable, "-m", "llmq.cli", "webhook-worker", "--concurrency", "8",
+    argv = [sys.executable, "-m", "cli", "webhook-worker", "--concurrency", "8",
             "--loglevel", loglevel]  # fmt: skip
     return Proc(argv, env.env, env.dir / "webhook-sender.log")
 
 
 def flower(env: BenchEnv, port: int, auth: tuple[str, str], timeout_s: float = 60) -> Proc:
     """`llmq flower` with basic auth, once it answers."""
-    argv = [sys.executable, "-m", "llmq.cli", "flower", "--port", str(port), "--loglevel", "info"]
+    argv = [sys.executable, "-m", "cli", "flower", "--port", str(port), "--loglevel", "info"]
     proc = Proc(argv, dict(env.env, LLMQ_FLOWER_BASIC_AUTH=":".join(auth)), env.dir / "flower.log")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -49,7 +49,7 @@ def prepare(url: str, admin_key: str, webhook_url: str, cli_env: dict[str, str])
             r = client.post("/v1/admin/keys", json=body, headers=_bearer(admin_key))
             r.raise_for_status()
             made[name] = r.json()
-        argv = [sys.executable, "-m", "llmq.cli", "keys", "revoke", made["revoked"]["prefix"]]
+        argv = [sys.executable, "-m", "cli", "keys", "revoke", made["revoked"]["prefix"]]
         subprocess.run(argv, env=cli_env, check=True, capture_output=True, timeout=60)
         marker_a, marker_b = f"pa{uuid.uuid4().hex[:12]}", f"pb{uuid.uuid4().hex[:12]}"
         jobs = {}
@@ -99,8 +99,8 @@ def body_limit(path: str) -> int:
 
 def run(quick: bool = False) -> SuiteResult:
     from bench.env import BenchEnv, api, wait_for_worker, worker
+    from cli.devstack import free_port
     from llmq.db import get_engine, session_scope
-    from llmq.devstack import free_port
     from llmq.keys import create_key
     from llmq.settings import get_settings
     from reliability.procs import flower, log_text, webhook_sender

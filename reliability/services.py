@@ -11,7 +11,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +18,8 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 
-from llmq.devstack import _pg_binary, free_port
+from cli.devstack import _pg_binary, free_port
+from llmq.processes import stop_process
 
 POSTGRES_USER = "postgres"
 
@@ -78,9 +78,8 @@ class PrivateRedis:
         return _wait(client.ping, timeout_s, "private redis-server")
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc, grace_s=0, group=True)
 
     def restart(self, keep_data: bool) -> float:
         """Crash and start again: with the data of a SAVE taken just before, or with none."""

@@ -22,9 +22,10 @@ import httpx
 import redis
 from cryptography.fernet import Fernet
 
+from cli.devstack import free_port
 from llmq import events
 from llmq.db import ensure_database, migrate
-from llmq.devstack import free_port
+from llmq.processes import send_signal, stop_process
 from reliability.services import PrivatePostgres, PrivateRedis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,22 +122,13 @@ class Process:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the process itself (its children, such as workers, live on)."""
         if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
+            send_signal(self.pid, sig)
             if sig == signal.SIGKILL:
                 self.proc.wait(timeout=10)
 
     def stop_group(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=15)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
+        if self.proc is not None:
+            stop_process(self.proc, 15, group=True, reap_s=5)
 
 
 @dataclass
@@ -199,8 +191,7 @@ class Stack:
                 process.stop_group()
         for record in records:  # workers adopted from a killed scheduler live outside its group
             if isinstance(record.get("pid"), int):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(record["pid"], signal.SIGKILL)
+                send_signal(record["pid"], signal.SIGKILL)
         self.redis_server.kill()
         self.postgres.stop("immediate")
 
@@ -213,11 +204,11 @@ class Stack:
         return Process("api", argv, self.env, self._log("api"))
 
     def _sender(self) -> Process:
-        argv = self._python("-m", "llmq.cli", "webhook-worker", "--concurrency", "4")
+        argv = self._python("-m", "cli", "webhook-worker", "--concurrency", "4")
         return Process("webhook-sender", argv, self.env, self._log("webhooks"))
 
     def _scheduler(self) -> Process:
-        argv = self._python("-m", "llmq.cli", "scheduler", "--backend", "local")
+        argv = self._python("-m", "cli", "scheduler", "--backend", "local")
         for model in MODELS:
             argv += ["--model", model]
         return Process("scheduler", argv, self.env, self._log("scheduler"))

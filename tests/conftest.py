@@ -7,7 +7,6 @@ the machine's Redis and Postgres.
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import shutil
 import signal
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
+
+from llmq.processes import send_signal, stop_process
 
 RUN_ID = uuid.uuid4().hex[:10]
 ROOT = Path(tempfile.mkdtemp(prefix=f"llmq-test-{RUN_ID}-"))
@@ -277,7 +278,7 @@ class WorkerProcess:
         self.log_path = ROOT / f"worker-{model}-{uuid.uuid4().hex[:6]}.log"
         self.log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmq.cli", "worker", "--model", model, "--loglevel", "INFO"],
+            [sys.executable, "-m", "cli", "worker", "--model", model, "--loglevel", "INFO"],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -303,14 +304,8 @@ class WorkerProcess:
         self.log.flush()
         return self.log_path.read_text(errors="replace")[-20000:]
 
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+    def stop(self, timeout_s: float = 30) -> None:
+        stop_process(self.proc, timeout_s, group=True)
         self.log.close()
 
 
@@ -355,7 +350,7 @@ class SchedulerProcess:
         self.models = models
         self.log_path = ROOT / f"scheduler-{uuid.uuid4().hex[:6]}.log"
         self.log = self.log_path.open("wb")
-        argv = [sys.executable, "-m", "llmq.cli", "scheduler", "--backend", "local"]
+        argv = [sys.executable, "-m", "cli", "scheduler", "--backend", "local"]
         for model in models:
             argv += ["--model", model]
         self.proc = subprocess.Popen(
@@ -369,14 +364,7 @@ class SchedulerProcess:
 
     def stop(self, timeout_s: float = 60) -> None:
         """SIGTERM (the scheduler drains its workers), then kill the whole group."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=timeout_s)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
+        stop_process(self.proc, timeout_s, group=True, term_group=False)
         if os.environ.get("LLMQ_TEST_SHOW_LOGS"):
             print(self.output())
         self.log.close()
@@ -391,8 +379,7 @@ def kill_pool_workers(models: list[str]) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     for record in events.live_worker_records(client, REDIS_PREFIX):
         if record.get("model") in models and isinstance(record.get("pid"), int):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(record["pid"], signal.SIGKILL)
+            send_signal(record["pid"], signal.SIGKILL)
             client.delete(events.worker_key(REDIS_PREFIX, record["model"], record["node"]))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
+from llmq.processes import stop_process
 from tests.conftest import REDIS_PREFIX, REDIS_URL, ROOT
 
 
@@ -46,13 +46,7 @@ class Process:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, 30, group=True)
         self.log.close()
 
 
@@ -84,7 +78,7 @@ class ApiServer(Process):
 
 class WebhookWorker(Process):
     def __init__(self, env: dict[str, str] | None = None):
-        argv = [sys.executable, "-m", "llmq.cli", "webhook-worker", "--concurrency", "4"]
+        argv = [sys.executable, "-m", "cli", "webhook-worker", "--concurrency", "4"]
         super().__init__("webhook-worker", argv, env)
 
     def wait_ready(self, timeout_s: float = 60) -> WebhookWorker:

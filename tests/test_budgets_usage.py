@@ -146,7 +146,7 @@ def test_llmq_usage_prints_a_table(client, start_worker):
         plain = headers["Authorization"].removeprefix("Bearer ")
         env = {"LLMQ_API_URL": server.url, "LLMQ_API_KEY": plain, "COLUMNS": "200"}
         result = subprocess.run(
-            [sys.executable, "-m", "llmq.cli", "usage", "--group-by", "model"],
+            [sys.executable, "-m", "cli", "usage", "--group-by", "model"],
             capture_output=True, text=True, timeout=120, env={**__import__("os").environ, **env},
         )  # fmt: skip
     finally:

@@ -12,8 +12,8 @@ import typer
 import yaml
 from prometheus_client import REGISTRY
 
+from cli.main import app as cli_app
 from llmq import metrics
-from llmq.cli import app as cli_app
 from llmq.settings import Settings, env_example
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmq.devstack import free_port
+from cli.devstack import free_port
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def test_dev_stack_runs_and_stops_cleanly(environment, auth, tmp_path):
     port, flower_port = free_port(), free_port()
     env = dev_env(marker, tmp_path, LLMQ_FLOWER_PORT=str(flower_port), LLMQ_FLOWER_BASIC_AUTH="u:p")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmq.cli", "dev", "--port", str(port), "--model", "echo"],
+        [sys.executable, "-m", "cli", "dev", "--port", str(port), "--model", "echo"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -94,7 +94,7 @@ def test_dev_stack_runs_and_stops_cleanly(environment, auth, tmp_path):
         assert job["status"] == "succeeded", job  # the scheduler started a worker for it
         assert len(processes_with(marker)) == before + 1
         status = subprocess.run(
-            [sys.executable, "-m", "llmq.cli", "status"],
+            [sys.executable, "-m", "cli", "status"],
             env=dict(env, LLMQ_API_URL=f"http://127.0.0.1:{port}",
                      LLMQ_API_KEY=auth["Authorization"].split()[1]),
             capture_output=True, text=True, timeout=60, check=True,
@@ -113,7 +113,7 @@ def test_dev_stack_restarts_a_child_that_dies(environment, tmp_path):
     log_path = tmp_path / "dev.log"
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llmq.cli", "dev", "--port", str(port), "--model", "echo",
+            [sys.executable, "-m", "cli", "dev", "--port", str(port), "--model", "echo",
              "--no-flower"],
             env=dev_env(marker, tmp_path), stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -150,7 +150,7 @@ def test_processes_refuse_to_start_without_the_secret_key(environment, tmp_path,
     env = dict(os.environ, PYTHONPATH=str(ROOT), LLMQ_SCHEDULER_METRICS_PORT="0")
     del env["LLMQ_SECRET_KEY"]
     result = subprocess.run(
-        [sys.executable, "-m", "llmq.cli", *command],
+        [sys.executable, "-m", "cli", *command],
         cwd=tmp_path,  # no .env here
         env=env,
         capture_output=True,
@@ -166,7 +166,7 @@ def test_processes_refuse_to_start_without_the_secret_key(environment, tmp_path,
 def test_a_malformed_secret_key_is_refused_at_start(environment, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), LLMQ_SECRET_KEY="not-a-fernet-key")
     result = subprocess.run(
-        [sys.executable, "-m", "llmq.cli", "webhook-worker"],
+        [sys.executable, "-m", "cli", "webhook-worker"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

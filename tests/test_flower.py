@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmq.devstack import free_port
+from cli.devstack import free_port
+from llmq.processes import stop_process
 from tests.conftest import ROOT
 
 AUTH = ("ops", "flower-test-secret")
@@ -36,13 +37,7 @@ class Process:
         return Path(self.log_path).read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, 30, group=True)
         self.log.close()
 
 
@@ -67,7 +62,7 @@ def flower(environment) -> Iterator[tuple[str, Process]]:
     env = dict(os.environ, LLMQ_FLOWER_BASIC_AUTH=":".join(AUTH), PYTHONUNBUFFERED="1")
     proc = Process(
         "flower",
-        [sys.executable, "-m", "llmq.cli", "flower", "--port", str(port), "--loglevel", "info"],
+        [sys.executable, "-m", "cli", "flower", "--port", str(port), "--loglevel", "info"],
         env,
     )
     url = f"http://127.0.0.1:{port}"
@@ -83,7 +78,7 @@ def api_process(environment, flower) -> Iterator[tuple[str, Process]]:
     """The API as it runs in production: uvicorn with its access log on."""
     port = free_port()
     env = dict(os.environ, LLMQ_FLOWER_URL=flower[0], PYTHONUNBUFFERED="1")
-    argv = [sys.executable, "-m", "llmq.cli", "api", "--port", str(port)]
+    argv = [sys.executable, "-m", "cli", "api", "--port", str(port)]
     proc = Process("api", argv, env)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -150,7 +150,7 @@ def test_webhook_secrets_are_random_unique_and_encrypted_at_rest():
 def test_cli_creates_lists_and_revokes_keys():
     def llmq(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "llmq.cli", *args],
+            [sys.executable, "-m", "cli", *args],
             capture_output=True,
             text=True,
             timeout=120,

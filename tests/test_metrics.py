@@ -13,8 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cli.devstack import free_port
 from llmq import events, metrics
-from llmq.devstack import free_port
 from tests.conftest import REDIS_PREFIX, wait_final
 
 

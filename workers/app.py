@@ -28,6 +28,7 @@ from llmq import events, metrics
 from llmq.catalog import get_catalog
 from llmq.queues import make_celery
 from llmq.settings import get_settings
+from workers.tasks import register_tasks
 
 log = logging.getLogger("llmq.worker")
 
@@ -145,6 +146,7 @@ class Runtime:
 
 
 runtime = Runtime()
+register_tasks(app, runtime)
 _workers: list[WorkController] = []
 
 
@@ -193,5 +195,3 @@ class ModelStep(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(ModelStep)
-
-import workers.tasks  # noqa: E402,F401  (registers the tasks on this app)

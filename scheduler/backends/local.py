@@ -33,6 +33,7 @@ from llmq.backoff import restart_delay_s
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.models import Job
+from llmq.processes import send_signal, stop_process
 from llmq.queues import queue_name
 from llmq.settings import Settings
 
@@ -80,8 +81,7 @@ class LocalWorker:
         return _alive(self.pid)
 
     def signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(self.pid, sig)
+        send_signal(self.pid, sig)
 
 
 class LocalBackend:
@@ -187,7 +187,7 @@ class LocalBackend:
             self._waiting_for_gpu.discard(model)
             gpu = free[0]
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        argv = [sys.executable, "-m", "llmq.cli", "worker", "--model", model, "--node", node]
+        argv = [sys.executable, "-m", "cli", "worker", "--model", model, "--node", node]
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -237,10 +237,10 @@ class LocalBackend:
         return 0
 
     def _kill(self, worker: LocalWorker) -> None:
-        worker.signal(signal.SIGKILL)
         if worker.proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.proc.wait(timeout=5)
+            stop_process(worker.proc, grace_s=0, reap_s=5)  # its SIGTERM went out while draining
+        else:
+            worker.signal(signal.SIGKILL)
         self._forget(worker)
 
     def _forget(self, worker: LocalWorker) -> None:

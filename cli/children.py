@@ -6,9 +6,6 @@ The back-off (`llmq.backoff`) is the one the scheduler's local backend uses for 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -16,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmq.backoff import crashes_in_a_row, restart_delay_s
+from llmq.processes import stop_processes
 
 RESTART_FIRST_S = 1.0
 RESTART_CAP_S = 30.0
@@ -38,7 +36,7 @@ class Children:
     def __init__(self, env: dict[str, str], log_dir: Path | None, log: Callable[[str], object]):
         self.env, self.log_dir, self.log = env, log_dir, log
         self.children: list[Child] = []
-        self._dead_groups: list[int] = []  # groups of children that died: stop() ends them too
+        self._dead: list[subprocess.Popen] = []  # children that died: stop() ends their groups
 
     def spawn(self, name: str, argv: list[str]) -> None:
         self.children.append(Child(name, argv, self._popen(name, argv), time.monotonic()))
@@ -60,7 +58,7 @@ class Children:
                 delay_s = restart_delay_s(child.crashes, RESTART_FIRST_S, RESTART_CAP_S)
                 child.restart_at_s = now + delay_s
                 # What it started (a scheduler's workers) may live on: stop() ends them too.
-                self._dead_groups.append(child.proc.pid)
+                self._dead.append(child.proc)
                 self.log(
                     f"{child.name} exited with code {code} ({child.crashes} in a row); "
                     f"restarting in {delay_s:.0f}s"
@@ -72,20 +70,10 @@ class Children:
 
     def stop(self, grace_s: float) -> None:
         """SIGTERM every child group (workers finish what they hold), then SIGKILL stragglers."""
-        procs = [child.proc for child in reversed(self.children)]
-        for group in [*self._dead_groups, *(proc.pid for proc in procs)]:
-            _signal_group(group, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for group in [*self._dead_groups, *(proc.pid for proc in procs)]:
-            _signal_group(group, signal.SIGKILL)
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
+        live = [child.proc for child in reversed(self.children)]
+        stop_processes([*self._dead, *live], grace_s, group=True, reap_s=5)
         self.children.clear()
-        self._dead_groups.clear()
+        self._dead.clear()
 
     def _popen(self, name: str, argv: list[str]) -> subprocess.Popen:
         output = None
@@ -98,8 +86,3 @@ class Children:
         if output is not None:
             output.close()  # the child holds its own copy
         return proc
-
-
-def _signal_group(group: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(group, sig)

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cli.devstack import Stack
 from llmq.db import session_scope
-from llmq.devstack import Stack
 from llmq.keys import create_key
 from llmq.settings import get_settings
 

@@ -8,7 +8,7 @@ Redis and Postgres come from LLMQ_REDIS_URL / LLMQ_DATABASE_URL when they answer
 the stack starts its own from the machine's binaries under `.llmq/` and stops them on exit.
 Every child runs in its own process group, so stopping leaves nothing behind. Once the stack is
 up, `supervise()` restarts a child that exits, after a back-off that grows while it keeps
-crashing (`llmq.children`, with the back-off the scheduler uses for its workers).
+crashing (`cli.children`, with the back-off the scheduler uses for its workers).
 
 Without `LLMQ_SECRET_KEY` the stack hands its processes the key kept in `LLMQ_SECRET_KEY_FILE`
 (made on first use), so keys made by `llmq keys create` in the same folder stay readable.
@@ -31,8 +31,8 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from cli.children import Children
 from llmq import events
-from llmq.children import Children
 from llmq.crypto import local_key
 from llmq.db import ensure_database, migrate
 from llmq.errors import LlmqError
@@ -158,14 +158,14 @@ class Stack:
                 "warning",
             ],
         )
-        scheduler = [sys.executable, "-m", "llmq.cli", "scheduler", "--backend", "local"]
+        scheduler = [sys.executable, "-m", "cli", "scheduler", "--backend", "local"]
         for model in self.models:
             scheduler += ["--model", model]
         self._spawn("scheduler", scheduler)
-        self._spawn("webhooks", [sys.executable, "-m", "llmq.cli", "webhook-worker"])
+        self._spawn("webhooks", [sys.executable, "-m", "cli", "webhook-worker"])
         if self.flower:
             self.env["LLMQ_FLOWER_BASIC_AUTH"] = self.flower_auth
-            self._spawn("flower", [sys.executable, "-m", "llmq.cli", "flower"])
+            self._spawn("flower", [sys.executable, "-m", "cli", "flower"])
         self._wait_ready()
 
     def _redis(self, url: str) -> str:
