@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
+import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -255,3 +256,16 @@ def test_all_is_every_extra_but_the_developer_and_gpu_ones():
     named = Requirement(everything)
     assert canonical(named.name) == "llmq"
     assert named.extras == set(optional) - {"all", "dev", "gpu"}
+
+
+def test_the_repository_tracks_nothing_it_ignores():
+    """No wheel, log or tool cache is committed: .gitignore names them, and none is tracked."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert {"*.whl", "*.log", "__pycache__/", ".pytest_cache/", ".ruff_cache/"} <= set(ignored)
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--ignored", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert not tracked, tracked
