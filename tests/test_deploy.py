@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from llmq import metrics
 from llmq.cli import app as cli_app
 from llmq.settings import Settings, env_example
-from tests.test_packaging import HEAVY, installed_by
+from tests.test_packaging import HEAVY, PYPROJECT, installed_by
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {f"LLMQ_{name.upper()}" for name in Settings.model_fields}
@@ -140,6 +140,12 @@ def test_dockerfile_builds_cpu_and_cuda_variants():
     for source in re.findall(r"^COPY (?!--from=)(.+) \S+$", text, re.M):
         for path in source.split():
             assert (ROOT / path).exists(), f"Dockerfile copies missing {path}"
+    # every installed package is in the image
+    for pattern in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]:
+        package = pattern.rstrip("*")
+        assert re.search(rf"^COPY {package} /src/{package}$", text, re.M), (
+            f"no {package}/ in the image"
+        )
 
 
 def dockerfile_stages() -> dict[str, str]:

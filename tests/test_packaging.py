@@ -26,14 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 OURS = {"llmq", "api", "workers", "scheduler", "cli", "bench", "reliability", "tests", "migrations"}
 # The extras each package may use on top of the base; packages that are not installed (bench,
-# reliability, tests) are run from a full developer install.
+# reliability, tests) are run from a full developer install. The top layer, the `llmq` command,
+# has its own test below.
 EXTRAS = {
     "llmq": (),
     "migrations": (),
     "api": ("api",),
     "workers": ("worker",),
     "scheduler": ("scheduler",),
-    "cli": ("all",),
     "bench": ("all", "dev"),
     "reliability": ("all", "dev"),
     "tests": ("all", "dev"),
