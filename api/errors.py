@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import kombu.exceptions
@@ -90,133 +91,104 @@ def _first_line(exc: BaseException) -> str:
 
 
 @dataclass(frozen=True)
-class Simple:
-    """How a domain error that needs nothing but its message becomes a problem."""
+class Rule:
+    """How a domain error becomes a problem: fixed fields, and what the error adds of its own
+    (`more` returns further `problem` arguments: errors, headers, extra members)."""
 
     status: int
     title: str
     kind: str
     rejection: str | None = None  # the llmq_rejections_total reason, when it counts as one
     headers: dict[str, str] | None = None
+    type_uri: str | None = None
+    detail: Callable[[Any], str] = str
+    more: Callable[[Any], dict[str, Any]] = lambda exc: {}
 
 
-SIMPLE: dict[type[Exception], Simple] = {
-    Unauthorized: Simple(
-        401, "Unauthorized", "unauthorized", "auth", {"WWW-Authenticate": "Bearer"}
-    ),
-    Forbidden: Simple(403, "Forbidden", "forbidden"),
-    JobNotFound: Simple(404, "Not found", "not-found"),
-    KeyNotFound: Simple(404, "Not found", "not-found"),
-    JobStateConflict: Simple(409, "Conflict", "conflict"),
-    CatalogError: Simple(500, "Catalog error", "catalog"),
-    QueueUnavailable: Simple(
+def _names(fields: Iterable[str]) -> str:
+    return f"invalid field(s): {', '.join(fields)}"
+
+
+def _field_error(field: str, message: str) -> dict[str, Any]:
+    return {"errors": [{"field": field, "message": message}]}
+
+
+def _rate_limit_fields(exc: RateLimited) -> dict[str, Any]:
+    return {
+        "headers": {**exc.headers, "Retry-After": str(exc.retry_after_s)},
+        "extra": {"violated-policies": [p for p in exc.policy.split(",") if p]},
+    }
+
+
+INVALID = Rule(422, "Invalid request", "validation-error", "validation")
+RULES: dict[type[Exception], Rule] = {
+    Unauthorized: Rule(401, "Unauthorized", "unauthorized", "auth", {"WWW-Authenticate": "Bearer"}),
+    Forbidden: Rule(403, "Forbidden", "forbidden"),
+    JobNotFound: Rule(404, "Not found", "not-found"),
+    KeyNotFound: Rule(404, "Not found", "not-found"),
+    JobStateConflict: Rule(409, "Conflict", "conflict"),
+    CatalogError: Rule(500, "Catalog error", "catalog"),
+    QueueUnavailable: Rule(
         503, "Service unavailable", "unavailable", "queue_unavailable", {"Retry-After": "5"}
+    ),
+    RequestValidationError: replace(
+        INVALID,
+        detail=lambda exc: _names(sorted({e["field"] for e in validation_errors(exc)})),
+        more=lambda exc: {"errors": validation_errors(exc)},
+    ),
+    InvalidField: replace(
+        INVALID,
+        detail=lambda exc: exc.message,
+        more=lambda exc: _field_error(exc.field, exc.message),
+    ),
+    InvalidFields: replace(
+        INVALID,
+        detail=lambda exc: _names(e["field"] for e in exc.errors[:20]),
+        more=lambda exc: {"errors": exc.errors},
+    ),
+    RateLimited: Rule(
+        429,
+        "Too many requests",
+        "quota-exceeded",
+        "rate_limit",
+        type_uri=QUOTA_EXCEEDED,
+        more=_rate_limit_fields,
+    ),
+    BudgetExceeded: Rule(
+        402,
+        "Budget exceeded",
+        "budget-exceeded",
+        "budget",
+        more=lambda exc: {"extra": {"budget": exc.budget}},
+    ),
+    IdempotencyMismatch: Rule(
+        422,
+        "Idempotency key reused",
+        "idempotency-key-reused",
+        more=lambda exc: _field_error("Idempotency-Key", str(exc)),
+    ),
+    BadRequest: Rule(
+        400, "Bad request", "bad-request", more=lambda exc: _field_error(exc.field, str(exc))
     ),
 }
 
 
-def _simple_handler(how: Simple):
+def _handler(rule: Rule):
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        if how.rejection:
-            metrics.REJECTIONS.labels(how.rejection).inc()
+        if rule.rejection:
+            metrics.REJECTIONS.labels(rule.rejection).inc()
+        fields = {"headers": rule.headers, "type_uri": rule.type_uri, **rule.more(exc)}
         return problem(
-            how.status, how.title, str(exc), kind=how.kind, instance=request.url.path,
-            headers=how.headers,
+            rule.status, rule.title, rule.detail(exc), kind=rule.kind,
+            instance=request.url.path, **fields,
         )  # fmt: skip
 
     return handle
 
 
 def install(app: FastAPI) -> None:
-    for exc_class, how in SIMPLE.items():
-        app.add_exception_handler(exc_class, _simple_handler(how))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = validation_errors(exc)
-        metrics.REJECTIONS.labels("validation").inc()
-        names = ", ".join(sorted({e["field"] for e in errors}))
-        return problem(
-            422,
-            "Invalid request",
-            f"invalid field(s): {names}",
-            kind="validation-error",
-            instance=request.url.path,
-            errors=errors,
-        )
-
-    @app.exception_handler(InvalidField)
-    async def _invalid(request: Request, exc: InvalidField) -> JSONResponse:
-        metrics.REJECTIONS.labels("validation").inc()
-        return problem(
-            422,
-            "Invalid request",
-            exc.message,
-            kind="validation-error",
-            instance=request.url.path,
-            errors=[{"field": exc.field, "message": exc.message}],
-        )
-
-    @app.exception_handler(InvalidFields)
-    async def _invalid_many(request: Request, exc: InvalidFields) -> JSONResponse:
-        metrics.REJECTIONS.labels("validation").inc()
-        names = ", ".join(e["field"] for e in exc.errors[:20])
-        return problem(
-            422,
-            "Invalid request",
-            f"invalid field(s): {names}",
-            kind="validation-error",
-            instance=request.url.path,
-            errors=exc.errors,
-        )
-
-    @app.exception_handler(RateLimited)
-    async def _rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
-        metrics.REJECTIONS.labels("rate_limit").inc()
-        return problem(
-            429,
-            "Too many requests",
-            str(exc),
-            kind="quota-exceeded",
-            type_uri=QUOTA_EXCEEDED,
-            instance=request.url.path,
-            headers={**exc.headers, "Retry-After": str(exc.retry_after_s)},
-            extra={"violated-policies": [p for p in exc.policy.split(",") if p]},
-        )
-
-    @app.exception_handler(BudgetExceeded)
-    async def _budget(request: Request, exc: BudgetExceeded) -> JSONResponse:
-        metrics.REJECTIONS.labels("budget").inc()
-        return problem(
-            402,
-            "Budget exceeded",
-            str(exc),
-            kind="budget-exceeded",
-            instance=request.url.path,
-            extra={"budget": exc.budget},
-        )
-
-    @app.exception_handler(IdempotencyMismatch)
-    async def _idempotency(request: Request, exc: IdempotencyMismatch) -> JSONResponse:
-        return problem(
-            422,
-            "Idempotency key reused",
-            str(exc),
-            kind="idempotency-key-reused",
-            instance=request.url.path,
-            errors=[{"field": "Idempotency-Key", "message": str(exc)}],
-        )
-
-    @app.exception_handler(BadRequest)
-    async def _bad_request(request: Request, exc: BadRequest) -> JSONResponse:
-        return problem(
-            400,
-            "Bad request",
-            str(exc),
-            kind="bad-request",
-            instance=request.url.path,
-            errors=[{"field": exc.field, "message": str(exc)}],
-        )
+    for exc_class, rule in RULES.items():
+        app.add_exception_handler(exc_class, _handler(rule))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -36,36 +36,45 @@ def _pick_worker(stack: Stack, rng: random.Random) -> dict | None:
     return rng.choice(pool)
 
 
-def kill_worker(stack: Stack, rng: random.Random) -> Fault:
+def _hurt_a_worker(
+    stack: Stack, rng: random.Random, kind: str, verb: str,
+    hurt: Callable[[dict], tuple[str, Callable[[], bool]]],
+) -> Fault:  # fmt: skip
+    """Pick a live worker and hurt it; `hurt` says what it did and when the pool is back."""
     record = _pick_worker(stack, rng)
     if record is None:
-        return Fault("kill-worker", "no live worker to kill", "worker", lambda: True)
-    os.kill(record["pid"], signal.SIGKILL)
-    model, node = record["model"], record["node"]
-    return Fault(
-        "kill-worker",
-        f"SIGKILL {node} (pid {record['pid']})",
-        "worker",
-        lambda: any(r.get("node") != node for r in stack.workers(model)),
-    )
+        return Fault(kind, f"no live worker to {verb}", "worker", lambda: True)
+    detail, back = hurt(record)
+    return Fault(kind, detail, "worker", back)
+
+
+def kill_worker(stack: Stack, rng: random.Random) -> Fault:
+    def hurt(record: dict) -> tuple[str, Callable[[], bool]]:
+        os.kill(record["pid"], signal.SIGKILL)
+        model, node = record["model"], record["node"]
+        # back once another worker of the model has a heartbeat
+        return f"SIGKILL {node} (pid {record['pid']})", lambda: any(
+            r.get("node") != node for r in stack.workers(model)
+        )
+
+    return _hurt_a_worker(stack, rng, "kill-worker", "kill", hurt)
 
 
 def stop_worker(stack: Stack, rng: random.Random) -> Fault:
     """SIGSTOP a worker until its heartbeat has expired and the sweeper has looked, then go on."""
-    record = _pick_worker(stack, rng)
-    if record is None:
-        return Fault("stop-worker", "no live worker to stop", "worker", lambda: True)
-    pause_s = HEARTBEAT_TTL_S + rng.uniform(1.5, 4.0)
-    os.kill(record["pid"], signal.SIGSTOP)
-    time.sleep(pause_s)
-    os.kill(record["pid"], signal.SIGCONT)
-    node, model = record["node"], record["model"]
-    return Fault(
-        "stop-worker",
-        f"SIGSTOP {node} for {pause_s:.1f}s",
-        "worker",
-        lambda: any(r.get("node") == node for r in stack.workers(model)),
-    )
+
+    def hurt(record: dict) -> tuple[str, Callable[[], bool]]:
+        pause_s = HEARTBEAT_TTL_S + rng.uniform(1.5, 4.0)
+        os.kill(record["pid"], signal.SIGSTOP)
+        time.sleep(pause_s)
+        os.kill(record["pid"], signal.SIGCONT)
+        model, node = record["model"], record["node"]
+        # back once the same worker announces itself again
+        return f"SIGSTOP {node} for {pause_s:.1f}s", lambda: any(
+            r.get("node") == node for r in stack.workers(model)
+        )
+
+    return _hurt_a_worker(stack, rng, "stop-worker", "stop", hurt)
 
 
 def kill_api(stack: Stack, rng: random.Random) -> Fault:

