@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from sqlalchemy.orm import Session
 
-from llmq import budgets, idempotency, jobs
+from llmq import budgets, idempotency, job_queries, jobs
 from llmq.errors import BudgetExceeded, JobStateConflict, RateLimited
 from llmq.keys import Caller
 from llmq.ledger import usd
@@ -90,7 +90,7 @@ def admit(
     if not replayed:
         return Admitted(created[0], False)
     with session_factory() as session:
-        return Admitted(jobs.get_job(session, ids[0], caller.key_id), True)
+        return Admitted(job_queries.get_job(session, ids[0], caller.key_id), True)
 
 
 def admit_many(

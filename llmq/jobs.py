@@ -1,4 +1,6 @@
 """The only place job state changes: create, claim, finish, cancel, and the sweeper's moves.
+Reads live in `llmq.job_queries`. The module keeps every transition together, so the state
+machine reads in one place; that is why it runs past ~300 lines.
 
 A job that ends (finish, cancel) gets its webhook outbox row in the same transaction.
 
@@ -9,7 +11,6 @@ number; the ledger row is unique per job.
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -23,8 +24,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from llmq import outbox
-from llmq.errors import InvalidField, JobNotFound, JobStateConflict
-from llmq.models import FINAL_STATUSES, Job, LedgerEntry
+from llmq.errors import JobStateConflict
+from llmq.job_queries import get_job, of_models, unpublished_for
+from llmq.models import Job, LedgerEntry
 
 
 @dataclass
@@ -59,22 +61,28 @@ class Outcome:
     gpu_cost_usd: Decimal = Decimal(0)
 
 
+def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any]:
+    """A new job's row: the one mapping from `NewJob` to the `jobs` table."""
+    return {
+        "id": job_id,
+        "api_key_id": api_key_id,
+        "model": new.model,
+        "status": "queued",
+        "prompt": new.prompt,
+        "messages": new.messages,
+        "params": new.params,
+        "priority": new.priority,
+        "meta": new.metadata,
+        "webhook_url": new.webhook_url,
+        "expires_at": new.expires_at,
+        "reserved_tokens": new.reserved_tokens,
+        "reserved_cost_usd": new.reserved_cost_usd,
+    }
+
+
 def create_job(session: Session, api_key_id: uuid.UUID, new: NewJob) -> Job:
-    job = Job(
-        id=uuid.uuid4(),
-        api_key_id=api_key_id,
-        model=new.model,
-        status="queued",
-        prompt=new.prompt,
-        messages=new.messages,
-        params=new.params,
-        priority=new.priority,
-        meta=new.metadata,
-        webhook_url=new.webhook_url,
-        expires_at=new.expires_at,
-        reserved_tokens=new.reserved_tokens,
-        reserved_cost_usd=new.reserved_cost_usd,
-    )
+    """Insert one job; the INSERT returns its server defaults, so the row is whole."""
+    job = Job(**_row(uuid.uuid4(), api_key_id, new))
     session.add(job)
     session.flush()
     return job
@@ -83,83 +91,11 @@ def create_job(session: Session, api_key_id: uuid.UUID, new: NewJob) -> Job:
 def create_jobs(session: Session, api_key_id: uuid.UUID, new_jobs: list[NewJob]) -> list[uuid.UUID]:
     """Insert many jobs in the caller's transaction (one multi-row INSERT); ids in order."""
     ids = [uuid.uuid4() for _ in new_jobs]
-    rows = [
-        {
-            "id": job_id,
-            "api_key_id": api_key_id,
-            "model": new.model,
-            "status": "queued",
-            "prompt": new.prompt,
-            "messages": new.messages,
-            "params": new.params,
-            "priority": new.priority,
-            "meta": new.metadata,
-            "webhook_url": new.webhook_url,
-            "expires_at": new.expires_at,
-            "reserved_tokens": new.reserved_tokens,
-            "reserved_cost_usd": new.reserved_cost_usd,
-        }
-        for job_id, new in zip(ids, new_jobs, strict=True)
-    ]
-    if rows:
-        session.execute(sa.insert(Job), rows)
+    if ids:
+        session.execute(
+            sa.insert(Job), [_row(i, api_key_id, n) for i, n in zip(ids, new_jobs, strict=True)]
+        )
     return ids
-
-
-def get_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID | None) -> Job:
-    """A job, as seen by a key; another key's job does not exist for it (None: any key)."""
-    try:
-        job_uuid = uuid.UUID(str(job_id))
-    except ValueError:
-        raise JobNotFound(f"no job {job_id}") from None
-    query = sa.select(Job).where(Job.id == job_uuid)
-    if api_key_id is not None:
-        query = query.where(Job.api_key_id == api_key_id)
-    job = session.execute(query).scalar_one_or_none()
-    if job is None:
-        raise JobNotFound(f"no job {job_id}")
-    return job
-
-
-def encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, job_id = raw.split("|")
-        return datetime.fromisoformat(created), uuid.UUID(job_id)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidField("cursor", "malformed cursor") from None
-
-
-def list_jobs(
-    session: Session,
-    api_key_id: uuid.UUID,
-    *,
-    status: str | None = None,
-    model: str | None = None,
-    limit: int = 20,
-    cursor: str | None = None,
-) -> tuple[list[Job], str | None]:
-    """The key's jobs, newest first; returns a page and the cursor of the next one."""
-    query = sa.select(Job).where(Job.api_key_id == api_key_id)
-    if status:
-        query = query.where(Job.status == status)
-    if model:
-        query = query.where(Job.model == model)
-    if cursor:
-        created, job_id = _decode_cursor(cursor)
-        query = query.where(sa.tuple_(Job.created_at, Job.id) < sa.tuple_(created, job_id))
-    rows = list(
-        session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
-        .scalars()
-        .all()
-    )
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
 
 
 def cancel_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID) -> tuple[Job, int]:
@@ -397,10 +333,6 @@ class Moved:
     priority: int
 
 
-def _of_models(models: list[str] | None):
-    return sa.true() if models is None else Job.model.in_(models)
-
-
 def requeue_orphans(
     session: Session,
     max_attempts: int,
@@ -418,7 +350,7 @@ def requeue_orphans(
     orphaned = Job.lease_expires_at < sa.func.now()
     rows = session.execute(
         sa.select(Job.id, Job.model, Job.priority, Job.attempts)
-        .where(Job.status == "running", orphaned, _of_models(models))
+        .where(Job.status == "running", orphaned, of_models(models))
         .order_by(Job.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -460,7 +392,7 @@ def expire_queued(
     """Expire queued jobs whose deadline passed before any worker took them."""
     ids = (
         sa.select(Job.id)
-        .where(Job.status == "queued", Job.expires_at < sa.func.now(), _of_models(models))
+        .where(Job.status == "queued", Job.expires_at < sa.func.now(), of_models(models))
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
@@ -479,31 +411,6 @@ def expire_queued(
     return [Moved(r.id, r.model, r.priority) for r in rows]
 
 
-def _unpublished_for(older_than: timedelta):
-    """Queued, and neither created nor published again within `older_than`."""
-    last = sa.func.coalesce(Job.published_at, Job.created_at)
-    return sa.and_(Job.status == "queued", last < sa.func.now() - older_than)
-
-
-def stale_queued(
-    session: Session,
-    older_than: timedelta,
-    models: list[str] | None = None,
-    limit: int = 10_000,
-) -> dict[str, list[uuid.UUID]]:
-    """Queued jobs not published for a while, by model: candidates for a lost message."""
-    rows = session.execute(
-        sa.select(Job.model, Job.id)
-        .where(_unpublished_for(older_than), _of_models(models))
-        .order_by(Job.created_at)
-        .limit(limit)
-    ).all()
-    out: dict[str, list[uuid.UUID]] = {}
-    for r in rows:
-        out.setdefault(r.model, []).append(r.id)
-    return out
-
-
 def mark_republished(
     session: Session, job_ids: list[uuid.UUID], older_than: timedelta
 ) -> list[Moved]:
@@ -516,7 +423,7 @@ def mark_republished(
         return []
     ids = (
         sa.select(Job.id)
-        .where(Job.id.in_(job_ids), _unpublished_for(older_than))
+        .where(Job.id.in_(job_ids), unpublished_for(older_than))
         .with_for_update(skip_locked=True)
     )
     rows = session.execute(
@@ -527,35 +434,3 @@ def mark_republished(
         .execution_options(synchronize_session=False)
     ).all()
     return [Moved(r.id, r.model, r.priority) for r in rows]
-
-
-@dataclass(frozen=True)
-class Activity:
-    """A model's jobs in Postgres right now: how many run, how long the oldest has waited."""
-
-    running: int
-    oldest_queued_s: float | None
-
-
-def activity_by_model(session: Session, models: list[str] | None = None) -> dict[str, Activity]:
-    """One grouped read for every model with queued or running jobs (others are absent)."""
-    rows = session.execute(
-        sa.select(
-            Job.model,
-            sa.func.count().filter(Job.status == "running").label("running"),
-            sa.func.extract(
-                "epoch",
-                sa.func.now() - sa.func.min(Job.created_at).filter(Job.status == "queued"),
-            ).label("oldest_s"),
-        )
-        .where(Job.status.in_(("queued", "running")), _of_models(models))
-        .group_by(Job.model)
-    ).all()
-    return {
-        r.model: Activity(int(r.running), float(r.oldest_s) if r.oldest_s is not None else None)
-        for r in rows
-    }
-
-
-def is_final(status: str) -> bool:
-    return status in FINAL_STATUSES

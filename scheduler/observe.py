@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import redis
 from sqlalchemy.orm import Session
 
-from llmq import events, jobs
+from llmq import events, job_queries
 from llmq.queues import waiting_count
 
 
@@ -24,7 +24,7 @@ def observe(
     session: Session, client: redis.Redis, prefix: str, models: list[str]
 ) -> dict[str, Observation]:
     """One read of Postgres (grouped by model) and one of Redis for every pool."""
-    activity = jobs.activity_by_model(session, models)
+    activity = job_queries.activity_by_model(session, models)
     workers: dict[str, int] = {}
     for record in events.live_worker_records(client, prefix):
         workers[record.get("model", "")] = workers.get(record.get("model", ""), 0) + 1

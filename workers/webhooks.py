@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from cryptography.fernet import InvalidToken
 from standardwebhooks import Webhook
 
-from llmq import __version__, jobs, keys, metrics, ssrf
+from llmq import __version__, job_queries, keys, metrics, ssrf
 from llmq.db import session_scope
 from llmq.errors import KeyNotFound
 from llmq.models import ApiKey, LedgerEntry, WebhookAttempt, WebhookDelivery
@@ -46,7 +46,7 @@ class AttemptResult:
 
 def render_payload(session, delivery: WebhookDelivery, settings: Settings) -> str:
     """The event body: `{"type", "timestamp", "data": <final job resource>}`, fixed once."""
-    job = jobs.get_job(session, delivery.job_id, None)
+    job = job_queries.get_job(session, delivery.job_id, None)
     cost = session.execute(
         sa.select(LedgerEntry.cost_usd, LedgerEntry.gpu_cost_usd).where(
             LedgerEntry.job_id == job.id

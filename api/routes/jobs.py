@@ -19,7 +19,7 @@ from api import deps, ratelimits, waits
 from api.openapi import responses
 from api.schemas import BulkCreate, JobCreate, job_resource
 from api.submission import RateCharge, prepare, publish, webhook_resolver
-from llmq import admission, events, idempotency, jobs, metrics, outbox
+from llmq import admission, events, idempotency, job_queries, jobs, metrics, outbox
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.errors import InvalidField, InvalidFields
@@ -90,7 +90,7 @@ def submit(
         charge.refund()
         response.headers["Idempotent-Replayed"] = "true"
         with session_scope() as session:
-            return _render(session, jobs.get_job(session, job.id, caller.key_id), settings)
+            return _render(session, job_queries.get_job(session, job.id, caller.key_id), settings)
     publish(request.app.state.celery, [(str(job.id), job.model, job.priority)])
     metrics.JOBS_SUBMITTED.labels(job.model).inc()
     return job_resource(job, None, settings.flower_url)
@@ -158,7 +158,7 @@ def list_jobs(
     settings: Settings = Depends(deps.settings),
 ) -> dict:
     with session_scope() as session:
-        rows, next_cursor = jobs.list_jobs(
+        rows, next_cursor = job_queries.list_jobs(
             session, caller.key_id, status=status, model=model, limit=limit, cursor=cursor
         )
         costs = _costs(session, [j.id for j in rows])
@@ -174,7 +174,7 @@ def list_jobs(
 def load_job(job_id: str, caller: Caller, settings: Settings) -> tuple[str, dict]:
     """The job's status and public resource, as the caller may see it."""
     with session_scope() as session:
-        job = jobs.get_job(session, job_id, caller.key_id)
+        job = job_queries.get_job(session, job_id, caller.key_id)
         return job.status, _render(session, job, settings)
 
 
@@ -191,7 +191,7 @@ async def get_job(
 
     status, resource = await run_in_threadpool(load)
     wait = min(wait, settings.long_poll_max_s)
-    if wait <= 0 or jobs.is_final(status):
+    if wait <= 0 or job_queries.is_final(status):
         return resource
     client: aioredis.Redis = request.app.state.redis
     pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -205,7 +205,7 @@ async def get_job(
         await pubsub.subscribe(events.job_channel(settings.redis_prefix, resource["id"]))
         status, resource = await run_in_threadpool(load)
         deadline = asyncio.get_running_loop().time() + wait
-        while not jobs.is_final(status):
+        while not job_queries.is_final(status):
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break

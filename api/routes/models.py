@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api import deps
 from api.openapi import responses
-from llmq import events, jobs
+from llmq import events, job_queries
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.keys import Caller
@@ -28,7 +28,7 @@ async def list_models(
 ) -> dict:
     def gather() -> list[dict]:
         with session_scope() as session:
-            activity = jobs.activity_by_model(session)
+            activity = job_queries.activity_by_model(session)
         running = {model: a.running for model, a in activity.items()}
         oldest = {
             m: a.oldest_queued_s for m, a in activity.items() if a.oldest_queued_s is not None
