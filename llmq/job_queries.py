@@ -113,8 +113,14 @@ class Activity:
     oldest_queued_s: float | None
 
 
+IDLE = Activity(0, None)  # a model with nothing queued or running
+
+
 def activity_by_model(session: Session, models: list[str] | None = None) -> dict[str, Activity]:
-    """One grouped read for every model with queued or running jobs (others are absent)."""
+    """One grouped read for every model with queued or running jobs (others are absent).
+
+    An age is never below zero: a job committed after this transaction began can look
+    younger than `now()`."""
     rows = session.execute(
         sa.select(
             Job.model,
@@ -128,6 +134,8 @@ def activity_by_model(session: Session, models: list[str] | None = None) -> dict
         .group_by(Job.model)
     ).all()
     return {
-        r.model: Activity(int(r.running), float(r.oldest_s) if r.oldest_s is not None else None)
+        r.model: Activity(
+            int(r.running), max(0.0, float(r.oldest_s)) if r.oldest_s is not None else None
+        )
         for r in rows
     }
