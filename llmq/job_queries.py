@@ -1,5 +1,6 @@
-"""Reads of jobs: one job as a key sees it, a key's pages, what each model has in flight and
-the sweeper's candidates. Nothing here changes a job (`llmq.jobs` does)."""
+"""Reads of jobs: one job as a key sees it, a key's pages, what finished jobs cost, what each
+model has in flight and the sweeper's candidates. Nothing here changes a job (`llmq.jobs`
+does)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import base64
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from llmq.errors import InvalidField, JobNotFound
-from llmq.models import FINAL_STATUSES, Job
+from llmq.models import FINAL_STATUSES, Job, LedgerEntry
 
 
 def is_final(status: str) -> bool:
@@ -84,6 +86,18 @@ def list_jobs(
     )
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
+
+
+def costs(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[Decimal, Decimal]]:
+    """Each job's (token cost, GPU cost) from its ledger row; a job without one is absent."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        sa.select(LedgerEntry.job_id, LedgerEntry.cost_usd, LedgerEntry.gpu_cost_usd).where(
+            LedgerEntry.job_id.in_(job_ids)
+        )
+    )
+    return {r.job_id: (r.cost_usd, r.gpu_cost_usd) for r in rows}
 
 
 def stale_queued(

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from datetime import timedelta
-from decimal import Decimal
 from typing import Literal
 
 import redis.asyncio as aioredis
@@ -24,7 +22,7 @@ from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.errors import InvalidField, InvalidFields
 from llmq.keys import Caller
-from llmq.models import Job, LedgerEntry
+from llmq.models import Job
 from llmq.queues import publish_webhooks
 from llmq.settings import Settings
 
@@ -40,17 +38,8 @@ log = logging.getLogger(__name__)
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
 
 
-def _costs(session, ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[Decimal, Decimal]]:
-    if not ids:
-        return {}
-    rows = session.query(LedgerEntry.job_id, LedgerEntry.cost_usd, LedgerEntry.gpu_cost_usd).filter(
-        LedgerEntry.job_id.in_(ids)
-    )
-    return {r.job_id: (r.cost_usd, r.gpu_cost_usd) for r in rows}
-
-
 def _render(session, job: Job, settings: Settings) -> dict:
-    return job_resource(job, _costs(session, [job.id]).get(job.id), settings.flower_url)
+    return job_resource(job, job_queries.costs(session, [job.id]).get(job.id), settings.flower_url)
 
 
 def _claim(header: str | None, body: JobCreate | BulkCreate) -> idempotency.Claim | None:
@@ -161,7 +150,7 @@ def list_jobs(
         rows, next_cursor = job_queries.list_jobs(
             session, caller.key_id, status=status, model=model, limit=limit, cursor=cursor
         )
-        costs = _costs(session, [j.id for j in rows])
+        costs = job_queries.costs(session, [j.id for j in rows])
         data = [job_resource(j, costs.get(j.id), settings.flower_url) for j in rows]
     return {
         "object": "list",
