@@ -5,20 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
 from typing import Literal
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from redis.exceptions import RedisError
 
 from api import deps, ratelimits, waits
 from api.openapi import responses
 from api.schemas import BulkCreate, JobCreate, job_resource
-from api.submission import RateCharge, prepare, publish, webhook_resolver
-from llmq import admission, events, idempotency, job_queries, jobs, metrics, outbox
-from llmq.catalog import Catalog
+from api.submission import Submission, webhook_resolver
+from llmq import events, job_queries, jobs, outbox
 from llmq.db import session_scope
 from llmq.errors import InvalidField, InvalidFields
 from llmq.keys import Caller
@@ -42,98 +40,45 @@ def _render(session, job: Job, settings: Settings) -> dict:
     return job_resource(job, job_queries.costs(session, [job.id]).get(job.id), settings.flower_url)
 
 
-def _claim(header: str | None, body: JobCreate | BulkCreate) -> idempotency.Claim | None:
-    key = idempotency.parse_header(header)
-    if key is None:
-        return None
-    return idempotency.Claim(key, idempotency.fingerprint(body.model_dump(mode="json")))
-
-
 @router.post("", status_code=202, responses=SUBMIT_ERRORS)
-def submit(
-    body: JobCreate,
-    request: Request,
-    response: Response,
-    idempotency_key: str | None = Header(None, alias=idempotency.HEADER),
-    caller: Caller = Depends(deps.caller),
-    catalog: Catalog = Depends(deps.catalog),
-    settings: Settings = Depends(deps.settings),
-) -> dict:
+def submit(body: JobCreate, submission: Submission = Depends()) -> dict:
     """Check limits, write the job, then put its message on the model's queue; answer at once.
 
     Once the row is committed the job is accepted: if its message cannot be published now,
     the sweeper publishes it (see `api.submission.publish`)."""
-    prepared = prepare(body, caller, catalog, settings)
-    claim = _claim(idempotency_key, body)
-    charge = RateCharge(request, caller, prepared.reserved_tokens)
-    retention = timedelta(hours=settings.idempotency_retention_h)
-    try:
-        admitted = admission.admit(session_scope, caller, prepared.new, claim, retention, charge)
-    except Exception:
-        charge.refund()
-        raise
-    response.headers.update(charge.headers)
-    job = admitted.job
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    if admitted.replayed:
-        charge.refund()
-        response.headers["Idempotent-Replayed"] = "true"
+    admitted = submission.admit([submission.prepare(body)], submission.claim(body))
+    job_id, settings = admitted.ids[0], submission.settings
+    submission.response.headers["Location"] = f"/v1/jobs/{job_id}"
+    if admitted.job is None:  # a replay: the job as it is now
         with session_scope() as session:
-            return _render(session, job_queries.get_job(session, job.id, caller.key_id), settings)
-    publish(request.app.state.celery, [(str(job.id), job.model, job.priority)])
-    metrics.JOBS_SUBMITTED.labels(job.model).inc()
-    return job_resource(job, None, settings.flower_url)
+            job = job_queries.get_job(session, job_id, submission.caller.key_id)
+            return _render(session, job, settings)
+    return job_resource(admitted.job, None, settings.flower_url)
 
 
 @router.post("/bulk", status_code=202, responses=SUBMIT_ERRORS)
-def submit_bulk(
-    body: BulkCreate,
-    request: Request,
-    response: Response,
-    idempotency_key: str | None = Header(None, alias=idempotency.HEADER),
-    caller: Caller = Depends(deps.caller),
-    catalog: Catalog = Depends(deps.catalog),
-    settings: Settings = Depends(deps.settings),
-) -> dict:
+def submit_bulk(body: BulkCreate, submission: Submission = Depends()) -> dict:
     """Up to 10,000 jobs: every item is checked first, and one bad item means nothing is
     written; then the key's limits for all of them at once, one transaction and one Redis
     pipeline. Ids come back in the order of the items. With an `Idempotency-Key`, a repeat
     of the same request answers with the same ids and creates nothing."""
-    claim = _claim(idempotency_key, body)
+    claim = submission.claim(body)
     prepared, errors = [], []
-    resolve = webhook_resolver(body.jobs, settings)
+    resolve = webhook_resolver(body.jobs, submission.settings)
     for index, item in enumerate(body.jobs):
         try:
-            prepared.append(prepare(item, caller, catalog, settings, resolve))
+            prepared.append(submission.prepare(item, resolve))
         except InvalidField as exc:
             errors.append({"field": f"jobs[{index}].{exc.field}", "message": exc.message})
     if errors:
         raise InvalidFields(errors)
     tokens = sum(p.reserved_tokens for p in prepared)
-    if caller.limits.tpm is not None and tokens > caller.limits.tpm:
+    tpm = submission.caller.limits.tpm
+    if tpm is not None and tokens > tpm:
         raise InvalidField(
-            "jobs",
-            f"the jobs may use {tokens} tokens; this key allows {caller.limits.tpm} per minute",
+            "jobs", f"the jobs may use {tokens} tokens; this key allows {tpm} per minute"
         )
-    new_jobs = [p.new for p in prepared]
-    charge = RateCharge(request, caller, tokens)
-    retention = timedelta(hours=settings.idempotency_retention_h)
-    try:
-        ids, replayed = admission.admit_many(
-            session_scope, caller, new_jobs, claim, retention, charge
-        )
-    except Exception:
-        charge.refund()
-        raise
-    response.headers.update(charge.headers)
-    if replayed:
-        charge.refund()
-        response.headers["Idempotent-Replayed"] = "true"
-    else:
-        messages = [(str(i), j.model, j.priority) for i, j in zip(ids, new_jobs, strict=True)]
-        publish(request.app.state.celery, messages)
-        for new in new_jobs:
-            metrics.JOBS_SUBMITTED.labels(new.model).inc()
+    ids = submission.admit(prepared, claim).ids
     return {"object": "bulk", "count": len(ids), "ids": [str(i) for i in ids]}
 
 
