@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from llmq.errors import InvalidField, JobNotFound
-from llmq.models import FINAL_STATUSES, Job, LedgerEntry
+from llmq.models import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobStatus, LedgerEntry
 
 
 def is_final(status: str) -> bool:
@@ -29,7 +29,7 @@ def of_models(models: list[str] | None):
 def unpublished_for(older_than: timedelta):
     """Queued, and neither created nor published again within `older_than`."""
     last = sa.func.coalesce(Job.published_at, Job.created_at)
-    return sa.and_(Job.status == "queued", last < sa.func.now() - older_than)
+    return sa.and_(Job.status == JobStatus.QUEUED, last < sa.func.now() - older_than)
 
 
 def get_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID | None) -> Job:
@@ -138,13 +138,13 @@ def activity_by_model(session: Session, models: list[str] | None = None) -> dict
     rows = session.execute(
         sa.select(
             Job.model,
-            sa.func.count().filter(Job.status == "running").label("running"),
+            sa.func.count().filter(Job.status == JobStatus.RUNNING).label("running"),
             sa.func.extract(
                 "epoch",
-                sa.func.now() - sa.func.min(Job.created_at).filter(Job.status == "queued"),
+                sa.func.now() - sa.func.min(Job.created_at).filter(Job.status == JobStatus.QUEUED),
             ).label("oldest_s"),
         )
-        .where(Job.status.in_(("queued", "running")), of_models(models))
+        .where(Job.status.in_(ACTIVE_STATUSES), of_models(models))
         .group_by(Job.model)
     ).all()
     return {

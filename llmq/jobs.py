@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from llmq import outbox
 from llmq.errors import JobStateConflict
 from llmq.job_queries import get_job, of_models, unpublished_for
-from llmq.models import Job, LedgerEntry
+from llmq.models import ACTIVE_STATUSES, Job, JobStatus, LedgerEntry
 
 
 @dataclass
@@ -60,6 +60,10 @@ class Outcome:
     cost_usd: Decimal = Decimal(0)
     gpu_cost_usd: Decimal = Decimal(0)
 
+    @property
+    def status(self) -> JobStatus:
+        return JobStatus.SUCCEEDED if self.succeeded else JobStatus.FAILED
+
 
 def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any]:
     """A new job's row: the one mapping from `NewJob` to the `jobs` table."""
@@ -67,7 +71,7 @@ def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any
         "id": job_id,
         "api_key_id": api_key_id,
         "model": new.model,
-        "status": "queued",
+        "status": JobStatus.QUEUED,
         "prompt": new.prompt,
         "messages": new.messages,
         "params": new.params,
@@ -110,12 +114,12 @@ def cancel_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID)
     before = session.execute(
         sa.select(Job.status, Job.attempts).where(Job.id == job.id).with_for_update()
     ).one()
-    if before.status not in ("queued", "running"):
+    if before.status not in ACTIVE_STATUSES:
         raise JobStateConflict(f"job {job.id} is already {before.status}")
     session.execute(
         sa.update(Job)
         .where(Job.id == job.id)
-        .values(status="cancelled", finished_at=sa.func.now(), lease_expires_at=None)
+        .values(status=JobStatus.CANCELLED, finished_at=sa.func.now(), lease_expires_at=None)
         .execution_options(synchronize_session=False)
     )
     outbox.enqueue_final_events(session, [job.id])
@@ -127,7 +131,7 @@ def tokens_to_refund(status: str, attempts: int, reserved_tokens: int | None) ->
     """What a cancel gives back of the tokens charged at submit: all of them for a job no
     worker ever claimed, else none, because a worker that claimed the job (even one the
     sweeper has since put back in the queue) reconciles them when its batch is written."""
-    return (reserved_tokens or 0) if status == "queued" and attempts == 0 else 0
+    return (reserved_tokens or 0) if status == JobStatus.QUEUED and attempts == 0 else 0
 
 
 def claim_jobs(
@@ -147,13 +151,13 @@ def claim_jobs(
         .where(
             Job.id == sa.any_(ids),  # one statement text for every batch size
             sa.or_(
-                Job.status == "queued",
-                sa.and_(Job.status == "running", Job.lease_expires_at < now),
+                Job.status == JobStatus.QUEUED,
+                sa.and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
             ),
             sa.or_(Job.expires_at.is_(None), Job.expires_at > now),
         )
         .values(
-            status="running",
+            status=JobStatus.RUNNING,
             attempts=Job.attempts + 1,
             started_at=now,
             worker=worker,
@@ -181,7 +185,7 @@ def renew_leases(
         .where(
             sa.tuple_(Job.id, Job.attempts).in_(claims),
             Job.worker == worker,
-            Job.status == "running",
+            Job.status == JobStatus.RUNNING,
         )
         .values(lease_expires_at=sa.func.now() + lease)
         .returning(Job.id)
@@ -195,7 +199,7 @@ def end_leases(session: Session, worker: str) -> int:
     the next sweep puts its jobs back without waiting. Returns how many jobs it held."""
     result = session.execute(
         sa.update(Job)
-        .where(Job.worker == worker, Job.status == "running")
+        .where(Job.worker == worker, Job.status == JobStatus.RUNNING)
         .values(lease_expires_at=sa.func.now())
         .execution_options(synchronize_session=False)
     )
@@ -207,8 +211,8 @@ def release_jobs(session: Session, claims: list[tuple[uuid.UUID, int]]) -> None:
     for job_id, attempt in claims:
         session.execute(
             sa.update(Job)
-            .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
-            .values(status="queued", lease_expires_at=None, worker=None)
+            .where(Job.id == job_id, Job.attempts == attempt, Job.status == JobStatus.RUNNING)
+            .values(status=JobStatus.QUEUED, lease_expires_at=None, worker=None)
         )
 
 
@@ -243,7 +247,7 @@ def _results_table(outcomes: list[Outcome]):
         row = (
             out.job_id,
             out.attempt,
-            "succeeded" if out.succeeded else "failed",
+            out.status,
             _text(out.text),
             out.finish_reason,
             json.dumps(error) if error else None,
@@ -290,14 +294,14 @@ def finish_jobs(session: Session, outcomes: list[Outcome]) -> list[uuid.UUID]:
     fenced = sa.and_(Job.id == results.c.id, Job.attempts == results.c.attempt)
     ended = session.execute(
         sa.update(Job)
-        .where(fenced, Job.status == "running")
+        .where(fenced, Job.status == JobStatus.RUNNING)
         .values(status=results.c.status, finished_at=sa.func.now(), **recorded)
         .returning(Job.id, Job.api_key_id, Job.model)
         .execution_options(synchronize_session=False)
     ).all()
     cancelled = session.execute(
         sa.update(Job)
-        .where(fenced, Job.status == "cancelled", Job.completion_tokens.is_(None))
+        .where(fenced, Job.status == JobStatus.CANCELLED, Job.completion_tokens.is_(None))
         .values(**recorded)
         .returning(Job.id, Job.api_key_id, Job.model)
         .execution_options(synchronize_session=False)
@@ -350,7 +354,7 @@ def requeue_orphans(
     orphaned = Job.lease_expires_at < sa.func.now()
     rows = session.execute(
         sa.select(Job.id, Job.model, Job.priority, Job.attempts)
-        .where(Job.status == "running", orphaned, of_models(models))
+        .where(Job.status == JobStatus.RUNNING, orphaned, of_models(models))
         .order_by(Job.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -361,7 +365,12 @@ def requeue_orphans(
         session.execute(
             sa.update(Job)
             .where(Job.id.in_([r.id for r in again]))
-            .values(status="queued", worker=None, lease_expires_at=None, published_at=sa.func.now())
+            .values(
+                status=JobStatus.QUEUED,
+                worker=None,
+                lease_expires_at=None,
+                published_at=sa.func.now(),
+            )
             .execution_options(synchronize_session=False)
         )
     for r in spent:
@@ -369,7 +378,7 @@ def requeue_orphans(
             sa.update(Job)
             .where(Job.id == r.id)
             .values(
-                status="failed",
+                status=JobStatus.FAILED,
                 finished_at=sa.func.now(),
                 lease_expires_at=None,
                 error={
@@ -392,7 +401,7 @@ def expire_queued(
     """Expire queued jobs whose deadline passed before any worker took them."""
     ids = (
         sa.select(Job.id)
-        .where(Job.status == "queued", Job.expires_at < sa.func.now(), of_models(models))
+        .where(Job.status == JobStatus.QUEUED, Job.expires_at < sa.func.now(), of_models(models))
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
@@ -400,7 +409,7 @@ def expire_queued(
         sa.update(Job)
         .where(Job.id.in_(ids.scalar_subquery()))
         .values(
-            status="expired",
+            status=JobStatus.EXPIRED,
             finished_at=sa.func.now(),
             error={"code": "expired", "message": "the job's deadline passed before it ran"},
         )

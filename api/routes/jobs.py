@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Literal
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Query, Request
@@ -20,7 +19,7 @@ from llmq import events, job_queries, jobs, outbox
 from llmq.db import session_scope
 from llmq.errors import InvalidField, InvalidFields
 from llmq.keys import Caller
-from llmq.models import Job
+from llmq.models import Job, JobStatus
 from llmq.queues import publish_webhooks
 from llmq.settings import Settings
 
@@ -32,8 +31,6 @@ router = APIRouter(
 )
 SUBMIT_ERRORS = responses(400, 402, 413, 429)
 log = logging.getLogger(__name__)
-
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
 
 
 def _render(session, job: Job, settings: Settings) -> dict:
@@ -84,7 +81,7 @@ def submit_bulk(body: BulkCreate, submission: Submission = Depends()) -> dict:
 
 @router.get("")
 def list_jobs(
-    status: Status | None = None,
+    status: JobStatus | None = None,
     model: str | None = Query(None, max_length=200, pattern=r"^[^\x00]*$"),
     limit: int = Query(20, ge=1, le=100),
     cursor: str | None = None,
