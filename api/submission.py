@@ -1,10 +1,10 @@
 """Turning a submit body into an admitted job: checks, estimates, limits, budget, idempotency.
 
-Shared by `POST /v1/jobs` and `POST /v1/jobs/bulk`. Order: validation (catalog, sizes, the
-webhook URL), the token estimate, then one transaction for the idempotency key (a replay
-stops here, charged nothing), the Redis rate limits, the concurrency limit, the budget
-reservation and the rows; then the messages are published, and a failed publish leaves the
-committed jobs to the sweeper.
+Shared by `POST /v1/jobs` and `POST /v1/jobs/bulk` (`Submission` is what both routes depend
+on). Order: validation (catalog, sizes, the webhook URL), the token estimate, then one
+transaction for the idempotency key (a replay stops here, charged nothing), the Redis rate
+limits, the concurrency limit, the budget reservation and the rows; then the messages are
+published, and a failed publish leaves the committed jobs to the sweeper.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from celery import Celery
-from fastapi import Request
+from fastapi import Depends, Header, Request, Response
 
-from api import ratelimits
-from api.schemas import JobCreate
-from llmq import budgets, jobs, ssrf
+from api import deps, ratelimits
+from api.schemas import BulkCreate, JobCreate
+from llmq import admission, budgets, idempotency, jobs, metrics, ssrf
 from llmq.catalog import Catalog
+from llmq.db import session_scope
 from llmq.errors import InvalidField
 from llmq.keys import Caller
 from llmq.queues import publish_generate, publish_generate_many
@@ -152,3 +153,54 @@ def publish(celery: Celery, messages: list[tuple[str, str, int]]) -> None:
             "%d job(s) committed but not published (%s); the sweeper will publish them",
             len(messages), type(exc).__name__,
         )  # fmt: skip
+
+
+class Submission:
+    """What both submit routes need, as one FastAPI dependency: the caller, the catalog and
+    settings, the `Idempotency-Key`, and the steps after validation."""
+
+    def __init__(
+        self,
+        request: Request,
+        response: Response,
+        idempotency_key: str | None = Header(None, alias=idempotency.HEADER),
+        caller: Caller = Depends(deps.caller),
+        catalog: Catalog = Depends(deps.catalog),
+        settings: Settings = Depends(deps.settings),
+    ) -> None:
+        self.request, self.response, self.idempotency_key = request, response, idempotency_key
+        self.caller, self.catalog, self.settings = caller, catalog, settings
+
+    def prepare(self, body: JobCreate, resolve: ssrf.Resolver | None = None) -> Prepared:
+        return prepare(body, self.caller, self.catalog, self.settings, resolve)
+
+    def claim(self, body: JobCreate | BulkCreate) -> idempotency.Claim | None:
+        """The request's idempotency claim (None without the header); 400 when malformed."""
+        key = idempotency.parse_header(self.idempotency_key)
+        if key is None:
+            return None
+        return idempotency.Claim(key, idempotency.fingerprint(body.model_dump(mode="json")))
+
+    def admit(
+        self, prepared: list[Prepared], claim: idempotency.Claim | None
+    ) -> admission.Admitted:
+        """Charge the key's rates, admit the jobs (admission refunds the charge if they are
+        not made), set the response's rate and replay headers, and publish new jobs."""
+        new_jobs = [p.new for p in prepared]
+        charge = RateCharge(self.request, self.caller, sum(p.reserved_tokens for p in prepared))
+        retention = timedelta(hours=self.settings.idempotency_retention_h)
+        admitted = admission.admit(session_scope, self.caller, new_jobs, claim, retention, charge)
+        self.response.headers.update(charge.headers)
+        if admitted.replayed:
+            self.response.headers["Idempotent-Replayed"] = "true"
+            return admitted
+        publish(
+            self.request.app.state.celery,
+            [
+                (str(i), new.model, new.priority)
+                for i, new in zip(admitted.ids, new_jobs, strict=True)
+            ],
+        )
+        for new in new_jobs:
+            metrics.JOBS_SUBMITTED.labels(new.model).inc()
+        return admitted

@@ -14,6 +14,7 @@ from rich.table import Table
 from cli.devstack import Stack
 from llmq.db import session_scope
 from llmq.keys import create_key
+from llmq.models import ACTIVE_STATUSES, JobStatus
 from llmq.settings import get_settings
 
 PROMPTS = [
@@ -85,7 +86,7 @@ def _wait_all(client: httpx.Client, ids: list[str]) -> list[dict]:
     def wait_one(job_id: str) -> dict:
         while True:
             job = client.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
-            if job["status"] not in ("queued", "running"):
+            if job["status"] not in ACTIVE_STATUSES:
                 return job
 
     with Progress(*columns) as progress, ThreadPoolExecutor(len(ids)) as pool:
@@ -103,7 +104,7 @@ def _report(console: Console, results: list[dict], wall: float, usage: dict, tot
         table.add_column(column)
     completion = 0
     for prompt, job in zip(PROMPTS, results, strict=True):
-        if job["status"] != "succeeded":
+        if job["status"] != JobStatus.SUCCEEDED:
             table.add_row(prompt, f"[red]{job['status']}: {job['error']}[/red]", "", "", "")
             continue
         u = job["usage"]
@@ -125,7 +126,7 @@ def _report(console: Console, results: list[dict], wall: float, usage: dict, tot
             str(row["completion_tokens"]), str(Decimal(row["cost_usd"])),
         )  # fmt: skip
     console.print(summary)
-    ok = sum(1 for j in results if j["status"] == "succeeded")
+    ok = sum(1 for j in results if j["status"] == JobStatus.SUCCEEDED)
     console.print(
         f"{ok}/{len(results)} succeeded; {completion} tokens generated in {wall:.1f}s "
         f"= {completion / wall:.1f} tokens/s through API, Redis, worker and Postgres "

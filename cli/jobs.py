@@ -9,6 +9,7 @@ import httpx
 import typer
 
 from cli.common import check, client, console
+from llmq.models import ACTIVE_STATUSES, JobStatus
 
 
 def status() -> None:
@@ -92,7 +93,7 @@ def submit(
             print(job["id"])
             return
         with console.status(f"job {job['id']} queued…") as progress:
-            while job["status"] in ("queued", "running"):
+            while job["status"] in ACTIVE_STATUSES:
                 progress.update(f"job {job['id']} {job['status']}…")
                 job = check(api.get(f"/v1/jobs/{job['id']}", params={"wait": 30}))
     _print_job(job)
@@ -121,7 +122,7 @@ def _stream_job(api: httpx.Client, job_id: str) -> dict:
 
 
 def _print_usage(job: dict) -> None:
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         console.print(f"[red]{job['status']}[/red] {json.dumps(job.get('error'))}")
         return
     usage = job["usage"]
@@ -132,6 +133,6 @@ def _print_usage(job: dict) -> None:
 
 
 def _print_job(job: dict) -> None:
-    if job["status"] == "succeeded":
+    if job["status"] == JobStatus.SUCCEEDED:
         console.print(job["output"]["text"])
     _print_usage(job)

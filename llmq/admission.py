@@ -3,16 +3,17 @@
 All of it happens in one transaction. A request with an Idempotency-Key first locks that
 key and looks it up: a replay answers before any limit is charged or checked. Keys with a
 concurrency limit or a budget then take a per-key advisory lock, so the count of jobs in
-flight and the spend are read and reserved atomically across API replicas.
+flight and the spend are read and reserved atomically across API replicas. A request that
+does not become jobs after it was charged gets its charge back here.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Protocol
 
 from sqlalchemy.orm import Session
 
@@ -25,10 +26,28 @@ from llmq.models import Job
 ADJECTIVE = {"day": "daily", "month": "monthly"}
 
 
+class Charge(Protocol):
+    """The key's rates for one request: charged once it is known not to be a replay (a
+    replay is never charged), refunded when it does not become jobs after all."""
+
+    def __call__(self) -> None: ...
+
+    def refund(self) -> None: ...
+
+
+class NoCharge:
+    def __call__(self) -> None:
+        pass
+
+    def refund(self) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class Admitted:
-    job: Job
-    replayed: bool
+    ids: list[uuid.UUID]  # in the order of the new jobs
+    replayed: bool  # an identical earlier request made them; nothing new was written
+    job: Job | None = None  # the row of a single new job, whole (None: many, or a replay)
 
 
 def _check_limits(session: Session, caller: Caller, new_jobs: list[jobs.NewJob]) -> None:
@@ -73,45 +92,27 @@ def _check_limits(session: Session, caller: Caller, new_jobs: list[jobs.NewJob])
 def admit(
     session_factory,
     caller: Caller,
-    new: jobs.NewJob,
-    claim: idempotency.Claim | None,
-    retention: timedelta,
-    charge: Callable[[], None] = lambda: None,
-) -> Admitted:
-    """Create the job, or return the one an identical earlier request created. `charge`
-    (the rate limits) runs only for a request that is not a replay."""
-    created: list[Job] = []
-
-    def create(session: Session) -> list[uuid.UUID]:
-        created.append(jobs.create_job(session, caller.key_id, new))
-        return [created[0].id]
-
-    ids, replayed = _admit(session_factory, caller, [new], claim, retention, create, charge)
-    if not replayed:
-        return Admitted(created[0], False)
-    with session_factory() as session:
-        return Admitted(jobs.get_job(session, ids[0], caller.key_id), True)
-
-
-def admit_many(
-    session_factory,
-    caller: Caller,
     new_jobs: list[jobs.NewJob],
     claim: idempotency.Claim | None = None,
     retention: timedelta = timedelta(0),
-    charge: Callable[[], None] = lambda: None,
-) -> tuple[list[uuid.UUID], bool]:
-    """Create many jobs in one transaction, after checking the key's limits for all of them;
-    or return the ids an identical earlier request created. Returns (ids, replayed)."""
-    return _admit(
-        session_factory,
-        caller,
-        new_jobs,
-        claim,
-        retention,
-        lambda session: jobs.create_jobs(session, caller.key_id, new_jobs),
-        charge,
-    )
+    charge: Charge | None = None,
+) -> Admitted:
+    """Create the jobs in one transaction, after checking the key's limits for all of them;
+    or answer with the ids an identical earlier request created. `charge` (the rate limits)
+    runs only for a request that is not a replay, and is refunded if no job comes of it."""
+    charge = charge or NoCharge()
+    try:
+        return _admit(session_factory, caller, new_jobs, claim, retention, charge)
+    except Exception:
+        charge.refund()
+        raise
+
+
+def _create(session: Session, caller: Caller, new_jobs: list[jobs.NewJob]) -> Admitted:
+    if len(new_jobs) == 1:  # one ORM row: its INSERT returns it whole, for the answer
+        job = jobs.create_job(session, caller.key_id, new_jobs[0])
+        return Admitted([job.id], False, job)
+    return Admitted(jobs.create_jobs(session, caller.key_id, new_jobs), False)
 
 
 def _admit(
@@ -120,9 +121,8 @@ def _admit(
     new_jobs: list[jobs.NewJob],
     claim: idempotency.Claim | None,
     retention: timedelta,
-    create: Callable[[Session], list[uuid.UUID]],
-    charge: Callable[[], None],
-) -> tuple[list[uuid.UUID], bool]:
+    charge: Charge,
+) -> Admitted:
     """Limits, rows and the idempotency key in one transaction. The key is looked up under
     its lock, so a twin of a request in flight waits for it and answers with its jobs."""
     with session_factory() as session:
@@ -130,16 +130,16 @@ def _admit(
             idempotency.lock(session, caller.key_id, claim.key)
             earlier = idempotency.find(session, caller.key_id, claim, retention)
             if earlier is not None:
-                return earlier, True
+                return Admitted(earlier, True)
         charge()
         _check_limits(session, caller, new_jobs)
-        ids = create(session)
+        admitted = _create(session, caller, new_jobs)
         # Under the lock no twin can have recorded the key since `find`; a writer that does not
         # take the lock is the only way here.
         if claim is not None and not idempotency.record(
-            session, caller.key_id, claim, ids, retention
+            session, caller.key_id, claim, admitted.ids, retention
         ):
             raise JobStateConflict(
                 f"a request with {idempotency.HEADER} {claim.key!r} is in progress; retry"
             )
-        return ids, False
+        return admitted

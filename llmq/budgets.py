@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from llmq.ledger import token_cost_usd
-from llmq.models import Job, LedgerEntry
+from llmq.models import ACTIVE_STATUSES, Job, LedgerEntry
 
 CHAT_OVERHEAD_TOKENS = 8  # per message, for role markers and separators of chat templates
 
@@ -84,7 +84,7 @@ def spend(session: Session, key_id: uuid.UUID, since: datetime) -> Spend:
     )
     reserved = (
         sa.select(sa.func.coalesce(sa.func.sum(Job.reserved_cost_usd), 0))
-        .where(Job.api_key_id == key_id, Job.status.in_(("queued", "running")))
+        .where(Job.api_key_id == key_id, Job.status.in_(ACTIVE_STATUSES))
         .scalar_subquery()
     )
     row = session.execute(sa.select(settled.label("settled"), reserved.label("reserved"))).one()
@@ -95,7 +95,7 @@ def in_flight(session: Session, key_id: uuid.UUID) -> int:
     return int(
         session.scalar(
             sa.select(sa.func.count()).where(
-                Job.api_key_id == key_id, Job.status.in_(("queued", "running"))
+                Job.api_key_id == key_id, Job.status.in_(ACTIVE_STATUSES)
             )
         )
     )

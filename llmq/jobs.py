@@ -1,4 +1,6 @@
 """The only place job state changes: create, claim, finish, cancel, and the sweeper's moves.
+Reads live in `llmq.job_queries`. The module keeps every transition together, so the state
+machine reads in one place; that is why it runs past ~300 lines.
 
 A job that ends (finish, cancel) gets its webhook outbox row in the same transaction.
 
@@ -9,7 +11,6 @@ number; the ledger row is unique per job.
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -23,8 +24,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from llmq import outbox
-from llmq.errors import InvalidField, JobNotFound, JobStateConflict
-from llmq.models import FINAL_STATUSES, Job, LedgerEntry
+from llmq.errors import JobStateConflict
+from llmq.job_queries import get_job, of_models, unpublished_for
+from llmq.models import ACTIVE_STATUSES, Job, JobStatus, LedgerEntry
 
 
 @dataclass
@@ -58,23 +60,33 @@ class Outcome:
     cost_usd: Decimal = Decimal(0)
     gpu_cost_usd: Decimal = Decimal(0)
 
+    @property
+    def status(self) -> JobStatus:
+        return JobStatus.SUCCEEDED if self.succeeded else JobStatus.FAILED
+
+
+def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any]:
+    """A new job's row: the one mapping from `NewJob` to the `jobs` table."""
+    return {
+        "id": job_id,
+        "api_key_id": api_key_id,
+        "model": new.model,
+        "status": JobStatus.QUEUED,
+        "prompt": new.prompt,
+        "messages": new.messages,
+        "params": new.params,
+        "priority": new.priority,
+        "meta": new.metadata,
+        "webhook_url": new.webhook_url,
+        "expires_at": new.expires_at,
+        "reserved_tokens": new.reserved_tokens,
+        "reserved_cost_usd": new.reserved_cost_usd,
+    }
+
 
 def create_job(session: Session, api_key_id: uuid.UUID, new: NewJob) -> Job:
-    job = Job(
-        id=uuid.uuid4(),
-        api_key_id=api_key_id,
-        model=new.model,
-        status="queued",
-        prompt=new.prompt,
-        messages=new.messages,
-        params=new.params,
-        priority=new.priority,
-        meta=new.metadata,
-        webhook_url=new.webhook_url,
-        expires_at=new.expires_at,
-        reserved_tokens=new.reserved_tokens,
-        reserved_cost_usd=new.reserved_cost_usd,
-    )
+    """Insert one job; the INSERT returns its server defaults, so the row is whole."""
+    job = Job(**_row(uuid.uuid4(), api_key_id, new))
     session.add(job)
     session.flush()
     return job
@@ -83,83 +95,11 @@ def create_job(session: Session, api_key_id: uuid.UUID, new: NewJob) -> Job:
 def create_jobs(session: Session, api_key_id: uuid.UUID, new_jobs: list[NewJob]) -> list[uuid.UUID]:
     """Insert many jobs in the caller's transaction (one multi-row INSERT); ids in order."""
     ids = [uuid.uuid4() for _ in new_jobs]
-    rows = [
-        {
-            "id": job_id,
-            "api_key_id": api_key_id,
-            "model": new.model,
-            "status": "queued",
-            "prompt": new.prompt,
-            "messages": new.messages,
-            "params": new.params,
-            "priority": new.priority,
-            "meta": new.metadata,
-            "webhook_url": new.webhook_url,
-            "expires_at": new.expires_at,
-            "reserved_tokens": new.reserved_tokens,
-            "reserved_cost_usd": new.reserved_cost_usd,
-        }
-        for job_id, new in zip(ids, new_jobs, strict=True)
-    ]
-    if rows:
-        session.execute(sa.insert(Job), rows)
+    if ids:
+        session.execute(
+            sa.insert(Job), [_row(i, api_key_id, n) for i, n in zip(ids, new_jobs, strict=True)]
+        )
     return ids
-
-
-def get_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID | None) -> Job:
-    """A job, as seen by a key; another key's job does not exist for it (None: any key)."""
-    try:
-        job_uuid = uuid.UUID(str(job_id))
-    except ValueError:
-        raise JobNotFound(f"no job {job_id}") from None
-    query = sa.select(Job).where(Job.id == job_uuid)
-    if api_key_id is not None:
-        query = query.where(Job.api_key_id == api_key_id)
-    job = session.execute(query).scalar_one_or_none()
-    if job is None:
-        raise JobNotFound(f"no job {job_id}")
-    return job
-
-
-def encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, job_id = raw.split("|")
-        return datetime.fromisoformat(created), uuid.UUID(job_id)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidField("cursor", "malformed cursor") from None
-
-
-def list_jobs(
-    session: Session,
-    api_key_id: uuid.UUID,
-    *,
-    status: str | None = None,
-    model: str | None = None,
-    limit: int = 20,
-    cursor: str | None = None,
-) -> tuple[list[Job], str | None]:
-    """The key's jobs, newest first; returns a page and the cursor of the next one."""
-    query = sa.select(Job).where(Job.api_key_id == api_key_id)
-    if status:
-        query = query.where(Job.status == status)
-    if model:
-        query = query.where(Job.model == model)
-    if cursor:
-        created, job_id = _decode_cursor(cursor)
-        query = query.where(sa.tuple_(Job.created_at, Job.id) < sa.tuple_(created, job_id))
-    rows = list(
-        session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
-        .scalars()
-        .all()
-    )
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
 
 
 def cancel_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID) -> tuple[Job, int]:
@@ -174,12 +114,12 @@ def cancel_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID)
     before = session.execute(
         sa.select(Job.status, Job.attempts).where(Job.id == job.id).with_for_update()
     ).one()
-    if before.status not in ("queued", "running"):
+    if before.status not in ACTIVE_STATUSES:
         raise JobStateConflict(f"job {job.id} is already {before.status}")
     session.execute(
         sa.update(Job)
         .where(Job.id == job.id)
-        .values(status="cancelled", finished_at=sa.func.now(), lease_expires_at=None)
+        .values(status=JobStatus.CANCELLED, finished_at=sa.func.now(), lease_expires_at=None)
         .execution_options(synchronize_session=False)
     )
     outbox.enqueue_final_events(session, [job.id])
@@ -191,7 +131,7 @@ def tokens_to_refund(status: str, attempts: int, reserved_tokens: int | None) ->
     """What a cancel gives back of the tokens charged at submit: all of them for a job no
     worker ever claimed, else none, because a worker that claimed the job (even one the
     sweeper has since put back in the queue) reconciles them when its batch is written."""
-    return (reserved_tokens or 0) if status == "queued" and attempts == 0 else 0
+    return (reserved_tokens or 0) if status == JobStatus.QUEUED and attempts == 0 else 0
 
 
 def claim_jobs(
@@ -211,13 +151,13 @@ def claim_jobs(
         .where(
             Job.id == sa.any_(ids),  # one statement text for every batch size
             sa.or_(
-                Job.status == "queued",
-                sa.and_(Job.status == "running", Job.lease_expires_at < now),
+                Job.status == JobStatus.QUEUED,
+                sa.and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
             ),
             sa.or_(Job.expires_at.is_(None), Job.expires_at > now),
         )
         .values(
-            status="running",
+            status=JobStatus.RUNNING,
             attempts=Job.attempts + 1,
             started_at=now,
             worker=worker,
@@ -245,7 +185,7 @@ def renew_leases(
         .where(
             sa.tuple_(Job.id, Job.attempts).in_(claims),
             Job.worker == worker,
-            Job.status == "running",
+            Job.status == JobStatus.RUNNING,
         )
         .values(lease_expires_at=sa.func.now() + lease)
         .returning(Job.id)
@@ -259,7 +199,7 @@ def end_leases(session: Session, worker: str) -> int:
     the next sweep puts its jobs back without waiting. Returns how many jobs it held."""
     result = session.execute(
         sa.update(Job)
-        .where(Job.worker == worker, Job.status == "running")
+        .where(Job.worker == worker, Job.status == JobStatus.RUNNING)
         .values(lease_expires_at=sa.func.now())
         .execution_options(synchronize_session=False)
     )
@@ -271,8 +211,8 @@ def release_jobs(session: Session, claims: list[tuple[uuid.UUID, int]]) -> None:
     for job_id, attempt in claims:
         session.execute(
             sa.update(Job)
-            .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
-            .values(status="queued", lease_expires_at=None, worker=None)
+            .where(Job.id == job_id, Job.attempts == attempt, Job.status == JobStatus.RUNNING)
+            .values(status=JobStatus.QUEUED, lease_expires_at=None, worker=None)
         )
 
 
@@ -307,7 +247,7 @@ def _results_table(outcomes: list[Outcome]):
         row = (
             out.job_id,
             out.attempt,
-            "succeeded" if out.succeeded else "failed",
+            out.status,
             _text(out.text),
             out.finish_reason,
             json.dumps(error) if error else None,
@@ -354,14 +294,14 @@ def finish_jobs(session: Session, outcomes: list[Outcome]) -> list[uuid.UUID]:
     fenced = sa.and_(Job.id == results.c.id, Job.attempts == results.c.attempt)
     ended = session.execute(
         sa.update(Job)
-        .where(fenced, Job.status == "running")
+        .where(fenced, Job.status == JobStatus.RUNNING)
         .values(status=results.c.status, finished_at=sa.func.now(), **recorded)
         .returning(Job.id, Job.api_key_id, Job.model)
         .execution_options(synchronize_session=False)
     ).all()
     cancelled = session.execute(
         sa.update(Job)
-        .where(fenced, Job.status == "cancelled", Job.completion_tokens.is_(None))
+        .where(fenced, Job.status == JobStatus.CANCELLED, Job.completion_tokens.is_(None))
         .values(**recorded)
         .returning(Job.id, Job.api_key_id, Job.model)
         .execution_options(synchronize_session=False)
@@ -397,10 +337,6 @@ class Moved:
     priority: int
 
 
-def _of_models(models: list[str] | None):
-    return sa.true() if models is None else Job.model.in_(models)
-
-
 def requeue_orphans(
     session: Session,
     max_attempts: int,
@@ -418,7 +354,7 @@ def requeue_orphans(
     orphaned = Job.lease_expires_at < sa.func.now()
     rows = session.execute(
         sa.select(Job.id, Job.model, Job.priority, Job.attempts)
-        .where(Job.status == "running", orphaned, _of_models(models))
+        .where(Job.status == JobStatus.RUNNING, orphaned, of_models(models))
         .order_by(Job.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -429,7 +365,12 @@ def requeue_orphans(
         session.execute(
             sa.update(Job)
             .where(Job.id.in_([r.id for r in again]))
-            .values(status="queued", worker=None, lease_expires_at=None, published_at=sa.func.now())
+            .values(
+                status=JobStatus.QUEUED,
+                worker=None,
+                lease_expires_at=None,
+                published_at=sa.func.now(),
+            )
             .execution_options(synchronize_session=False)
         )
     for r in spent:
@@ -437,7 +378,7 @@ def requeue_orphans(
             sa.update(Job)
             .where(Job.id == r.id)
             .values(
-                status="failed",
+                status=JobStatus.FAILED,
                 finished_at=sa.func.now(),
                 lease_expires_at=None,
                 error={
@@ -460,7 +401,7 @@ def expire_queued(
     """Expire queued jobs whose deadline passed before any worker took them."""
     ids = (
         sa.select(Job.id)
-        .where(Job.status == "queued", Job.expires_at < sa.func.now(), _of_models(models))
+        .where(Job.status == JobStatus.QUEUED, Job.expires_at < sa.func.now(), of_models(models))
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
@@ -468,7 +409,7 @@ def expire_queued(
         sa.update(Job)
         .where(Job.id.in_(ids.scalar_subquery()))
         .values(
-            status="expired",
+            status=JobStatus.EXPIRED,
             finished_at=sa.func.now(),
             error={"code": "expired", "message": "the job's deadline passed before it ran"},
         )
@@ -477,31 +418,6 @@ def expire_queued(
     ).all()
     outbox.enqueue_final_events(session, [r.id for r in rows])
     return [Moved(r.id, r.model, r.priority) for r in rows]
-
-
-def _unpublished_for(older_than: timedelta):
-    """Queued, and neither created nor published again within `older_than`."""
-    last = sa.func.coalesce(Job.published_at, Job.created_at)
-    return sa.and_(Job.status == "queued", last < sa.func.now() - older_than)
-
-
-def stale_queued(
-    session: Session,
-    older_than: timedelta,
-    models: list[str] | None = None,
-    limit: int = 10_000,
-) -> dict[str, list[uuid.UUID]]:
-    """Queued jobs not published for a while, by model: candidates for a lost message."""
-    rows = session.execute(
-        sa.select(Job.model, Job.id)
-        .where(_unpublished_for(older_than), _of_models(models))
-        .order_by(Job.created_at)
-        .limit(limit)
-    ).all()
-    out: dict[str, list[uuid.UUID]] = {}
-    for r in rows:
-        out.setdefault(r.model, []).append(r.id)
-    return out
 
 
 def mark_republished(
@@ -516,7 +432,7 @@ def mark_republished(
         return []
     ids = (
         sa.select(Job.id)
-        .where(Job.id.in_(job_ids), _unpublished_for(older_than))
+        .where(Job.id.in_(job_ids), unpublished_for(older_than))
         .with_for_update(skip_locked=True)
     )
     rows = session.execute(
@@ -527,35 +443,3 @@ def mark_republished(
         .execution_options(synchronize_session=False)
     ).all()
     return [Moved(r.id, r.model, r.priority) for r in rows]
-
-
-@dataclass(frozen=True)
-class Activity:
-    """A model's jobs in Postgres right now: how many run, how long the oldest has waited."""
-
-    running: int
-    oldest_queued_s: float | None
-
-
-def activity_by_model(session: Session, models: list[str] | None = None) -> dict[str, Activity]:
-    """One grouped read for every model with queued or running jobs (others are absent)."""
-    rows = session.execute(
-        sa.select(
-            Job.model,
-            sa.func.count().filter(Job.status == "running").label("running"),
-            sa.func.extract(
-                "epoch",
-                sa.func.now() - sa.func.min(Job.created_at).filter(Job.status == "queued"),
-            ).label("oldest_s"),
-        )
-        .where(Job.status.in_(("queued", "running")), _of_models(models))
-        .group_by(Job.model)
-    ).all()
-    return {
-        r.model: Activity(int(r.running), float(r.oldest_s) if r.oldest_s is not None else None)
-        for r in rows
-    }
-
-
-def is_final(status: str) -> bool:
-    return status in FINAL_STATUSES

@@ -111,7 +111,7 @@ COLLECTED = {
 def record_outcome(model: str, out: Outcome) -> None:
     PROMPT_TOKENS.labels(model).inc(out.prompt_tokens)
     COMPLETION_TOKENS.labels(model).inc(out.completion_tokens)
-    JOBS_FINISHED.labels(model, "succeeded" if out.succeeded else "failed").inc()
+    JOBS_FINISHED.labels(model, out.status).inc()
     COST_USD.labels(model).inc(float(out.cost_usd))
     GPU_COST_USD.labels(model).inc(float(out.gpu_cost_usd))
 

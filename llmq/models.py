@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -24,8 +25,22 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled", "expired")
+
+class JobStatus(StrEnum):
+    """A job's status: its value is what the API shows and the `jobs.status` column holds.
+    `queued -> running -> succeeded | failed`; `cancelled` and `expired` from either of the
+    first two. A status only moves forward."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINAL_STATUSES = tuple(s for s in JobStatus if s not in ACTIVE_STATUSES)
 MONEY = Numeric(24, 12)
 
 
@@ -62,8 +77,7 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('queued','running','succeeded','failed','cancelled','expired')",
-            name="ck_jobs_status",
+            f"status IN ({','.join(repr(s.value) for s in JobStatus)})", name="ck_jobs_status"
         ),
         CheckConstraint("priority BETWEEN 0 AND 9", name="ck_jobs_priority"),
         CheckConstraint("prompt IS NOT NULL OR messages IS NOT NULL", name="ck_jobs_input"),
@@ -90,7 +104,7 @@ class Job(Base):
         UUID(as_uuid=True), ForeignKey("api_keys.id", ondelete="RESTRICT")
     )
     model: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(Text, server_default="queued")
+    status: Mapped[str] = mapped_column(Text, server_default=JobStatus.QUEUED.value)
     prompt: Mapped[str | None] = mapped_column(Text)
     messages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
     params: Mapped[dict[str, Any]] = mapped_column(JSONB)

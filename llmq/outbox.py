@@ -13,7 +13,10 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from llmq.models import FINAL_STATUSES
+
 CREATED = "llmq.webhook_deliveries"
+_FINAL = [s.value for s in FINAL_STATUSES]
 
 _ENQUEUE = sa.text(
     """
@@ -22,7 +25,7 @@ _ENQUEUE = sa.text(
            coalesce(j.webhook_url, k.webhook_url)
     FROM jobs j JOIN api_keys k ON k.id = j.api_key_id
     WHERE j.id = ANY(:ids)
-      AND j.status IN ('succeeded', 'failed', 'cancelled', 'expired')
+      AND j.status = ANY(:final)
       AND coalesce(j.webhook_url, k.webhook_url) IS NOT NULL
     ON CONFLICT (id) DO NOTHING
     RETURNING id
@@ -38,7 +41,7 @@ def enqueue_final_events(session: Session, job_ids: list[uuid.UUID]) -> list[str
     """Write the outbox rows of jobs that just reached a final state and have a webhook."""
     if not job_ids:
         return []
-    ids = [row.id for row in session.execute(_ENQUEUE, {"ids": list(job_ids)})]
+    ids = [row.id for row in session.execute(_ENQUEUE, {"ids": list(job_ids), "final": _FINAL})]
     session.info.setdefault(CREATED, []).extend(ids)
     return ids
 

@@ -8,7 +8,6 @@ the same values; dashboards take `max by (model)`). The API registers it; nothin
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Iterator
 
 import redis
@@ -18,27 +17,10 @@ from prometheus_client.registry import Collector
 
 from llmq import events, metrics
 from llmq.db import session_scope
-from llmq.models import Job
-from llmq.queues import waiting_count
+from llmq.job_queries import IDLE, activity_by_model
+from llmq.pools import backlogs
 
 log = logging.getLogger(__name__)
-
-
-def job_counts(session) -> dict[str, dict[str, float]]:
-    """Per model: queued and running job counts and the oldest queued job's age in seconds."""
-    age = sa.func.extract("epoch", sa.func.now() - sa.func.min(Job.created_at))
-    rows = session.execute(
-        sa.select(Job.model, Job.status, sa.func.count(), age)
-        .where(Job.status.in_(("queued", "running")))
-        .group_by(Job.model, Job.status)
-    ).all()
-    out: dict[str, dict[str, float]] = {}
-    for model, status, count, oldest_s in rows:
-        entry = out.setdefault(model, {"queued": 0, "running": 0, "oldest_queued_s": 0.0})
-        entry[status] = int(count)
-        if status == "queued":
-            entry["oldest_queued_s"] = max(0.0, float(oldest_s or 0))
-    return out
 
 
 class QueueCollector(Collector):
@@ -56,19 +38,16 @@ class QueueCollector(Collector):
             live = GaugeMetricFamily(
                 metrics.WORKERS_LIVE, metrics.COLLECTED[metrics.WORKERS_LIVE], labels=["model"]
             )
-            beats = Counter(
-                b.get("model") for b in events.live_worker_records(self.client, self.prefix)
-            )
-            for name in names:
-                waiting.add_metric([name], waiting_count(self.client, name, self.prefix))
-                live.add_metric([name], beats[name])
+            for name, backlog in backlogs(self.client, self.prefix, names).items():
+                waiting.add_metric([name], backlog.waiting)
+                live.add_metric([name], backlog.workers)
             yield waiting
             yield live
         except redis.RedisError as exc:
             log.warning("queue metrics: Redis unavailable (%s)", exc.__class__.__name__)
         try:
             with session_scope() as session:
-                counts = job_counts(session)
+                activity = activity_by_model(session, names)
         except sa.exc.SQLAlchemyError as exc:
             log.warning("queue metrics: Postgres unavailable (%s)", exc.__class__.__name__)
             return
@@ -79,9 +58,9 @@ class QueueCollector(Collector):
             metrics.QUEUE_OLDEST_AGE, metrics.COLLECTED[metrics.QUEUE_OLDEST_AGE], labels=["model"]
         )
         for name in names:
-            entry = counts.get(name, {})
-            in_flight.add_metric([name], entry.get("running", 0))
-            oldest.add_metric([name], entry.get("oldest_queued_s", 0.0))
+            seen = activity.get(name, IDLE)
+            in_flight.add_metric([name], seen.running)
+            oldest.add_metric([name], seen.oldest_queued_s or 0.0)
         yield in_flight
         yield oldest
 

@@ -17,7 +17,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from llmq.ledger import token_cost_usd
-from llmq.models import FINAL_STATUSES
+from llmq.models import FINAL_STATUSES, JobStatus
 from llmq.outbox import delivery_id
 
 
@@ -99,7 +99,7 @@ def ledger_problems(
     for job in jobs.values():
         rows = by_job.get(job.id, [])
         ran = job.completion_tokens is not None
-        if job.status == "succeeded" and not ran:
+        if job.status == JobStatus.SUCCEEDED and not ran:
             mismatches.append(f"{job.id}: succeeded without recorded tokens")
         if len(rows) > 1:
             doubles.append(f"{job.id}: {len(rows)} ledger rows")
@@ -121,12 +121,12 @@ def ledger_problems(
         price_in, price_out = prices[job.model]
         expected = (
             token_cost_usd(row.prompt_tokens, row.completion_tokens, price_in, price_out)
-            if job.status != "failed"
+            if job.status != JobStatus.FAILED
             else Decimal(0)
         )
         if row.cost_usd != expected:
             mismatches.append(f"{job.id}: cost {row.cost_usd} != {expected}")
-        if job.status != "cancelled" and row.created_at != job.finished_at:
+        if job.status != JobStatus.CANCELLED and row.created_at != job.finished_at:
             doubles.append(f"{job.id}: ledger written at {row.created_at}, result at "
                            f"{job.finished_at}")  # fmt: skip
     return mismatches, doubles
@@ -139,7 +139,7 @@ def allowed_change(before: tuple, after: tuple) -> bool:
         return True
     status, _, _, completion_tokens, finished_at = before
     return (
-        status == "cancelled"
+        status == JobStatus.CANCELLED
         and completion_tokens is None
         and (after[0], after[4]) == (status, finished_at)
     )

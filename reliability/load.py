@@ -69,7 +69,7 @@ def _base_env() -> dict[str, str]:
 def backlog(redis_url: str, prefix: str, model: str = "echo") -> dict[str, int]:
     """What is not done yet: the model's jobs not final, webhooks not sent, messages waiting."""
     from llmq.db import session_scope
-    from llmq.models import Job, WebhookDelivery
+    from llmq.models import ACTIVE_STATUSES, Job, WebhookDelivery
     from llmq.queues import PRIORITY_SEP, PRIORITY_STEPS, WEBHOOK_QUEUE, waiting_count
 
     client = redis.Redis.from_url(redis_url)
@@ -78,9 +78,7 @@ def backlog(redis_url: str, prefix: str, model: str = "echo") -> dict[str, int]:
     ]
     with session_scope() as session:
         jobs = session.scalar(
-            sa.select(sa.func.count()).where(
-                Job.model == model, Job.status.in_(("queued", "running"))
-            )
+            sa.select(sa.func.count()).where(Job.model == model, Job.status.in_(ACTIVE_STATUSES))
         )
         deliveries = session.scalar(
             sa.select(sa.func.count()).where(WebhookDelivery.status.in_(("pending", "sending")))

@@ -23,10 +23,10 @@ from llmq import events, metrics
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.models import ScalingEvent
+from llmq.pools import PoolObservation, observe_pools
 from llmq.settings import Settings
 from scheduler.backends import Backend
 from scheduler.leader import LeaderLock, lock_key
-from scheduler.observe import Observation, observe
 from scheduler.policy import Decision, Knobs, Memory, Pool, decide, share_gpus
 from scheduler.sweeper import Sweeper
 
@@ -69,7 +69,7 @@ class Scheduler:
         """One round as leader: tidy the backend, observe, decide, act, record, sweep."""
         killed = self.backend.tick()
         with session_scope() as session:
-            seen = observe(session, self.redis, self.settings.redis_prefix, self.models)
+            seen = observe_pools(session, self.redis, self.settings.redis_prefix, self.models)
         now = time.monotonic()
         pools = []
         for model in self.models:
@@ -97,7 +97,7 @@ class Scheduler:
             self.sweeper.sweep()
         return decisions
 
-    def _pool(self, seen: Observation) -> Pool:
+    def _pool(self, seen: PoolObservation) -> Pool:
         spec = self.catalog.get(seen.model)
         return Pool(
             model=seen.model,
@@ -131,7 +131,7 @@ class Scheduler:
         direction = "up" if decision.desired > decision.current else "down"
         metrics.SCALING_EVENTS.labels(pool.model, direction).inc()
 
-    def _publish(self, seen: dict[str, Observation], decisions: list[Decision]) -> None:
+    def _publish(self, seen: dict[str, PoolObservation], decisions: list[Decision]) -> None:
         """Write each pool's state for `GET /v1/models` and `llmq status`, and the gauges."""
         stamp = datetime.now(UTC).isoformat()
         state = {}

@@ -29,7 +29,7 @@ from datetime import timedelta
 import redis
 from celery import Celery
 
-from llmq import events, jobs, metrics, outbox
+from llmq import events, job_queries, jobs, metrics, outbox
 from llmq.broker import held_since, waiting_task_ids
 from llmq.db import session_scope
 from llmq.queues import (
@@ -113,7 +113,7 @@ class Sweeper:
         prefix = self.settings.redis_prefix
         older_than = timedelta(seconds=self.settings.republish_after_s)
         with session_scope() as session:
-            stale = jobs.stale_queued(session, older_than, self.models)
+            stale = job_queries.stale_queued(session, older_than, self.models)
         if not stale:
             return
         held = held_since(self.redis, prefix, time.time() - self.settings.held_message_timeout_s)

@@ -19,7 +19,7 @@ from api.fields import field_path
 from api.schemas import JobCreate
 from llmq import events, idempotency, keys
 from llmq.errors import BadRequest, InvalidField
-from llmq.jobs import _decode_cursor, encode_cursor
+from llmq.job_queries import decode_cursor, encode_cursor
 from llmq.models import Job
 from workers.webhook_policy import MAX_RETRY_AFTER_S, next_step, parse_retry_after
 
@@ -42,13 +42,13 @@ aware_datetimes = st.datetimes(
 def test_a_cursor_decodes_to_the_job_it_was_made_from(created, job_id):
     cursor = encode_cursor(Job(created_at=created, id=job_id))
     assert set(cursor) <= set(string.ascii_letters + string.digits + "-_")
-    assert _decode_cursor(cursor) == (created, job_id)
+    assert decode_cursor(cursor) == (created, job_id)
 
 
 @given(st.text() | st.binary().map(lambda b: b.decode("latin-1")))
 def test_a_garbage_cursor_is_an_invalid_field_or_a_position(garbage):
     try:
-        created, job_id = _decode_cursor(garbage)
+        created, job_id = decode_cursor(garbage)
     except InvalidField as exc:
         assert exc.field == "cursor"
     else:
@@ -190,5 +190,5 @@ def test_an_error_location_reads_like_the_request():
 @given(offset=st.integers(-10_000, 10_000))
 def test_a_cursor_keeps_the_instant_of_a_non_utc_time(offset):
     created = NOW.astimezone(timezone(timedelta(minutes=offset % 1440)))
-    decoded, _ = _decode_cursor(encode_cursor(Job(created_at=created, id=uuid.uuid4())))
+    decoded, _ = decode_cursor(encode_cursor(Job(created_at=created, id=uuid.uuid4())))
     assert decoded == NOW

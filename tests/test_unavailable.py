@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from llmq import jobs, queues
+from llmq import job_queries, queues
 from llmq.db import session_scope
 from llmq.models import Job
 from llmq.settings import get_settings
@@ -80,7 +80,7 @@ def test_a_submit_whose_publish_fails_is_kept_and_a_retry_makes_no_second_job(
     assert job["id"].encode() not in _queued_messages(redis_client)  # the publish failed
     assert _rows([job["id"]]) == ["queued"]  # durable: the sweeper publishes it
     with session_scope() as session:
-        stale = jobs.stale_queued(session, timedelta(0), ["parked"])
+        stale = job_queries.stale_queued(session, timedelta(0), ["parked"])
     assert uuid.UUID(job["id"]) in stale["parked"]
 
     retry = broker_down.post("/v1/jobs", json=BODY, headers=idem)

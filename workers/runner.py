@@ -224,7 +224,7 @@ class BatchRunner:
             self.streamed.pop(str(out.job_id), None)
             if out.job_id in done:
                 metrics.record_outcome(self.spec.name, out)
-                reports[str(out.job_id)] = "succeeded" if out.succeeded else "failed"
+                reports[str(out.job_id)] = out.status
             else:
                 log.warning("job %s moved on from attempt %d; its result was not written",
                             out.job_id, out.attempt)  # fmt: skip

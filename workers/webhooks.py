@@ -23,10 +23,10 @@ import sqlalchemy as sa
 from cryptography.fernet import InvalidToken
 from standardwebhooks import Webhook
 
-from llmq import __version__, jobs, keys, metrics, ssrf
+from llmq import __version__, job_queries, keys, metrics, ssrf
 from llmq.db import session_scope
 from llmq.errors import KeyNotFound
-from llmq.models import ApiKey, LedgerEntry, WebhookAttempt, WebhookDelivery
+from llmq.models import ApiKey, WebhookAttempt, WebhookDelivery
 from llmq.resources import job_resource
 from llmq.settings import Settings
 from workers.webhook_policy import Step, next_step, parse_delays, parse_retry_after
@@ -46,16 +46,12 @@ class AttemptResult:
 
 def render_payload(session, delivery: WebhookDelivery, settings: Settings) -> str:
     """The event body: `{"type", "timestamp", "data": <final job resource>}`, fixed once."""
-    job = jobs.get_job(session, delivery.job_id, None)
-    cost = session.execute(
-        sa.select(LedgerEntry.cost_usd, LedgerEntry.gpu_cost_usd).where(
-            LedgerEntry.job_id == job.id
-        )
-    ).first()
+    job = job_queries.get_job(session, delivery.job_id, None)
+    cost = job_queries.costs(session, [job.id]).get(job.id)
     body = {
         "type": delivery.event_type,
         "timestamp": (job.finished_at or datetime.now(UTC)).isoformat(),
-        "data": job_resource(job, tuple(cost) if cost else None, settings.flower_url),
+        "data": job_resource(job, cost, settings.flower_url),
     }
     return json.dumps(body, separators=(",", ":"))
 

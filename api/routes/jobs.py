@@ -5,26 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
-from datetime import timedelta
-from decimal import Decimal
-from typing import Literal
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from redis.exceptions import RedisError
 
 from api import deps, ratelimits, waits
 from api.openapi import responses
 from api.schemas import BulkCreate, JobCreate, job_resource
-from api.submission import RateCharge, prepare, publish, webhook_resolver
-from llmq import admission, events, idempotency, jobs, metrics, outbox
-from llmq.catalog import Catalog
+from api.submission import Submission, webhook_resolver
+from llmq import events, job_queries, jobs, outbox
 from llmq.db import session_scope
 from llmq.errors import InvalidField, InvalidFields
 from llmq.keys import Caller
-from llmq.models import Job, LedgerEntry
+from llmq.models import Job, JobStatus
 from llmq.queues import publish_webhooks
 from llmq.settings import Settings
 
@@ -37,120 +32,56 @@ router = APIRouter(
 SUBMIT_ERRORS = responses(400, 402, 413, 429)
 log = logging.getLogger(__name__)
 
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
-
-
-def _costs(session, ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[Decimal, Decimal]]:
-    if not ids:
-        return {}
-    rows = session.query(LedgerEntry.job_id, LedgerEntry.cost_usd, LedgerEntry.gpu_cost_usd).filter(
-        LedgerEntry.job_id.in_(ids)
-    )
-    return {r.job_id: (r.cost_usd, r.gpu_cost_usd) for r in rows}
-
 
 def _render(session, job: Job, settings: Settings) -> dict:
-    return job_resource(job, _costs(session, [job.id]).get(job.id), settings.flower_url)
-
-
-def _claim(header: str | None, body: JobCreate | BulkCreate) -> idempotency.Claim | None:
-    key = idempotency.parse_header(header)
-    if key is None:
-        return None
-    return idempotency.Claim(key, idempotency.fingerprint(body.model_dump(mode="json")))
+    return job_resource(job, job_queries.costs(session, [job.id]).get(job.id), settings.flower_url)
 
 
 @router.post("", status_code=202, responses=SUBMIT_ERRORS)
-def submit(
-    body: JobCreate,
-    request: Request,
-    response: Response,
-    idempotency_key: str | None = Header(None, alias=idempotency.HEADER),
-    caller: Caller = Depends(deps.caller),
-    catalog: Catalog = Depends(deps.catalog),
-    settings: Settings = Depends(deps.settings),
-) -> dict:
+def submit(body: JobCreate, submission: Submission = Depends()) -> dict:
     """Check limits, write the job, then put its message on the model's queue; answer at once.
 
     Once the row is committed the job is accepted: if its message cannot be published now,
     the sweeper publishes it (see `api.submission.publish`)."""
-    prepared = prepare(body, caller, catalog, settings)
-    claim = _claim(idempotency_key, body)
-    charge = RateCharge(request, caller, prepared.reserved_tokens)
-    retention = timedelta(hours=settings.idempotency_retention_h)
-    try:
-        admitted = admission.admit(session_scope, caller, prepared.new, claim, retention, charge)
-    except Exception:
-        charge.refund()
-        raise
-    response.headers.update(charge.headers)
-    job = admitted.job
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    if admitted.replayed:
-        charge.refund()
-        response.headers["Idempotent-Replayed"] = "true"
+    admitted = submission.admit([submission.prepare(body)], submission.claim(body))
+    job_id, settings = admitted.ids[0], submission.settings
+    submission.response.headers["Location"] = f"/v1/jobs/{job_id}"
+    if admitted.job is None:  # a replay: the job as it is now
         with session_scope() as session:
-            return _render(session, jobs.get_job(session, job.id, caller.key_id), settings)
-    publish(request.app.state.celery, [(str(job.id), job.model, job.priority)])
-    metrics.JOBS_SUBMITTED.labels(job.model).inc()
-    return job_resource(job, None, settings.flower_url)
+            job = job_queries.get_job(session, job_id, submission.caller.key_id)
+            return _render(session, job, settings)
+    return job_resource(admitted.job, None, settings.flower_url)
 
 
 @router.post("/bulk", status_code=202, responses=SUBMIT_ERRORS)
-def submit_bulk(
-    body: BulkCreate,
-    request: Request,
-    response: Response,
-    idempotency_key: str | None = Header(None, alias=idempotency.HEADER),
-    caller: Caller = Depends(deps.caller),
-    catalog: Catalog = Depends(deps.catalog),
-    settings: Settings = Depends(deps.settings),
-) -> dict:
+def submit_bulk(body: BulkCreate, submission: Submission = Depends()) -> dict:
     """Up to 10,000 jobs: every item is checked first, and one bad item means nothing is
     written; then the key's limits for all of them at once, one transaction and one Redis
     pipeline. Ids come back in the order of the items. With an `Idempotency-Key`, a repeat
     of the same request answers with the same ids and creates nothing."""
-    claim = _claim(idempotency_key, body)
+    claim = submission.claim(body)
     prepared, errors = [], []
-    resolve = webhook_resolver(body.jobs, settings)
+    resolve = webhook_resolver(body.jobs, submission.settings)
     for index, item in enumerate(body.jobs):
         try:
-            prepared.append(prepare(item, caller, catalog, settings, resolve))
+            prepared.append(submission.prepare(item, resolve))
         except InvalidField as exc:
             errors.append({"field": f"jobs[{index}].{exc.field}", "message": exc.message})
     if errors:
         raise InvalidFields(errors)
     tokens = sum(p.reserved_tokens for p in prepared)
-    if caller.limits.tpm is not None and tokens > caller.limits.tpm:
+    tpm = submission.caller.limits.tpm
+    if tpm is not None and tokens > tpm:
         raise InvalidField(
-            "jobs",
-            f"the jobs may use {tokens} tokens; this key allows {caller.limits.tpm} per minute",
+            "jobs", f"the jobs may use {tokens} tokens; this key allows {tpm} per minute"
         )
-    new_jobs = [p.new for p in prepared]
-    charge = RateCharge(request, caller, tokens)
-    retention = timedelta(hours=settings.idempotency_retention_h)
-    try:
-        ids, replayed = admission.admit_many(
-            session_scope, caller, new_jobs, claim, retention, charge
-        )
-    except Exception:
-        charge.refund()
-        raise
-    response.headers.update(charge.headers)
-    if replayed:
-        charge.refund()
-        response.headers["Idempotent-Replayed"] = "true"
-    else:
-        messages = [(str(i), j.model, j.priority) for i, j in zip(ids, new_jobs, strict=True)]
-        publish(request.app.state.celery, messages)
-        for new in new_jobs:
-            metrics.JOBS_SUBMITTED.labels(new.model).inc()
+    ids = submission.admit(prepared, claim).ids
     return {"object": "bulk", "count": len(ids), "ids": [str(i) for i in ids]}
 
 
 @router.get("")
 def list_jobs(
-    status: Status | None = None,
+    status: JobStatus | None = None,
     model: str | None = Query(None, max_length=200, pattern=r"^[^\x00]*$"),
     limit: int = Query(20, ge=1, le=100),
     cursor: str | None = None,
@@ -158,10 +89,10 @@ def list_jobs(
     settings: Settings = Depends(deps.settings),
 ) -> dict:
     with session_scope() as session:
-        rows, next_cursor = jobs.list_jobs(
+        rows, next_cursor = job_queries.list_jobs(
             session, caller.key_id, status=status, model=model, limit=limit, cursor=cursor
         )
-        costs = _costs(session, [j.id for j in rows])
+        costs = job_queries.costs(session, [j.id for j in rows])
         data = [job_resource(j, costs.get(j.id), settings.flower_url) for j in rows]
     return {
         "object": "list",
@@ -174,7 +105,7 @@ def list_jobs(
 def load_job(job_id: str, caller: Caller, settings: Settings) -> tuple[str, dict]:
     """The job's status and public resource, as the caller may see it."""
     with session_scope() as session:
-        job = jobs.get_job(session, job_id, caller.key_id)
+        job = job_queries.get_job(session, job_id, caller.key_id)
         return job.status, _render(session, job, settings)
 
 
@@ -191,7 +122,7 @@ async def get_job(
 
     status, resource = await run_in_threadpool(load)
     wait = min(wait, settings.long_poll_max_s)
-    if wait <= 0 or jobs.is_final(status):
+    if wait <= 0 or job_queries.is_final(status):
         return resource
     client: aioredis.Redis = request.app.state.redis
     pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -205,7 +136,7 @@ async def get_job(
         await pubsub.subscribe(events.job_channel(settings.redis_prefix, resource["id"]))
         status, resource = await run_in_threadpool(load)
         deadline = asyncio.get_running_loop().time() + wait
-        while not jobs.is_final(status):
+        while not job_queries.is_final(status):
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break

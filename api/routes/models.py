@@ -7,11 +7,12 @@ from fastapi.concurrency import run_in_threadpool
 
 from api import deps
 from api.openapi import responses
-from llmq import events, jobs
+from llmq import events
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.keys import Caller
-from llmq.queues import queue_name, waiting_count
+from llmq.pools import observe_pools
+from llmq.queues import queue_name
 from llmq.settings import Settings
 
 router = APIRouter(
@@ -27,16 +28,12 @@ async def list_models(
     settings: Settings = Depends(deps.settings),
 ) -> dict:
     def gather() -> list[dict]:
-        with session_scope() as session:
-            activity = jobs.activity_by_model(session)
-        running = {model: a.running for model, a in activity.items()}
-        oldest = {
-            m: a.oldest_queued_s for m, a in activity.items() if a.oldest_queued_s is not None
-        }
         client = request.app.state.sync_redis
+        with session_scope() as session:
+            seen = observe_pools(session, client, settings.redis_prefix, catalog.names())
         pools = events.read_pools(client, settings.redis_prefix)
         data = []
-        for name in catalog.names():
+        for name, live in seen.items():
             spec = catalog.get(name)
             data.append(
                 {
@@ -63,10 +60,12 @@ async def list_models(
                         "updated_at": pools.get(name, {}).get("updated_at"),
                     },
                     "live": {
-                        "waiting": waiting_count(client, name, settings.redis_prefix),
-                        "in_flight": int(running.get(name, 0)),
-                        "workers": events.live_workers(client, settings.redis_prefix, name),
-                        "oldest_wait_s": round(oldest[name], 3) if name in oldest else None,
+                        "waiting": live.waiting,
+                        "in_flight": live.in_flight,
+                        "workers": live.workers,
+                        "oldest_wait_s": (
+                            round(live.oldest_wait_s, 3) if live.oldest_wait_s is not None else None
+                        ),
                     },
                 }
             )

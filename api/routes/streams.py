@@ -22,7 +22,7 @@ from sse_starlette import EventSourceResponse
 from api import deps, waits
 from api.openapi import responses
 from api.routes.jobs import load_job
-from llmq import events, jobs
+from llmq import events, job_queries
 from llmq.errors import InvalidField
 from llmq.keys import Caller
 from llmq.settings import Settings
@@ -93,7 +93,7 @@ async def job_events(
                     # Nothing new: the job may have ended without a stream (e.g. Redis lost it),
                     # or the client resumed after the stream's end.
                     status, resource = await run_in_threadpool(load_job, job_id, caller, settings)
-                    if jobs.is_final(status) and await _stream_ended(client, key):
+                    if job_queries.is_final(status) and await _stream_ended(client, key):
                         yield {"event": "job", "data": json.dumps(resource)}
                         return
         finally:

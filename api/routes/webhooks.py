@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from api import deps, ratelimits
 from api.openapi import responses
-from llmq import jobs, ratelimit
+from llmq import job_queries, ratelimit
 from llmq.db import session_scope
 from llmq.errors import JobStateConflict
 from llmq.keys import Caller
@@ -76,7 +76,7 @@ def _deliveries(session, job_id) -> list[dict]:
 def webhook_log(job_id: str, caller: Caller = Depends(deps.caller)) -> dict:
     """Each attempt's time, status code and error; response bodies are never kept."""
     with session_scope() as session:
-        job = jobs.get_job(session, job_id, caller.key_id)
+        job = job_queries.get_job(session, job_id, caller.key_id)
         return {"object": "list", "data": _deliveries(session, job.id)}
 
 
@@ -89,7 +89,7 @@ def redeliver(
     rule = ratelimit.Rule(REDELIVER_POLICY, per_min, 1)
     response.headers.update(ratelimits.enforce_rules(request, caller, [rule]))
     with session_scope() as session:
-        job = jobs.get_job(session, job_id, caller.key_id)
+        job = job_queries.get_job(session, job_id, caller.key_id)
         ids = list(
             session.execute(
                 sa.update(WebhookDelivery)

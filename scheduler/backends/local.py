@@ -32,7 +32,7 @@ from llmq import events, jobs
 from llmq.backoff import restart_delay_s
 from llmq.catalog import Catalog
 from llmq.db import session_scope
-from llmq.models import Job
+from llmq.models import Job, JobStatus
 from llmq.processes import send_signal, stop_process
 from llmq.queues import queue_name
 from llmq.settings import Settings
@@ -216,7 +216,9 @@ class LocalBackend:
     def _holds_jobs(self, worker: LocalWorker) -> bool:
         with session_scope() as session:
             held = session.scalar(
-                sa.select(sa.func.count()).where(Job.status == "running", Job.worker == worker.node)
+                sa.select(sa.func.count()).where(
+                    Job.status == JobStatus.RUNNING, Job.worker == worker.node
+                )
             )
         return bool(held)
 

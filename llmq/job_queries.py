@@ -1,0 +1,155 @@
+"""Reads of jobs: one job as a key sees it, a key's pages, what finished jobs cost, what each
+model has in flight and the sweeper's candidates. Nothing here changes a job (`llmq.jobs`
+does)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from llmq.errors import InvalidField, JobNotFound
+from llmq.models import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobStatus, LedgerEntry
+
+
+def is_final(status: str) -> bool:
+    return status in FINAL_STATUSES
+
+
+def of_models(models: list[str] | None):
+    """Jobs of these models (None: every model)."""
+    return sa.true() if models is None else Job.model.in_(models)
+
+
+def unpublished_for(older_than: timedelta):
+    """Queued, and neither created nor published again within `older_than`."""
+    last = sa.func.coalesce(Job.published_at, Job.created_at)
+    return sa.and_(Job.status == JobStatus.QUEUED, last < sa.func.now() - older_than)
+
+
+def get_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID | None) -> Job:
+    """A job, as seen by a key; another key's job does not exist for it (None: any key)."""
+    try:
+        job_uuid = uuid.UUID(str(job_id))
+    except ValueError:
+        raise JobNotFound(f"no job {job_id}") from None
+    query = sa.select(Job).where(Job.id == job_uuid)
+    if api_key_id is not None:
+        query = query.where(Job.api_key_id == api_key_id)
+    job = session.execute(query).scalar_one_or_none()
+    if job is None:
+        raise JobNotFound(f"no job {job_id}")
+    return job
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|")
+        return datetime.fromisoformat(created), uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidField("cursor", "malformed cursor") from None
+
+
+def list_jobs(
+    session: Session,
+    api_key_id: uuid.UUID,
+    *,
+    status: str | None = None,
+    model: str | None = None,
+    limit: int = 20,
+    cursor: str | None = None,
+) -> tuple[list[Job], str | None]:
+    """The key's jobs, newest first; returns a page and the cursor of the next one."""
+    query = sa.select(Job).where(Job.api_key_id == api_key_id)
+    if status:
+        query = query.where(Job.status == status)
+    if model:
+        query = query.where(Job.model == model)
+    if cursor:
+        created, job_id = decode_cursor(cursor)
+        query = query.where(sa.tuple_(Job.created_at, Job.id) < sa.tuple_(created, job_id))
+    rows = list(
+        session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
+        .scalars()
+        .all()
+    )
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def costs(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[Decimal, Decimal]]:
+    """Each job's (token cost, GPU cost) from its ledger row; a job without one is absent."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        sa.select(LedgerEntry.job_id, LedgerEntry.cost_usd, LedgerEntry.gpu_cost_usd).where(
+            LedgerEntry.job_id.in_(job_ids)
+        )
+    )
+    return {r.job_id: (r.cost_usd, r.gpu_cost_usd) for r in rows}
+
+
+def stale_queued(
+    session: Session,
+    older_than: timedelta,
+    models: list[str] | None = None,
+    limit: int = 10_000,
+) -> dict[str, list[uuid.UUID]]:
+    """Queued jobs not published for a while, by model: candidates for a lost message."""
+    rows = session.execute(
+        sa.select(Job.model, Job.id)
+        .where(unpublished_for(older_than), of_models(models))
+        .order_by(Job.created_at)
+        .limit(limit)
+    ).all()
+    out: dict[str, list[uuid.UUID]] = {}
+    for r in rows:
+        out.setdefault(r.model, []).append(r.id)
+    return out
+
+
+@dataclass(frozen=True)
+class Activity:
+    """A model's jobs in Postgres right now: how many run, how long the oldest has waited."""
+
+    running: int
+    oldest_queued_s: float | None
+
+
+IDLE = Activity(0, None)  # a model with nothing queued or running
+
+
+def activity_by_model(session: Session, models: list[str] | None = None) -> dict[str, Activity]:
+    """One grouped read for every model with queued or running jobs (others are absent).
+
+    An age is never below zero: a job committed after this transaction began can look
+    younger than `now()`."""
+    rows = session.execute(
+        sa.select(
+            Job.model,
+            sa.func.count().filter(Job.status == JobStatus.RUNNING).label("running"),
+            sa.func.extract(
+                "epoch",
+                sa.func.now() - sa.func.min(Job.created_at).filter(Job.status == JobStatus.QUEUED),
+            ).label("oldest_s"),
+        )
+        .where(Job.status.in_(ACTIVE_STATUSES), of_models(models))
+        .group_by(Job.model)
+    ).all()
+    return {
+        r.model: Activity(
+            int(r.running), max(0.0, float(r.oldest_s)) if r.oldest_s is not None else None
+        )
+        for r in rows
+    }
