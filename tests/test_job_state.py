@@ -1,4 +1,4 @@
-"""jobs.py against Postgres: claims are exclusive, finishes are fenced and written once."""
+"""llmq.jobs against Postgres: claims are exclusive, finishes are fenced and written once."""
 
 from __future__ import annotations
 

@@ -1,0 +1,34 @@
+"""Every transition of a job's state, and the only place one happens; reads are in
+`llmq.job_queries`. One module per mover: a client submits and cancels (`submit`), a worker
+claims and holds (`leases`) and writes results (`finish`), the sweeper moves what nobody else
+will (`sweeps`).
+
+A job that ends (finish, cancel) gets its webhook outbox row in the same transaction.
+
+Every write is safe to repeat. A claim is a conditional UPDATE, so a redelivered message
+never runs a finished or cancelled job again; a finish is fenced by the claim's attempt
+number; the ledger row is unique per job.
+"""
+
+from llmq.jobs.finish import Outcome, finish_jobs
+from llmq.jobs.leases import claim_jobs, end_leases, release_jobs, renew_leases
+from llmq.jobs.submit import NewJob, cancel_job, create_job, create_jobs, tokens_to_refund
+from llmq.jobs.sweeps import Moved, expire_queued, mark_republished, requeue_orphans
+
+__all__ = [
+    "Moved",
+    "NewJob",
+    "Outcome",
+    "cancel_job",
+    "claim_jobs",
+    "create_job",
+    "create_jobs",
+    "end_leases",
+    "expire_queued",
+    "finish_jobs",
+    "mark_republished",
+    "release_jobs",
+    "renew_leases",
+    "requeue_orphans",
+    "tokens_to_refund",
+]

@@ -1,0 +1,100 @@
+"""A client's moves: submit creates jobs (one or many in one INSERT), cancel ends one."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from llmq import outbox
+from llmq.errors import JobStateConflict
+from llmq.job_queries import get_job
+from llmq.models import ACTIVE_STATUSES, Job, JobStatus
+
+
+@dataclass
+class NewJob:
+    model: str
+    params: dict[str, Any]
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    priority: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    webhook_url: str | None = None
+    expires_at: datetime | None = None
+    reserved_tokens: int | None = None
+    reserved_cost_usd: Decimal | None = None
+
+
+def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any]:
+    """A new job's row: the one mapping from `NewJob` to the `jobs` table."""
+    return {
+        "id": job_id,
+        "api_key_id": api_key_id,
+        "model": new.model,
+        "status": JobStatus.QUEUED,
+        "prompt": new.prompt,
+        "messages": new.messages,
+        "params": new.params,
+        "priority": new.priority,
+        "meta": new.metadata,
+        "webhook_url": new.webhook_url,
+        "expires_at": new.expires_at,
+        "reserved_tokens": new.reserved_tokens,
+        "reserved_cost_usd": new.reserved_cost_usd,
+    }
+
+
+def create_job(session: Session, api_key_id: uuid.UUID, new: NewJob) -> Job:
+    """Insert one job; the INSERT returns its server defaults, so the row is whole."""
+    job = Job(**_row(uuid.uuid4(), api_key_id, new))
+    session.add(job)
+    session.flush()
+    return job
+
+
+def create_jobs(session: Session, api_key_id: uuid.UUID, new_jobs: list[NewJob]) -> list[uuid.UUID]:
+    """Insert many jobs in the caller's transaction (one multi-row INSERT); ids in order."""
+    ids = [uuid.uuid4() for _ in new_jobs]
+    if ids:
+        session.execute(
+            sa.insert(Job), [_row(i, api_key_id, n) for i, n in zip(ids, new_jobs, strict=True)]
+        )
+    return ids
+
+
+def cancel_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID) -> tuple[Job, int]:
+    """Cancel a queued or running job. Returns the job and the tokens to give back to the
+    key's per-minute rate (see `tokens_to_refund`).
+
+    The row is locked before its status is read, so that status is the one the UPDATE moves
+    from: a claim that commits meanwhile is seen, and of two cancels only one makes the
+    transition; the other is a 409.
+    """
+    job = get_job(session, job_id, api_key_id)
+    before = session.execute(
+        sa.select(Job.status, Job.attempts).where(Job.id == job.id).with_for_update()
+    ).one()
+    if before.status not in ACTIVE_STATUSES:
+        raise JobStateConflict(f"job {job.id} is already {before.status}")
+    session.execute(
+        sa.update(Job)
+        .where(Job.id == job.id)
+        .values(status=JobStatus.CANCELLED, finished_at=sa.func.now(), lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    outbox.enqueue_final_events(session, [job.id])
+    session.refresh(job)
+    return job, tokens_to_refund(before.status, before.attempts, job.reserved_tokens)
+
+
+def tokens_to_refund(status: str, attempts: int, reserved_tokens: int | None) -> int:
+    """What a cancel gives back of the tokens charged at submit: all of them for a job no
+    worker ever claimed, else none, because a worker that claimed the job (even one the
+    sweeper has since put back in the queue) reconciles them when its batch is written."""
+    return (reserved_tokens or 0) if status == JobStatus.QUEUED and attempts == 0 else 0
