@@ -24,13 +24,14 @@ from sqlalchemy.orm import Session
 
 from llmq import outbox
 from llmq.errors import InvalidField, JobNotFound, JobStateConflict
+from llmq.generation import GenerationParams
 from llmq.models import FINAL_STATUSES, Job, LedgerEntry
 
 
 @dataclass
 class NewJob:
     model: str
-    params: dict[str, Any]
+    params: GenerationParams  # a plain dict is read as one (see `llmq.models.ParamsJSON`)
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
     priority: int = 0

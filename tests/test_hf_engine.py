@@ -18,6 +18,7 @@ def engine(environment):
 
 def req(job_id: str, max_tokens: int, **kw) -> GenerationRequest:
     kw.setdefault("prompt", "Hello there")
+    kw.setdefault("temperature", 0.0)  # greedy, so answers can be compared
     return GenerationRequest(job_id=job_id, messages=None, max_tokens=max_tokens, **kw)
 
 

@@ -351,14 +351,6 @@ class BatchRunner:
         self._stream(rest)
 
     def _request(self, job: Job) -> GenerationRequest:
-        p = job.params
-        return GenerationRequest(
-            job_id=str(job.id),
-            prompt=job.prompt,
-            messages=job.messages,
-            max_tokens=int(p.get("max_tokens") or self.spec.default_max_tokens),
-            temperature=float(p.get("temperature", 0.0)),
-            top_p=float(p.get("top_p", 1.0)),
-            stop=list(p.get("stop") or []),
-            seed=p.get("seed"),
+        return GenerationRequest.for_job(
+            str(job.id), job.prompt, job.messages, job.params, self.spec.default_max_tokens
         )

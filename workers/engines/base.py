@@ -6,17 +6,43 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from llmq.generation import GenerationParams
+
+_DEFAULT = GenerationParams()
+
 
 @dataclass
 class GenerationRequest:
+    """One job as an engine sees it; `for_job` fills it from the job's `GenerationParams`."""
+
     job_id: str
     prompt: str | None
     messages: list[dict[str, Any]] | None
     max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
+    temperature: float = _DEFAULT.temperature
+    top_p: float = _DEFAULT.top_p
     stop: list[str] = field(default_factory=list)
-    seed: int | None = None
+    seed: int | None = _DEFAULT.seed
+
+    @classmethod
+    def for_job(
+        cls,
+        job_id: str,
+        prompt: str | None,
+        messages: list[dict[str, Any]] | None,
+        params: GenerationParams,
+        default_max_tokens: int,
+    ) -> GenerationRequest:
+        return cls(
+            job_id,
+            prompt,
+            messages,
+            max_tokens=params.max_tokens or default_max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=list(params.stop),
+            seed=params.seed,
+        )
 
 
 @dataclass
