@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from pydantic import ValidationError
 
 from llmq import jobs
-from llmq.catalog import ModelSpec
 from llmq.db import session_scope
 from llmq.generation import GenerationParams
 from llmq.keys import create_key
 from llmq.models import Job
 from workers.batching import sampling_key
-from workers.runner import BatchRunner
+from workers.engines.base import GenerationRequest
 
 
 def test_a_row_without_temperature_runs_at_the_documented_default():
@@ -27,9 +24,7 @@ def test_a_row_without_temperature_runs_at_the_documented_default():
         ).id
     with session_scope() as session:
         job = session.get(Job, job_id)
-        request = BatchRunner._request(
-            SimpleNamespace(spec=ModelSpec(name="e", engine="echo")), job
-        )
+        request = GenerationRequest.for_job(job, default_max_tokens=8)
         key_kind = sampling_key(job.params)[0]
         session.delete(job)
     assert request.temperature == 1.0 and request.max_tokens == 4

@@ -1,6 +1,6 @@
 """Pure decisions of the batcher: when a batch is complete, which jobs may share one.
 
-No I/O here; `workers/runner.py` feeds these functions what it observes.
+No I/O here; `workers/batch_loop.py` feeds these functions what it observes.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from llmq.catalog import ModelSpec, resolve_engine
 from llmq.settings import Settings
-from workers.engines.base import Engine
+from workers.engines.base import ContinuousEngine, Engine
 
 
-def build_engine(spec: ModelSpec, settings: Settings) -> Engine:
+def build_engine(spec: ModelSpec, settings: Settings) -> Engine | ContinuousEngine:
     """Construct (and load) the engine the catalog names for this model; `auto` is resolved by
     the same rule the API reads the model's capabilities from."""
     cuda = spec.engine == "auto" and _cuda()  # echo workers never import torch
@@ -17,9 +17,9 @@ def build_engine(spec: ModelSpec, settings: Settings) -> Engine:
 
         return EchoEngine(spec)
     if engine == "hf-continuous":
-        from workers.engines.continuous import ContinuousEngine
+        from workers.engines.continuous import HFContinuousEngine
 
-        return ContinuousEngine(spec, settings)
+        return HFContinuousEngine(spec, settings)
     from workers.engines.hf import HFEngine
 
     return HFEngine(spec, settings)

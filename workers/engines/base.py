@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from llmq.generation import GenerationParams
+from llmq.models import Job
 
 _DEFAULT = GenerationParams()
 
@@ -25,18 +26,12 @@ class GenerationRequest:
     seed: int | None = _DEFAULT.seed
 
     @classmethod
-    def for_job(
-        cls,
-        job_id: str,
-        prompt: str | None,
-        messages: list[dict[str, Any]] | None,
-        params: GenerationParams,
-        default_max_tokens: int,
-    ) -> GenerationRequest:
+    def for_job(cls, job: Job, default_max_tokens: int) -> GenerationRequest:
+        params = job.params
         return cls(
-            job_id,
-            prompt,
-            messages,
+            str(job.id),
+            job.prompt,
+            job.messages,
             max_tokens=params.max_tokens or default_max_tokens,
             temperature=params.temperature,
             top_p=params.top_p,
@@ -83,4 +78,36 @@ class Engine(Protocol):
         `on_text` receives text as it is generated; what it receives for a job is always a
         prefix of that job's final text. `deadline` (time.monotonic seconds) bounds the call.
         """
+        ...
+
+
+@runtime_checkable
+class ContinuousEngine(Protocol):
+    """An engine that runs continuous batching: jobs join and leave the running batch one by
+    one (driven by `workers/continuous_loop.py`, not by `generate`)."""
+
+    name: str
+    device: str
+    context_length: int  # prompt + new tokens of one job
+    eos_ids: list[int]
+
+    def prepare(self, req: GenerationRequest) -> tuple[list[int], GenerationResult | None]:
+        """The prompt's token ids, or the result of a job that fails before it joins."""
+        ...
+
+    def add(self, req: GenerationRequest, prompt_ids: list[int], max_new_tokens: int) -> None:
+        """Join the running batch."""
+        ...
+
+    def poll(self, timeout_s: float) -> list[Any]:
+        """Every output ready now (waiting up to `timeout_s` for the first): each has
+        `request_id`, `generated_tokens`, `error` and `is_finished()`."""
+        ...
+
+    def cancel(self, job_id: str) -> None: ...
+
+    def decode(self, tokens: list[int]) -> str: ...
+
+    def close(self) -> None:
+        """Stop the engine's own threads, so the worker process can exit."""
         ...
