@@ -20,7 +20,7 @@ from workers.engines.echo import EchoEngine
 class CrashingEngine(EchoEngine):
     """An engine whose failure escapes every `except Exception` (as SystemExit does)."""
 
-    def generate(self, requests, is_cancelled, on_text=None, deadline=None):
+    def generate(self, requests, control=None):
         raise SystemExit("the engine crashed")
 
 

@@ -19,7 +19,13 @@ from llmq.ledger import split_gpu_cost_usd
 from llmq.models import Job
 from llmq.queues import waiting_count
 from workers.batching import BatchState, batch_ready, group_by_key, sampling_key
-from workers.engines.base import Engine, GenerationRequest, GenerationResult, failure
+from workers.engines.base import (
+    BatchControl,
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    failure,
+)
 from workers.runner import Waiting, fail_all
 
 if TYPE_CHECKING:
@@ -117,12 +123,10 @@ class BatchLoop:
         requests = [GenerationRequest.for_job(job, self.spec.default_max_tokens) for job in group]
         started = time.perf_counter()
         try:
-            results = self.engine.generate(
-                requests,
-                lambda jid: jid in self.runner.cancelled,
-                on_text=self.writer.stream,
-                deadline=deadline,
+            control = BatchControl(
+                lambda jid: jid in self.runner.cancelled, self.writer.stream, deadline
             )
+            results = self.engine.generate(requests, control)
         except Exception as exc:
             log.exception("engine failed on a group of %d", len(group))
             metrics.ENGINE_ERRORS.labels(self.spec.name).inc()

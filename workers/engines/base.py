@@ -62,22 +62,27 @@ def failure(code: str, message: str, prompt_tokens: int = 0) -> GenerationResult
 TextSink = Callable[[dict[str, str]], None]  # {job id: text generated since the last call}
 
 
+@dataclass(frozen=True)
+class BatchControl:
+    """What the loop lends one `generate` call: which jobs were cancelled, where text goes as it
+    is generated (always a prefix of each job's final text), and when the call must end."""
+
+    is_cancelled: Callable[[str], bool] = lambda _job_id: False
+    on_text: TextSink | None = None
+    deadline: float | None = None  # time.monotonic() seconds
+
+
+NO_CONTROL = BatchControl()
+
+
 class Engine(Protocol):
     name: str
     device: str
 
     def generate(
-        self,
-        requests: list[GenerationRequest],
-        is_cancelled: Callable[[str], bool],
-        on_text: TextSink | None = None,
-        deadline: float | None = None,
+        self, requests: list[GenerationRequest], control: BatchControl = NO_CONTROL
     ) -> list[GenerationResult]:
-        """Run one batch of jobs whose sampling settings are compatible; one result each.
-
-        `on_text` receives text as it is generated; what it receives for a job is always a
-        prefix of that job's final text. `deadline` (time.monotonic seconds) bounds the call.
-        """
+        """Run one batch of jobs whose sampling settings are compatible; one result each."""
         ...
 
 
