@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StringConstraints
 
+from llmq.generation import NO_NUL, GenerationParams
 from llmq.jobs import NewJob
 from llmq.resources import job_resource
 
 __all__ = ["BulkCreate", "JobCreate", "Message", "job_resource"]
 
-NO_NUL = r"^[^\x00]*$"  # Postgres text cannot hold NUL
 Text = Annotated[str, StringConstraints(pattern=NO_NUL)]
 MetadataValue = (
     Annotated[str, StringConstraints(max_length=512, pattern=NO_NUL)]
@@ -29,19 +29,15 @@ class Message(BaseModel):
     content: Text
 
 
-class JobCreate(BaseModel):
-    """Submit body. Parameter names follow OpenAI's so clients map one to one."""
+class JobCreate(GenerationParams):
+    """Submit body. The generation parameters (and their defaults) come from
+    `llmq.generation.GenerationParams`; parameter names follow OpenAI's."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=False)
 
     model: str = Field(min_length=1, max_length=200)
     prompt: Annotated[str, StringConstraints(min_length=1, pattern=NO_NUL)] | None = None
     messages: list[Message] | None = Field(None, min_length=1, max_length=1000)
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: Text | list[Text] | None = None
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
     priority: int = Field(0, ge=0, le=9, description="0 (normal) to 9 (most urgent)")
     webhook_url: HttpUrl | None = None
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=16)
@@ -49,26 +45,8 @@ class JobCreate(BaseModel):
         None, ge=1, description="Expire the job if no worker has taken it within N seconds"
     )
 
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, value: str | list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        stops = [value] if isinstance(value, str) else value
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
-        if any(not s or len(s) > 200 or "\x00" in s for s in stops):
-            raise ValueError("each stop sequence must be 1 to 200 characters, without NUL")
-        return stops
-
-    def params(self, max_tokens: int) -> dict[str, Any]:
-        return {
-            "max_tokens": max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "stop": self.stop or [],
-            "seed": self.seed,
-        }
+    def params(self, max_tokens: int) -> GenerationParams:
+        return GenerationParams.pick(self, max_tokens=max_tokens)
 
     def to_new_job(self, max_tokens: int) -> NewJob:
         return NewJob(

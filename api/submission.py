@@ -48,10 +48,10 @@ def validate_submit(body: JobCreate, catalog: Catalog, settings: Settings) -> in
     max_tokens = body.max_tokens or spec.default_max_tokens
     if max_tokens > spec.max_new_tokens:
         raise InvalidField("max_tokens", f"{body.model} allows at most {spec.max_new_tokens}")
-    if spec.engine == "hf-continuous" and body.seed is not None and body.temperature > 0:
+    if body.seed is not None and not body.greedy and not spec.capabilities.per_job_seed:
         raise InvalidField(
             "seed",
-            f"{body.model} runs continuous batching, which cannot seed one job's sampling; "
+            f"{body.model} may run continuous batching, which cannot seed one job's sampling; "
             "leave out `seed` or use temperature 0",
         )
     if body.expires_in_s is not None and body.expires_in_s > settings.max_expires_in_s:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -15,8 +16,37 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from llmq.errors import CatalogError
 
 Engine = Literal["hf", "hf-continuous", "echo", "auto"]
+RunEngine = Literal["hf", "hf-continuous", "echo"]  # what a worker runs, `auto` resolved
 Quantization = Literal["none", "8bit", "4bit"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model honours for every job, whichever engine a worker picks for it."""
+
+    per_job_seed: bool  # a sampled job's `seed` makes its sampling reproducible
+
+
+ENGINE_CAPABILITIES: dict[RunEngine, Capabilities] = {
+    "hf": Capabilities(per_job_seed=True),
+    "hf-continuous": Capabilities(per_job_seed=False),  # one sampler for the running batch
+    "echo": Capabilities(per_job_seed=True),  # deterministic: the seed changes nothing
+}
+
+
+def resolve_engine(engine: Engine, device: str, cuda_available: bool) -> RunEngine:
+    """The engine a worker runs: `auto` is continuous batching where the model goes on CUDA
+    (as `workers.loader.pick_device` places it), `hf` everywhere else."""
+    if engine != "auto":
+        return engine
+    return "hf-continuous" if cuda_available and device != "cpu" else "hf"
+
+
+def common_capabilities(engines: Iterable[RunEngine]) -> Capabilities:
+    """What all of these engines honour: a model gets only what every engine it may run has."""
+    caps = [ENGINE_CAPABILITIES[engine] for engine in engines]
+    return Capabilities(per_job_seed=all(c.per_job_seed for c in caps))
 
 
 class Source(BaseModel):
@@ -98,6 +128,17 @@ class ModelSpec(BaseModel):
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas exceeds max_replicas")
         return self
+
+    def runnable_engines(self) -> tuple[RunEngine, ...]:
+        """Every engine a worker may pick for this model, on machines with and without CUDA."""
+        picks = (resolve_engine(self.engine, self.device, cuda) for cuda in (False, True))
+        return tuple(dict.fromkeys(picks))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the API may promise a job of this model (the worker's machine is not known
+        when the job is admitted)."""
+        return common_capabilities(self.runnable_engines())
 
     def resolve_source(self) -> ResolvedSource:
         """Turn the catalog's source into a loadable location, without importing the package."""

@@ -2,7 +2,8 @@
 
 Each job has a pub/sub channel (long-poll waits on its "done") and a Redis stream of its text as
 it is generated, ending with a "done" entry; the stream lets a late or reconnecting SSE client
-replay from the start or from its Last-Event-ID.
+replay from the start or from its Last-Event-ID. Stream entries are written and read only
+through the helpers here (`append_text`, `publish_done`, `read_entries`, `stream_ended`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import redis
 
@@ -27,15 +29,48 @@ def stream_key(prefix: str, job_id: str) -> str:
     return f"{prefix}job:{job_id}:events"
 
 
+@dataclass(frozen=True)
+class StreamEntry:
+    """One entry of a job's stream: some text (`TOKEN`) or the end (`DONE`)."""
+
+    id: str  # the Redis entry id, which SSE sends as the event id
+    kind: str
+    text: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.kind == DONE
+
+
+def _add_entry(pipe: redis.client.Pipeline, key: str, fields: dict[str, str]) -> None:
+    pipe.xadd(key, fields, maxlen=STREAM_MAXLEN, approximate=True)
+    pipe.expire(key, STREAM_TTL_S)
+
+
+def read_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEntry:
+    """An entry as XREAD or XRANGE returns it (bytes, as the clients here are not decoding)."""
+    ident = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    kind = fields.get(b"type", b"").decode()
+    return StreamEntry(ident, kind, fields.get(b"text", b"").decode())
+
+
+def read_entries(reply: list | None) -> list[StreamEntry]:
+    """The entries of an XREAD reply for one stream; none when the read timed out."""
+    return [read_entry(i, fields) for i, fields in reply[0][1]] if reply else []
+
+
+def stream_ended(last: list) -> bool:
+    """Given XREVRANGE's last entry: no stream, or one that ends with `DONE`, gets no more."""
+    return not last or read_entry(*last[0]).done
+
+
 def append_text(client: redis.Redis, prefix: str, deltas: dict[str, str]) -> None:
     """Add each job's newly generated text to its stream, in one round trip."""
     if not deltas:
         return
     with client.pipeline(transaction=False) as pipe:
         for job_id, text in deltas.items():
-            key = stream_key(prefix, job_id)
-            pipe.xadd(key, {"type": TOKEN, "text": text}, maxlen=STREAM_MAXLEN, approximate=True)
-            pipe.expire(key, STREAM_TTL_S)
+            _add_entry(pipe, stream_key(prefix, job_id), {"type": TOKEN, "text": text})
         pipe.execute()
 
 
@@ -56,9 +91,7 @@ def publish_done(client: redis.Redis, prefix: str, job_ids: Iterable[str]) -> No
     with client.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
             pipe.publish(job_channel(prefix, job_id), json.dumps({"type": DONE}))
-            key = stream_key(prefix, job_id)
-            pipe.xadd(key, {"type": DONE}, maxlen=STREAM_MAXLEN, approximate=True)
-            pipe.expire(key, STREAM_TTL_S)
+            _add_entry(pipe, stream_key(prefix, job_id), {"type": DONE})
         pipe.execute()
 
 

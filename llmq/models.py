@@ -24,6 +24,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from llmq.generation import GenerationParams
 
 
 class JobStatus(StrEnum):
@@ -46,6 +49,26 @@ MONEY = Numeric(24, 12)
 
 class Base(DeclarativeBase):
     pass
+
+
+class ParamsJSON(TypeDecorator):
+    """A job's `GenerationParams` as JSONB: written with every parameter, read back typed.
+
+    A plain dict (an older caller, a row written before a parameter existed) goes through the
+    same model, so the defaults come from `llmq.generation` alone.
+    """
+
+    impl = JSONB
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        params = value if isinstance(value, GenerationParams) else GenerationParams.from_row(value)
+        return params.to_row()
+
+    def process_result_value(self, value: Any, dialect: Any) -> GenerationParams | None:
+        return None if value is None else GenerationParams.from_row(value)
 
 
 class ApiKey(Base):
@@ -107,7 +130,7 @@ class Job(Base):
     status: Mapped[str] = mapped_column(Text, server_default=JobStatus.QUEUED.value)
     prompt: Mapped[str | None] = mapped_column(Text)
     messages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
-    params: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    params: Mapped[GenerationParams] = mapped_column(ParamsJSON)
     priority: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
     output_text: Mapped[str | None] = mapped_column(Text)
     finish_reason: Mapped[str | None] = mapped_column(Text)

@@ -16,7 +16,7 @@
   whichever message comes second finds the job taken and is skipped.
 
 Every state change goes through `llmq.jobs`, which takes rows with SKIP LOCKED; messages are
-published only after the transaction commits.
+published only after the transaction commits, ended jobs announced through `llmq.announce`.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from datetime import timedelta
 import redis
 from celery import Celery
 
-from llmq import events, job_queries, jobs, metrics, outbox
+from llmq import job_queries, jobs, metrics, outbox
+from llmq.announce import Announcer, Committed
 from llmq.broker import held_since, waiting_task_ids
 from llmq.db import session_scope
 from llmq.queues import (
     declare_queue,
     publish_generate,
-    publish_webhooks,
     queue_keys,
     waiting_count,
 )
@@ -65,6 +65,7 @@ class Sweeper:
     ):
         """`models`: the pools this sweeper looks after (None: every model)."""
         self.settings, self.redis, self.celery, self.models = settings, client, celery, models
+        self.announcer = Announcer.for_settings(settings, client, celery)
 
     def sweep(self) -> SweepReport:
         report = SweepReport()
@@ -94,20 +95,18 @@ class Sweeper:
             requeued, failed = jobs.requeue_orphans(
                 session, self.settings.max_attempts, self.models
             )
-            deliveries = outbox.created_in(session)
+            committed = Committed([str(j.id) for j in failed], outbox.created_in(session))
         self._publish(requeued)
-        events.publish_done(self.redis, self.settings.redis_prefix, [str(j.id) for j in failed])
-        publish_webhooks(self.celery, deliveries)
+        self.announcer.announce(committed)
         report.requeued += [str(j.id) for j in requeued]
         report.failed += [str(j.id) for j in failed]
 
     def _expire(self, report: SweepReport) -> None:
         with session_scope() as session:
             expired = jobs.expire_queued(session, self.models)
-            deliveries = outbox.created_in(session)
-        events.publish_done(self.redis, self.settings.redis_prefix, [str(j.id) for j in expired])
-        publish_webhooks(self.celery, deliveries)
-        report.expired += [str(j.id) for j in expired]
+            committed = Committed([str(j.id) for j in expired], outbox.created_in(session))
+        self.announcer.announce(committed)
+        report.expired += committed.ended
 
     def _republish_lost(self, report: SweepReport) -> None:
         prefix = self.settings.redis_prefix

@@ -2,6 +2,7 @@
 
 import pytest
 
+from llmq.generation import GenerationParams
 from workers.batching import (
     BatchState,
     batch_ready,
@@ -41,7 +42,8 @@ def test_batch_ready(state, ready):
     ],
 )
 def test_sampling_key(a, b, same):
-    assert (sampling_key(a) == sampling_key(b)) is same
+    key_a, key_b = sampling_key(GenerationParams(**a)), sampling_key(GenerationParams(**b))
+    assert (key_a == key_b) is same
 
 
 def test_group_by_key_keeps_order():

@@ -1,7 +1,7 @@
 """The `echo` engine: deterministic per-job text, token counts and finish reasons in a mixed batch."""
 
 from llmq.catalog import ModelSpec
-from workers.engines.base import GenerationRequest
+from workers.engines.base import BatchControl, GenerationRequest
 from workers.engines.echo import EchoEngine
 
 
@@ -16,7 +16,8 @@ def test_mixed_batch():
         GenerationRequest("d", "word " * 60, None, max_tokens=2),
     ]
     streamed: dict[str, str] = {}
-    results = engine.generate(requests, lambda job_id: job_id == "b", on_text=streamed.update)
+    control = BatchControl(is_cancelled=lambda job_id: job_id == "b", on_text=streamed.update)
+    results = engine.generate(requests, control)
     a, b, c, d = results
     assert (a.text, a.finish_reason, a.prompt_tokens, a.completion_tokens) == (
         "one two three",

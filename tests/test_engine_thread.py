@@ -20,21 +20,21 @@ from workers.engines.echo import EchoEngine
 class CrashingEngine(EchoEngine):
     """An engine whose failure escapes every `except Exception` (as SystemExit does)."""
 
-    def generate(self, requests, is_cancelled, on_text=None, deadline=None):
+    def generate(self, requests, control=None):
         raise SystemExit("the engine crashed")
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_when_the_engine_thread_ends_tasks_fail_at_once_and_the_heartbeat_stops(redis_client):
     from workers.app import Runtime
-    from workers.runner import BatchRunner, EngineStopped
+    from workers.runner import EngineStopped, Runner
 
     spec = get_catalog().get("parked")  # no worker serves it
     settings = get_settings()
     with session_scope() as session:
         key, _ = create_key(session, "engine-thread")
         job_id = str(jobs.create_job(session, key.id, jobs.NewJob("parked", {}, "a b")).id)
-    runner = BatchRunner(spec, CrashingEngine(spec), settings, "crash@h")
+    runner = Runner(spec, CrashingEngine(spec), settings, "crash@h")
     runtime = Runtime()
     runtime.settings, runtime.model, runtime.node = settings, "parked", "crash@h"
     runtime.redis, runtime.runner, runtime.metrics_port = redis_client, runner, None

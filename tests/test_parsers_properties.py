@@ -85,10 +85,10 @@ def test_stop_is_up_to_four_short_strings_or_a_validation_error(stop):
     except ValidationError as exc:
         assert {e["loc"][0] for e in exc.errors()} == {"stop"}
         return
-    assert body.stop == ([stop] if isinstance(stop, str) else stop)
-    for sequence in body.stop or []:
+    assert body.stop == ([stop] if isinstance(stop, str) else stop or [])
+    for sequence in body.stop:
         assert 1 <= len(sequence) <= 200 and "\x00" not in sequence
-    assert len(body.stop or []) <= 4
+    assert len(body.stop) <= 4
 
 
 @given(metadata=st.dictionaries(st.text(max_size=80), json_values, max_size=20))

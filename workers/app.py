@@ -46,14 +46,14 @@ app.user_options["worker"].add(
 class Runtime:
     """What a worker process holds: its model's runner and the threads that keep it known."""
 
-    runner = None  # workers.runner.BatchRunner once the model is loaded
+    runner = None  # workers.runner.Runner once the model is loaded
 
     def __init__(self) -> None:
         self._stop = threading.Event()
 
     def start(self, model_name: str, node: str, concurrency: int) -> None:
         from workers.engines import build_engine
-        from workers.runner import BatchRunner
+        from workers.runner import Runner
 
         settings = get_settings()
         spec = get_catalog().get(model_name)
@@ -66,10 +66,7 @@ class Runtime:
         self.settings, self.model, self.node = settings, model_name, node
         self.redis = redis.Redis.from_url(settings.redis_url)
         engine = build_engine(spec, settings)
-        runner_class = BatchRunner
-        if getattr(engine, "continuous", False):
-            from workers.continuous_runner import ContinuousRunner as runner_class
-        self.runner = runner_class(spec, engine, settings, node)
+        self.runner = Runner(spec, engine, settings, node)  # its loop suits the engine
         self.runner.start()
         self.metrics_port = self._serve_metrics(model_name, str(getattr(engine, "device", "cpu")))
         for target in (self._heartbeat, self._listen_cancels):

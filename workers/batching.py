@@ -1,6 +1,6 @@
 """Pure decisions of the batcher: when a batch is complete, which jobs may share one.
 
-No I/O here; `workers/runner.py` feeds these functions what it observes.
+No I/O here; `workers/batch_loop.py` feeds these functions what it observes.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from llmq.generation import GenerationParams
 
 T = TypeVar("T")
 
@@ -38,16 +40,15 @@ def batch_ready(
     return state.broker_waiting == 0 and state.idle_ms >= settle_ms
 
 
-def sampling_key(params: dict[str, Any]) -> Hashable:
+def sampling_key(params: GenerationParams) -> Hashable:
     """Jobs with equal keys can run in one `generate` call.
 
     Greedy jobs all share one key; sampled jobs share only with the same temperature, top_p
     and seed, since those are per-call settings in transformers.
     """
-    temperature = float(params.get("temperature", 1.0))
-    if temperature == 0.0:
+    if params.greedy:
         return ("greedy",)
-    return ("sample", temperature, float(params.get("top_p", 1.0)), params.get("seed"))
+    return ("sample", params.temperature, params.top_p, params.seed)
 
 
 def group_by_key(items: Iterable[T], key_of: Any) -> list[list[T]]:

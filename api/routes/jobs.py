@@ -11,16 +11,16 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from redis.exceptions import RedisError
 
-from api import deps, ratelimits, waits
+from api import deps, waits
 from api.openapi import responses
 from api.schemas import BulkCreate, JobCreate, job_resource
 from api.submission import Submission, webhook_resolver
 from llmq import events, job_queries, jobs, outbox
+from llmq.announce import Announcer, Committed
 from llmq.db import session_scope
 from llmq.errors import InvalidField, InvalidFields
 from llmq.keys import Caller
 from llmq.models import Job, JobStatus
-from llmq.queues import publish_webhooks
 from llmq.settings import Settings
 
 router = APIRouter(
@@ -165,14 +165,14 @@ def cancel(
     with session_scope() as session:
         job, refund = jobs.cancel_job(session, job_id, caller.key_id)
         resource = _render(session, job, settings)
-        deliveries = outbox.created_in(session)
-    ratelimits.refund_tokens(request, caller, refund)
-    publish_webhooks(request.app.state.celery, deliveries)
-    client = request.app.state.sync_redis
-    try:
         # Always tell workers: the job may have been claimed just as it was cancelled.
-        events.publish_cancel(client, settings.redis_prefix, str(job.id))
-        events.publish_done(client, settings.redis_prefix, [str(job.id)])
-    except RedisError:
-        log.warning("cancel of %s committed, but workers and waiters were not told", job.id)
+        committed = Committed(
+            ended=[str(job.id)],
+            deliveries=outbox.created_in(session),
+            stop=[str(job.id)],
+            token_deltas={caller.key_id: -refund} if refund else {},
+        )
+    state = request.app.state
+    announcer = Announcer(state.sync_redis, state.celery, settings.redis_prefix, state.limit_redis)
+    announcer.announce(committed)
     return resource

@@ -40,12 +40,6 @@ STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 BLOCK_MS = 3000
 
 
-async def _stream_ended(client: aioredis.Redis, key: str) -> bool:
-    """No stream, or one whose last entry is the end marker: nothing more will come."""
-    last = await client.xrevrange(key, count=1)
-    return not last or last[0][1].get(b"type", b"").decode() == events.DONE
-
-
 @router.get("/{job_id}/events", response_class=EventSourceResponse, responses=responses(404, 429))
 async def job_events(
     job_id: str,
@@ -75,15 +69,14 @@ async def job_events(
                 if time.monotonic() - renewed_at > waits.STREAM_LEASE_S / 3:
                     await lease.renew(waits.STREAM_LEASE_S)
                     renewed_at = time.monotonic()
-                batch = await client.xread({key: cursor}, block=BLOCK_MS, count=500)
-                entries = batch[0][1] if batch else []
-                for entry_id, fields in entries:
-                    cursor = entry_id.decode()
-                    kind = fields.get(b"type", b"").decode()
-                    if kind == events.TOKEN:
-                        text = fields[b"text"].decode()
-                        yield {"event": "token", "id": cursor, "data": json.dumps({"text": text})}
-                    elif kind == events.DONE:
+                reply = await client.xread({key: cursor}, block=BLOCK_MS, count=500)
+                entries = events.read_entries(reply)
+                for entry in entries:
+                    cursor = entry.id
+                    if entry.kind == events.TOKEN:
+                        data = json.dumps({"text": entry.text})
+                        yield {"event": "token", "id": cursor, "data": data}
+                    elif entry.done:
                         status, resource = await run_in_threadpool(
                             load_job, job_id, caller, settings
                         )
@@ -93,7 +86,9 @@ async def job_events(
                     # Nothing new: the job may have ended without a stream (e.g. Redis lost it),
                     # or the client resumed after the stream's end.
                     status, resource = await run_in_threadpool(load_job, job_id, caller, settings)
-                    if job_queries.is_final(status) and await _stream_ended(client, key):
+                    if job_queries.is_final(status) and events.stream_ended(
+                        await client.xrevrange(key, count=1)
+                    ):
                         yield {"event": "job", "data": json.dumps(resource)}
                         return
         finally:

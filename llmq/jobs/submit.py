@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from llmq import outbox
 from llmq.errors import JobStateConflict
+from llmq.generation import GenerationParams
 from llmq.job_queries import get_job
 from llmq.models import ACTIVE_STATUSES, Job, JobStatus
 
@@ -20,7 +21,7 @@ from llmq.models import ACTIVE_STATUSES, Job, JobStatus
 @dataclass
 class NewJob:
     model: str
-    params: dict[str, Any]
+    params: GenerationParams  # a plain dict is read as one (see `llmq.models.ParamsJSON`)
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
     priority: int = 0

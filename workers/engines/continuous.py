@@ -2,7 +2,8 @@
 
 Jobs join and leave the running batch at token boundaries, so a long job never holds short
 ones back and a new job does not wait for the batch in flight. It is driven by
-`workers/continuous_runner.py`, not by the batch runner: requests go in one by one, and
+`workers/continuous_loop.py` through the `ContinuousEngine` interface
+(`workers/engines/base.py`), not by the batch loop: requests go in one by one, and
 results come out as each finishes. On this CPU it is slower than `hf`; it is built for GPUs.
 """
 
@@ -24,9 +25,8 @@ PAGE_TOKENS = 64
 SAMPLING_DEFAULTS = {"temperature": 0.7, "top_p": 0.95, "top_k": 50}
 
 
-class ContinuousEngine:
+class HFContinuousEngine:
     name = "hf-continuous"
-    continuous = True
 
     def __init__(self, spec: ModelSpec, settings: Settings):
         self.spec = spec

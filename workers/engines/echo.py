@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from llmq.catalog import ModelSpec
 from workers.batching import earliest_stop
-from workers.engines.base import GenerationRequest, GenerationResult, TextSink, failure
+from workers.engines.base import (
+    NO_CONTROL,
+    BatchControl,
+    GenerationRequest,
+    GenerationResult,
+    failure,
+)
 
 
 class EchoEngine:
@@ -18,23 +23,19 @@ class EchoEngine:
         self.spec = spec
 
     def generate(
-        self,
-        requests: list[GenerationRequest],
-        is_cancelled: Callable[[str], bool],
-        on_text: TextSink | None = None,
-        deadline: float | None = None,
+        self, requests: list[GenerationRequest], control: BatchControl = NO_CONTROL
     ) -> list[GenerationResult]:
         started = time.perf_counter()
         if self.spec.echo_delay_ms:
             time.sleep(self.spec.echo_delay_ms / 1000)
-        results = [self._one(r, is_cancelled(r.job_id)) for r in requests]
+        results = [self._one(r, control.is_cancelled(r.job_id)) for r in requests]
         elapsed = time.perf_counter() - started  # the whole reply arrives at once
         for result in results:
             result.batch_size = len(requests)
             if result.completion_tokens:
                 result.first_token_s = elapsed
-        if on_text:
-            on_text(
+        if control.on_text:
+            control.on_text(
                 {r.job_id: res.text for r, res in zip(requests, results, strict=True) if res.text}
             )
         return results

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +16,13 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from llmq.catalog import ModelSpec
 from llmq.settings import Settings
 from workers.batching import earliest_stop, plan_sub_batches
-from workers.engines.base import GenerationRequest, GenerationResult, TextSink, failure
+from workers.engines.base import (
+    NO_CONTROL,
+    BatchControl,
+    GenerationRequest,
+    GenerationResult,
+    failure,
+)
 from workers.loader import load_model
 
 log = logging.getLogger(__name__)
@@ -44,9 +49,13 @@ class _PerRowStop(StoppingCriteria):
     """Marks each row done on its own EOS, token budget, stop sequence or cancellation,
     and streams the text of the rows still running."""
 
-    def __init__(self, rows, width, tokenizer, eos_ids, is_cancelled, on_text):
+    def __init__(self, rows, width, tokenizer, eos_ids, control: BatchControl):
         self.rows, self.width, self.tokenizer = rows, width, tokenizer
-        self.eos_ids, self.is_cancelled, self.on_text = eos_ids, is_cancelled, on_text
+        self.eos_ids, self.is_cancelled, self.on_text = (
+            eos_ids,
+            control.is_cancelled,
+            control.on_text,
+        )
         self.first_token_at: float | None = None  # perf_counter at the first generated token
         self.stop_window = {
             i: max(len(s) for s in r.request.stop) + 2 for i, r in enumerate(rows) if r.request.stop
@@ -162,11 +171,7 @@ class HFEngine:
         return prepare_prompt(self.tokenizer, req, self.context_length)
 
     def generate(
-        self,
-        requests: list[GenerationRequest],
-        is_cancelled: Callable[[str], bool],
-        on_text: TextSink | None = None,
-        deadline: float | None = None,
+        self, requests: list[GenerationRequest], control: BatchControl = NO_CONTROL
     ) -> list[GenerationResult]:
         self._entered = time.perf_counter()  # time to first token counts from here
         results: list[GenerationResult | None] = [None] * len(requests)
@@ -187,22 +192,16 @@ class HFEngine:
             batch = [rows[k] for k in chunk]
             for (i, _), result in zip(
                 batch,
-                self._run_splitting([r for _, r in batch], is_cancelled, on_text, deadline),
+                self._run_splitting([r for _, r in batch], control),
                 strict=True,
             ):
                 results[i] = result
         return [r for r in results if r is not None]
 
-    def _run_splitting(
-        self,
-        rows: list[_Row],
-        is_cancelled: Callable[[str], bool],
-        on_text: TextSink | None,
-        deadline: float | None,
-    ) -> list[GenerationResult]:
+    def _run_splitting(self, rows: list[_Row], control: BatchControl) -> list[GenerationResult]:
         """Run rows together; on out-of-memory, retry the halves instead of failing the jobs."""
         try:
-            return self._run(rows, is_cancelled, on_text, deadline)
+            return self._run(rows, control)
         except torch.OutOfMemoryError:
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -214,18 +213,12 @@ class HFEngine:
                 row.reset()
                 row.sent = sent  # what was streamed stays streamed; greedy reruns repeat it
             half = len(rows) // 2
-            return self._run_splitting(
-                rows[:half], is_cancelled, on_text, deadline
-            ) + self._run_splitting(rows[half:], is_cancelled, on_text, deadline)
+            return self._run_splitting(rows[:half], control) + self._run_splitting(
+                rows[half:], control
+            )
 
     @torch.inference_mode()
-    def _run(
-        self,
-        rows: list[_Row],
-        is_cancelled: Callable[[str], bool],
-        on_text: TextSink | None,
-        deadline: float | None,
-    ) -> list[GenerationResult]:
+    def _run(self, rows: list[_Row], control: BatchControl) -> list[GenerationResult]:
         width = max(len(r.prompt_ids) for r in rows)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor(
@@ -241,14 +234,14 @@ class HFEngine:
             sampling = {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p}
             if first.seed is not None:
                 torch.manual_seed(first.seed)
-        criteria = _PerRowStop(rows, width, self.tokenizer, self.eos_ids, is_cancelled, on_text)
+        criteria = _PerRowStop(rows, width, self.tokenizer, self.eos_ids, control)
         output = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention.to(self.device),
             max_new_tokens=max(r.max_new for r in rows),
             stopping_criteria=StoppingCriteriaList([criteria]),
             pad_token_id=pad,
-            max_time=self._time_left(deadline),
+            max_time=self._time_left(control.deadline),
             **sampling,
         )
         generated = output[:, width:].tolist()

@@ -3,7 +3,8 @@
 Unlike the batch runner, nothing waits for a batch to fill. Each loop turn claims the jobs
 that arrived (one UPDATE), hands them to the engine, reads the tokens every running job
 produced, streams them, stops jobs that hit a stop sequence or were cancelled, and writes the
-jobs that ended, many per transaction, through the batch runner's write path.
+jobs that ended, many per transaction, through the result writer both loops compose
+(`workers/results.py`). The engine is any `ContinuousEngine` (`workers/engines/base.py`).
 
 A turn that raises fails the jobs in hand (written as `engine_error`) and the loop goes on
 with an empty batch; one job's bad input (a chat template that rejects its messages) fails
@@ -21,13 +22,17 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from llmq import metrics
 from llmq.ledger import gpu_seconds_cost_usd
 from llmq.models import Job
 from workers.batching import earliest_stop
-from workers.engines.base import GenerationRequest, GenerationResult, failure
-from workers.runner import BatchRunner, _Waiting
+from workers.engines.base import ContinuousEngine, GenerationRequest, GenerationResult, failure
+from workers.runner import Waiting, fail_all
+
+if TYPE_CHECKING:
+    from workers.runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +60,13 @@ class _Running:
     stopped: str | None = None  # finish reason forced here: stop sequence, cancel, time bound
 
 
-class ContinuousRunner(BatchRunner):
-    def _loop(self) -> None:
-        waiting: dict[str, list[_Waiting]] = {}
+class ContinuousLoop:
+    def __init__(self, runner: Runner, engine: ContinuousEngine):
+        self.runner, self.engine, self.spec = runner, engine, runner.spec
+        self.writer, self.claims, self.cancelled = runner.writer, runner.claims, runner.cancelled
+
+    def run(self) -> None:
+        waiting: dict[str, list[Waiting]] = {}
         running: dict[str, _Running] = {}
         ended: list[_Ended] = []
         self.last_write = self._last_tick = time.perf_counter()
@@ -70,9 +79,9 @@ class ContinuousRunner(BatchRunner):
                 self._abandon(waiting, running, ended, exc)
 
     def _turn(self, waiting, running, ended: list[_Ended]) -> None:
-        arrivals = self._drain()
+        arrivals = self.runner.drain()
         if not arrivals and not running and not ended:
-            arrivals = [self.inbox.get()]
+            arrivals = self.runner.next()
         for item in arrivals:
             waiting.setdefault(item.job_id, []).append(item)
         fresh = [job_id for job_id in waiting if job_id not in running]
@@ -108,9 +117,7 @@ class ContinuousRunner(BatchRunner):
             log.exception("could not fail the %d jobs in hand", len(batch))
             self.claims.let_go([e.job for e in batch])
         for items in waiting.values():
-            for item in items:
-                if not item.future.done():
-                    item.future.set_exception(exc)  # the task retries
+            fail_all(items, exc)  # the tasks retry
         waiting.clear()
 
     def _admit(self, job_ids, running, waiting) -> list[_Ended]:
@@ -128,11 +135,11 @@ class ContinuousRunner(BatchRunner):
             if job_id not in claimed_ids:  # finished, cancelled or held elsewhere
                 for item in waiting.pop(job_id, []):
                     item.future.set_result("skipped")
-        self._reset_streams(claimed)
+        self.writer.reset_streams(claimed)
         failed = []
         for job in claimed:
             metrics.QUEUE_WAIT.labels(self.spec.name).observe((job.queue_ms or 0) / 1000)
-            request = self._request(job)
+            request = GenerationRequest.for_job(job, self.spec.default_max_tokens)
             prompt, refused = self.engine.prepare(request)
             if refused is not None:
                 failed.append(_Ended(job, refused))
@@ -166,7 +173,7 @@ class ContinuousRunner(BatchRunner):
             elif output.request_id in self.cancelled and run.stopped is None:
                 run.stopped = "cancelled"
                 self.engine.cancel(output.request_id)
-            elif time.perf_counter() - run.started > self.settings.max_generation_s:
+            elif time.perf_counter() - run.started > self.runner.settings.max_generation_s:
                 run.stopped = "length"  # the same bound the batch engine's max_time sets
                 self.engine.cancel(output.request_id)
             text = text if cut is None else text[:cut]
@@ -178,7 +185,7 @@ class ContinuousRunner(BatchRunner):
             if output.is_finished() or run.stopped:
                 ended.append(self._ended(running.pop(output.request_id), output, tokens, text))
         if deltas:
-            self._stream(deltas)
+            self.writer.stream(deltas)
         return ended
 
     def _share_time(self, running: dict[str, _Running]) -> None:
@@ -190,13 +197,7 @@ class ContinuousRunner(BatchRunner):
     def _ended(self, run: _Running, output, tokens: list[int], text: str) -> _Ended:
         seconds = time.perf_counter() - run.started
         if output.error:
-            result = GenerationResult(
-                None,
-                None,
-                run.prompt_tokens,
-                0,
-                {"code": "engine_error", "message": str(output.error)},
-            )
+            result = failure("engine_error", str(output.error), run.prompt_tokens)
         else:
             hit_eos = bool(tokens) and tokens[-1] in self.engine.eos_ids
             reason = run.stopped or ("stop" if hit_eos else "length")
@@ -207,15 +208,15 @@ class ContinuousRunner(BatchRunner):
         return _Ended(run.job, result, seconds, gpu_cost)
 
     def _finish(self, ended: list[_Ended], waiting) -> None:
-        outcomes = [self._outcome(e.job, e.result, e.seconds, e.gpu_cost_usd) for e in ended]
+        outcomes = [self.writer.outcome(e.job, e.result, e.seconds, e.gpu_cost_usd) for e in ended]
         for e in ended:
             metrics.BATCH_SIZE.labels(self.spec.name).observe(e.result.batch_size)
         claimed = [e.job for e in ended]
         try:
-            finished = self._write(claimed, outcomes)
+            finished = self.writer.write(claimed, outcomes)
         except Exception as exc:
             log.exception("could not write %d ended jobs", len(ended))
-            self._release(claimed)
+            self.writer.release(claimed)
             finished, error = {}, exc
         else:
             error = None

@@ -1,0 +1,102 @@
+"""Commit, then announce: the effects that follow a transaction that ended jobs.
+
+Whoever ends jobs (a worker writing a batch, the cancel route, the sweeper failing or
+expiring jobs) commits first and then hands what it committed to `Announcer.announce`:
+workers are told to stop cancelled jobs, waiters (long-poll, SSE) that the jobs ended, the
+webhook sender which outbox rows to deliver now, each key's token rate is corrected by what
+its jobs really used, and the finished jobs are counted.
+
+Every effect comes after the commit and none may undo it, so each is best-effort: a failure
+is logged and the next effect still runs. What is lost is recovered elsewhere: the outbox
+sweep delivers webhooks, waiters re-read the job row, a token rate heals within its window.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis
+from celery import Celery
+
+from llmq import events, metrics, ratelimit
+from llmq.jobs import Outcome
+from llmq.queues import publish_webhooks
+from llmq.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Committed:
+    """What one committed transaction ended, and what it asks to follow."""
+
+    ended: list[str] = field(default_factory=list)  # job ids now in a final state
+    deliveries: list[str] = field(default_factory=list)  # webhook outbox rows it wrote
+    stop: list[str] = field(default_factory=list)  # jobs a worker may still be running
+    token_deltas: dict[uuid.UUID, int] = field(default_factory=dict)  # key: used - charged
+    outcomes: list[Outcome] = field(default_factory=list)  # written results, to be counted
+    model: str = ""  # the model of `outcomes`
+
+
+def token_deltas(jobs: Iterable[tuple[uuid.UUID, int | None, int]]) -> dict[uuid.UUID, int]:
+    """Per key, tokens used minus tokens charged at submit, from (key, reserved, used) of each
+    ended job; a job charged nothing (no reservation) corrects nothing."""
+    deltas: dict[uuid.UUID, int] = {}
+    for key_id, reserved, used in jobs:
+        if reserved is not None and used != reserved:
+            deltas[key_id] = deltas.get(key_id, 0) + used - reserved
+    return {key_id: delta for key_id, delta in deltas.items() if delta}
+
+
+class Announcer:
+    """The after-commit effects, over the clients of the process that committed."""
+
+    def __init__(
+        self, client: redis.Redis, celery: Celery, prefix: str, limits: redis.Redis | None = None
+    ) -> None:
+        """`limits`: the Redis holding the rate-limit counters (default: `client`)."""
+        self.client, self.celery, self.prefix = client, celery, prefix
+        self.limits = limits if limits is not None else client
+
+    @classmethod
+    def for_settings(cls, settings: Settings, client: redis.Redis, celery: Celery) -> Announcer:
+        limits = (
+            redis.Redis.from_url(settings.rate_limit_redis_url)
+            if settings.rate_limit_redis_url
+            else client
+        )
+        return cls(client, celery, settings.redis_prefix, limits)
+
+    def announce(self, committed: Committed) -> None:
+        if committed.stop:
+            self._try("tell workers of cancels", self._publish_cancels, committed.stop)
+        if committed.ended:
+            self._try(
+                "tell waiters", events.publish_done, self.client, self.prefix, committed.ended
+            )
+        if committed.deliveries:
+            self._try("send webhooks", publish_webhooks, self.celery, committed.deliveries)
+        for key_id, delta in committed.token_deltas.items():
+            if not self._try(
+                f"correct the token rate of key {key_id}",
+                ratelimit.reconcile_tokens, self.limits, self.prefix, key_id, delta,
+            ):  # fmt: skip
+                metrics.RATE_LIMIT_ERRORS.inc()
+        for out in committed.outcomes:
+            metrics.record_outcome(committed.model, out)
+
+    def _publish_cancels(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            events.publish_cancel(self.client, self.prefix, job_id)
+
+    @staticmethod
+    def _try(what: str, effect, *args) -> bool:
+        try:
+            effect(*args)
+            return True
+        except Exception:  # committed already: a lost effect is recovered elsewhere
+            log.warning("committed, but could not %s", what, exc_info=True)
+            return False
