@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import httpx
 import pytest
 
 from llmq.devstack import free_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 AUTH = ("ops", "flower-test-secret")
 
@@ -46,21 +45,6 @@ class Process:
         self.log.close()
 
 
-def wait_for(check, timeout_s: float, what: str, proc: Process):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited\n{proc.output()[-4000:]}")
-        try:
-            result = check()
-        except httpx.HTTPError:
-            result = None
-        if result:
-            return result
-        time.sleep(0.3)
-    raise TimeoutError(f"{what} within {timeout_s}s\n{proc.output()[-4000:]}")
-
-
 @pytest.fixture
 def flower(environment) -> Iterator[tuple[str, Process]]:
     port = free_port()
@@ -72,7 +56,13 @@ def flower(environment) -> Iterator[tuple[str, Process]]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: httpx.get(f"{url}/healthcheck").status_code == 200, 60, "Flower", proc)
+        wait_for(
+            lambda: httpx.get(f"{url}/healthcheck").status_code == 200,
+            60,
+            "Flower",
+            process=proc,
+            ignore=(httpx.HTTPError,),
+        )
         yield url, proc
     finally:
         proc.stop()
@@ -87,7 +77,13 @@ def api_process(environment, flower) -> Iterator[tuple[str, Process]]:
     proc = Process("api", argv, env)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, "the API", proc)
+        wait_for(
+            lambda: httpx.get(f"{url}/readyz").status_code == 200,
+            60,
+            "the API",
+            process=proc,
+            ignore=(httpx.HTTPError,),
+        )
         yield url, proc
     finally:
         proc.stop()
@@ -106,7 +102,13 @@ def test_flower_shows_the_job_and_no_prompt_leaks(flower, api_process, start_wor
         ).json()
         return [name for name in workers if name.startswith(f"echo-{worker.proc.pid}@")]
 
-    (node,) = wait_for(worker_listed, 60, "Flower listing the worker", flower_proc)
+    (node,) = wait_for(
+        worker_listed,
+        60,
+        "Flower listing the worker",
+        process=flower_proc,
+        ignore=(httpx.HTTPError,),
+    )
 
     secret = f"secret-{uuid.uuid4().hex}"
     headers = {"Authorization": f"Bearer {key}"}
@@ -136,7 +138,9 @@ def test_flower_shows_the_job_and_no_prompt_leaks(flower, api_process, start_wor
                 else None
             )
 
-        info = wait_for(task_done, 60, "Flower showing the task", flower_proc)
+        info = wait_for(
+            task_done, 60, "Flower showing the task", process=flower_proc, ignore=(httpx.HTTPError,)
+        )
         assert info["uuid"] == job["id"]
         assert info["name"] == "llmq.generate:echo"
         assert info["worker"] == node

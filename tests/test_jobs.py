@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from llmq.db import session_scope
 from llmq.models import LedgerEntry
 from llmq.queues import get_celery, publish_generate, waiting_count
-from tests.conftest import REDIS_PREFIX, wait_final
+from tests.conftest import REDIS_PREFIX, WorkerProcess, wait_final, wait_for
 
 
 def submit(client, auth, **body) -> dict:
@@ -24,6 +24,11 @@ def submit(client, auth, **body) -> dict:
 def ledger_rows(job_id: str) -> list[LedgerEntry]:
     with session_scope() as session:
         return list(session.scalars(sa.select(LedgerEntry).where(LedgerEntry.job_id == job_id)))
+
+
+def task_ends(worker: WorkerProcess, job_id: str) -> int:
+    """How many deliveries of the job's task the worker has finished (Celery logs each)."""
+    return sum(f"[{job_id}] succeeded" in line for line in worker.output().splitlines())
 
 
 def test_submit_runs_to_success_with_output_and_usage(client, auth, tiny_worker):
@@ -128,7 +133,7 @@ def test_long_poll_times_out_on_a_queued_job(client, auth):
     client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
 
 
-def test_cancel_of_a_queued_job_means_it_never_runs(client, auth, redis_client, start_worker):
+def test_cancel_of_a_queued_job_means_it_never_runs(client, auth, start_worker):
     job = submit(client, auth, model="idle", prompt="cancel me")
     response = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
@@ -136,11 +141,8 @@ def test_cancel_of_a_queued_job_means_it_never_runs(client, auth, redis_client, 
     assert again.status_code == 409
     assert again.headers["content-type"].startswith("application/problem+json")
 
-    start_worker("idle")  # its message is still queued: the worker must skip it
-    deadline = time.monotonic() + 20
-    while waiting_count(redis_client, "idle", REDIS_PREFIX) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)
+    worker = start_worker("idle")  # its message is still queued: the worker must skip it
+    wait_for(lambda: task_ends(worker, job["id"]) == 1, 20, "the worker to take the message")
     final = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
     assert final["status"] == "cancelled" and final["attempts"] == 0 and final["output"] is None
     assert ledger_rows(job["id"]) == []
@@ -181,17 +183,12 @@ def test_models_show_live_queue(client, auth, tiny_worker, redis_client):
     assert models["tiny"]["pricing"]["input_per_mtok_usd"] == "1.5"
 
 
-def test_duplicate_delivery_writes_one_result_and_one_ledger_row(
-    client, auth, tiny_worker, redis_client
-):
+def test_duplicate_delivery_writes_one_result_and_one_ledger_row(client, auth, tiny_worker):
     job = submit(client, auth, prompt="only once", max_tokens=4)
     publish_generate(get_celery(), job["id"], "tiny", 0)  # the same message, delivered again
     done = wait_final(client, auth, job["id"])
     publish_generate(get_celery(), job["id"], "tiny", 0)  # and once more after it finished
-    deadline = time.monotonic() + 20
-    while waiting_count(redis_client, "tiny", REDIS_PREFIX) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)
+    wait_for(lambda: task_ends(tiny_worker, job["id"]) == 3, 20, "all three deliveries to end")
     final = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
     assert final["status"] == "succeeded" and final["attempts"] == 1
     assert final["output"] == done["output"] and final["finished_at"] == done["finished_at"]

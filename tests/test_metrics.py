@@ -6,7 +6,6 @@ one."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -15,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmq import events, metrics
 from llmq.devstack import free_port
-from tests.conftest import REDIS_PREFIX, wait_final
+from tests.conftest import REDIS_PREFIX, wait_final, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +130,13 @@ def test_queue_gauges_count_waiting_jobs(client, auth, metrics_url):
         client.post("/v1/jobs", json={"model": "idle", "prompt": "x"}, headers=auth).json()["id"]
         for _ in range(2)
     ]
-    time.sleep(1.1)
-    page = scrape(metrics_url)
+
+    def aged() -> dict | None:
+        page = scrape(metrics_url)
+        return page if value(page, metrics.QUEUE_OLDEST_AGE, model="idle") >= 1.0 else None
+
+    page = wait_for(aged, 30, "the oldest waiting job to be a second old", interval_s=0.2)
     assert value(page, metrics.QUEUE_WAITING, model="idle") >= 2
-    assert value(page, metrics.QUEUE_OLDEST_AGE, model="idle") >= 1.0
     assert value(page, metrics.WORKERS_LIVE, model="idle") == 0
     for job_id in ids:
         client.post(f"/v1/jobs/{job_id}/cancel", headers=auth)

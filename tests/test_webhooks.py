@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
@@ -18,7 +17,7 @@ from llmq.db import session_scope
 from llmq.keys import create_key, webhook_secret
 from llmq.models import WebhookDelivery
 from llmq.settings import Settings, get_settings
-from tests.conftest import wait_final
+from tests.conftest import wait_final, wait_for
 from tests.tenancy_helpers import Receiver, WebhookWorker
 from workers import webhooks
 from workers.webhook_policy import Step, next_step, parse_retry_after
@@ -45,13 +44,11 @@ def webhook_worker():
 
 
 def wait_delivery(client, headers, job_id: str, status: str, timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def reached() -> dict | None:
         data = client.get(f"/v1/jobs/{job_id}/webhooks", headers=headers).json()["data"]
-        if data and data[0]["status"] == status:
-            return data[0]
-        time.sleep(0.2)
-    raise TimeoutError(f"delivery of {job_id} never reached {status}: {data}")
+        return data[0] if data and data[0]["status"] == status else None
+
+    return wait_for(reached, timeout_s, f"delivery of {job_id} {status}")
 
 
 def test_retries_carry_one_id_fresh_timestamps_and_valid_signatures(
