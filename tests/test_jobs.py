@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -51,10 +52,18 @@ def test_submit_runs_to_success_with_output_and_usage(client, auth, tiny_worker)
     assert usage["total_tokens"] == usage["prompt_tokens"] + 8
     expected = (usage["prompt_tokens"] * Decimal("1.5") + 8 * Decimal("3")) / 1_000_000
     assert Decimal(usage["cost_usd"]) == expected
-    assert Decimal(usage["gpu_cost_usd"]) >= 0
+    timings = done["timings"]
+    assert timings["batch_size"] == 1  # alone on the worker
+    # A batch of one pays for all of its time: 3.6 $/h is 0.000001 $/ms, and inference_ms is
+    # that time cut to the millisecond.
+    per_ms = Decimal("3.6") / 3600 / 1000
+    gpu_cost = Decimal(usage["gpu_cost_usd"])
+    assert gpu_cost > 0
+    assert timings["inference_ms"] * per_ms <= gpu_cost < (timings["inference_ms"] + 1) * per_ms
     assert done["attempts"] == 1 and done["metadata"] == {"ticket": "A-17"}
-    assert done["timings"]["batch_size"] >= 1 and done["timings"]["queue_ms"] >= 0
-    assert done["started_at"] and done["finished_at"]
+    queued = datetime.fromisoformat(done["started_at"]) - datetime.fromisoformat(done["created_at"])
+    assert abs(timings["queue_ms"] - queued.total_seconds() * 1000) <= 1
+    assert done["finished_at"] >= done["started_at"]
     rows = ledger_rows(job["id"])
     assert len(rows) == 1 and rows[0].cost_usd == expected
 
@@ -93,14 +102,17 @@ def test_stop_sequences_cut_the_text(client, auth, tiny_worker):
 
 
 def test_greedy_and_sampled_jobs_run_in_separate_groups(client, auth, tiny_worker):
-    greedy = [submit(client, auth, prompt="g", max_tokens=3)["id"] for _ in range(2)]
-    sampled = [
-        submit(client, auth, prompt="s", max_tokens=3, temperature=0.8, seed=7)["id"]
-        for _ in range(2)
-    ]
-    jobs = [wait_final(client, auth, i) for i in greedy + sampled]
+    greedy = {"model": "tiny", "prompt": "g", "max_tokens": 3, "temperature": 0}
+    sampled = {**greedy, "prompt": "s", "temperature": 0.8, "seed": 7}
+    # One bulk submit publishes all four at once, so the worker takes them in one batch.
+    response = client.post(
+        "/v1/jobs/bulk", json={"jobs": [greedy] * 2 + [sampled] * 2}, headers=auth
+    )
+    assert response.status_code == 202, response.text
+    jobs = [wait_final(client, auth, i) for i in response.json()["ids"]]
     assert all(j["status"] == "succeeded" for j in jobs)
-    assert all(j["timings"]["batch_size"] <= 2 for j in jobs)
+    assert len({j["started_at"] for j in jobs}) == 1  # claimed together
+    assert [j["timings"]["batch_size"] for j in jobs] == [2, 2, 2, 2]  # but run as two groups
 
 
 def test_prompt_longer_than_context_fails_alone(client, auth, tiny_worker):

@@ -113,11 +113,13 @@ def test_api_and_worker_metrics_after_jobs(client, auth, redis_client, start_wor
     assert value(page, "llmq_jobs_finished_total", model="echo", status="succeeded") == 3
     assert value(page, "llmq_prompt_tokens_total", model="echo") == tokens
     assert value(page, "llmq_completion_tokens_total", model="echo") == tokens
-    assert value(page, "llmq_batch_size_count", model="echo") >= 1
+    # One observation per batch: a batch of n jobs is 1/n of a batch seen from each job.
+    batches = sum(1 / job["timings"]["batch_size"] for job in finished)
+    assert value(page, "llmq_batch_size_count", model="echo") == pytest.approx(batches)
     assert value(page, "llmq_batch_size_sum", model="echo") == 3
     assert value(page, "llmq_queue_wait_seconds_count", model="echo") == 3
     assert value(page, "llmq_time_to_first_token_seconds_count", model="echo") == 3
-    assert value(page, "llmq_inference_seconds_count", model="echo") >= 1
+    assert value(page, "llmq_inference_seconds_count", model="echo") == pytest.approx(batches)
     assert value(page, "llmq_cost_usd_total", model="echo") == 0  # echo is free
     assert value(page, metrics.DEVICE_MEMORY, model="echo", device="cpu") > 10_000_000
     assert ("llmq_engine_errors_total", frozenset({"model": "echo"}.items())) not in page
@@ -154,7 +156,8 @@ def test_priced_model_counts_money(client, auth, tiny_worker, redis_client):
     after = samples(httpx.get(url).text)
     spent = delta(after, before, "llmq_cost_usd_total", model="tiny")
     assert abs(spent - float(job["usage"]["cost_usd"])) < 1e-12
-    assert value(after, "llmq_gpu_cost_usd_total", model="tiny") > 0
+    gpu_spent = delta(after, before, "llmq_gpu_cost_usd_total", model="tiny")
+    assert gpu_spent > 0 and abs(gpu_spent - float(job["usage"]["gpu_cost_usd"])) < 1e-12
     assert delta(after, before, "llmq_time_to_first_token_seconds_count", model="tiny") == 1
 
 

@@ -138,7 +138,10 @@ def test_worker_killed_mid_batch_its_jobs_finish_elsewhere_once(
     os.kill(victim["pid"], signal.SIGKILL)
     killed = time.monotonic()
 
-    finals = [wait_final(client, auth, i, timeout_s=120) for i in ids]
+    # The lease (5 s), a sweep, a fresh worker and the 4 s batch fit in this deadline many
+    # times over; the Redis visibility timeout (an hour) would not.
+    deadline = time.monotonic() + 90
+    finals = [wait_final(client, auth, i, timeout_s=deadline - time.monotonic()) for i in ids]
     recovered_s = time.monotonic() - killed
     assert all(j["status"] == "succeeded" for j in finals), finals
     assert all(j["attempts"] == 2 for j in finals)  # the lost claim, then the one that finished
@@ -146,7 +149,6 @@ def test_worker_killed_mid_batch_its_jobs_finish_elsewhere_once(
     with session_scope() as session:
         nodes = set(session.scalars(sa.select(Job.worker).where(Job.id.in_(ids))))
     assert victim["node"] not in nodes
-    assert recovered_s < 3600  # the Redis visibility timeout would have taken an hour
     print(f"\n[measured] SIGKILL of a worker mid-batch -> its 4 jobs done: {recovered_s:.2f}s")
 
 
