@@ -3,6 +3,7 @@ the prompt appears in neither Flower nor any process's log."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -45,27 +46,31 @@ class Process:
         self.log.close()
 
 
-@pytest.fixture
-def flower(environment) -> Iterator[tuple[str, Process]]:
-    port = free_port()
-    env = dict(os.environ, LLMQ_FLOWER_BASIC_AUTH=":".join(AUTH), PYTHONUNBUFFERED="1")
-    proc = Process(
-        "flower",
-        [sys.executable, "-m", "llmq.cli", "flower", "--port", str(port), "--loglevel", "info"],
-        env,
-    )
+@contextlib.contextmanager
+def serving(name: str, argv: list[str], env: dict[str, str], ready_path: str, port: int):
+    """A process answering 200 on `ready_path`: its URL and the process, stopped afterwards."""
+    proc = Process(name, argv, env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(
-            lambda: httpx.get(f"{url}/healthcheck").status_code == 200,
+            lambda: httpx.get(f"{url}{ready_path}").status_code == 200,
             60,
-            "Flower",
+            name,
             process=proc,
             ignore=(httpx.HTTPError,),
         )
         yield url, proc
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def flower(environment) -> Iterator[tuple[str, Process]]:
+    port = free_port()
+    env = dict(os.environ, LLMQ_FLOWER_BASIC_AUTH=":".join(AUTH), PYTHONUNBUFFERED="1")
+    argv = [sys.executable, "-m", "llmq.cli", "flower", "--port", str(port), "--loglevel", "info"]
+    with serving("flower", argv, env, "/healthcheck", port) as served:
+        yield served
 
 
 @pytest.fixture
@@ -74,19 +79,8 @@ def api_process(environment, flower) -> Iterator[tuple[str, Process]]:
     port = free_port()
     env = dict(os.environ, LLMQ_FLOWER_URL=flower[0], PYTHONUNBUFFERED="1")
     argv = [sys.executable, "-m", "llmq.cli", "api", "--port", str(port)]
-    proc = Process("api", argv, env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(
-            lambda: httpx.get(f"{url}/readyz").status_code == 200,
-            60,
-            "the API",
-            process=proc,
-            ignore=(httpx.HTTPError,),
-        )
-        yield url, proc
-    finally:
-        proc.stop()
+    with serving("api", argv, env, "/readyz", port) as served:
+        yield served
 
 
 def test_flower_shows_the_job_and_no_prompt_leaks(flower, api_process, start_worker, key):
