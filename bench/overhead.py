@@ -34,10 +34,10 @@ def echo_jobs_per_s(client: httpx.Client, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def noop_tasks_per_s(env: BenchEnv, count: int) -> float:
+def noop_tasks_per_s(env: BenchEnv, count: int, concurrency: int) -> float:
     from bench.noop import COUNTER, app
 
-    argv = [sys.executable, "-m", "celery", "-A", "bench.noop", "worker", "-P", "threads", "-c", "64",
+    argv = [sys.executable, "-m", "celery", "-A", "bench.noop", "worker", "-P", "threads", "-c", str(concurrency),
             "--prefetch-multiplier", "1", "-Q", "bench.noop", "-l", "WARNING", "--without-mingle",
             "--without-gossip"]  # fmt: skip
     worker = Proc(argv, env.env, env.dir / "noop.log")
@@ -58,18 +58,21 @@ def noop_tasks_per_s(env: BenchEnv, count: int) -> float:
         worker.stop()
 
 
-def submit_rates(client: httpx.Client, count: int) -> tuple[float, float]:
+def submit_rates(
+    client: httpx.Client, count: int, threads: int, bulk_count: int
+) -> tuple[float, float]:
+    """Jobs/s through single submits from `threads` threads, and through one bulk request."""
     body = {"model": "echo-unserved", "prompt": "rate", "max_tokens": 1}
     started = time.perf_counter()
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         list(
             pool.map(lambda _: client.post("/v1/jobs", json=body).raise_for_status(), range(count))
         )
     single = count / (time.perf_counter() - started)
     started = time.perf_counter()
-    client.post("/v1/jobs/bulk", json={"jobs": [body] * 5000}, timeout=120).raise_for_status()
-    bulk = 5000 / (time.perf_counter() - started)
-    return single, bulk
+    bulk = {"jobs": [body] * bulk_count}
+    client.post("/v1/jobs/bulk", json=bulk, timeout=120).raise_for_status()
+    return single, bulk_count / (time.perf_counter() - started)
 
 
 def steady_latency_ms(

@@ -17,12 +17,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from llmq.processes import send_signal, stop_process
 
+T = TypeVar("T")
 RUN_ID = uuid.uuid4().hex[:10]
 ROOT = Path(tempfile.mkdtemp(prefix=f"llmq-test-{RUN_ID}-"))
 _BASE_DB = os.environ.get(
@@ -291,14 +293,13 @@ class WorkerProcess:
         from llmq import events
 
         client = redis.Redis.from_url(REDIS_URL)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.output()}")
-            if events.live_workers(client, REDIS_PREFIX, self.model) > 0:
-                return self
-            time.sleep(0.2)
-        raise TimeoutError(f"worker for {self.model} not ready:\n{self.output()}")
+        wait_for(
+            lambda: events.live_workers(client, REDIS_PREFIX, self.model) > 0,
+            timeout_s,
+            f"worker for {self.model} ready",
+            process=self,
+        )
+        return self
 
     def output(self) -> str:
         self.log.flush()
@@ -398,14 +399,36 @@ def start_scheduler() -> Iterator[Callable[..., SchedulerProcess]]:
     kill_pool_workers([m for s in started for m in s.models])
 
 
-def wait_for(check: Callable[[], object], timeout_s: float = 60, what: str = "condition"):
+def wait_for(
+    check: Callable[[], T],
+    timeout_s: float = 60,
+    what: str = "condition",
+    *,
+    process: object | None = None,
+    ignore: tuple[type[Exception], ...] = (),
+    interval_s: float = 0.05,
+) -> T:
+    """Poll `check` until it returns something truthy, and return that: the tests' one way to
+    wait, so none sleeps a fixed time and hopes.
+
+    `ignore`: exceptions that mean "not yet" (a server still starting). `process`: anything
+    with `.proc` (a Popen) and `.output()`; the wait fails at once if it exits, and its log
+    goes into the error.
+    """
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
+    while True:
+        if process is not None and process.proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited\n{process.output()[-4000:]}")
+        try:
+            value = check()
+        except ignore:
+            value = None
         if value:
             return value
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not reached within {timeout_s}s")
+        if time.monotonic() >= deadline:
+            log = f"\n{process.output()[-4000:]}" if process is not None else ""
+            raise TimeoutError(f"{what} not reached within {timeout_s}s{log}")
+        time.sleep(interval_s)
 
 
 def wait_final(client, auth, job_id: str, timeout_s: float = 60) -> dict:

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 
 from llmq.processes import stop_process
-from tests.conftest import REDIS_PREFIX, REDIS_URL, ROOT
+from tests.conftest import REDIS_PREFIX, REDIS_URL, ROOT, wait_for
 
 
 def free_port() -> int:
@@ -63,17 +63,14 @@ class ApiServer(Process):
         super().__init__(f"api-{self.port}", argv, env)
 
     def wait_ready(self, timeout_s: float = 60) -> ApiServer:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"API exited early:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"API not ready:\n{self.output()}")
+        wait_for(
+            lambda: httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200,
+            timeout_s,
+            "API ready",
+            process=self,
+            ignore=(httpx.HTTPError,),
+        )
+        return self
 
 
 class WebhookWorker(Process):
@@ -82,14 +79,8 @@ class WebhookWorker(Process):
         super().__init__("webhook-worker", argv, env)
 
     def wait_ready(self, timeout_s: float = 60) -> WebhookWorker:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"webhook worker exited early:\n{self.output()}")
-            if "ready." in self.output():
-                return self
-            time.sleep(0.2)
-        raise TimeoutError(f"webhook worker not ready:\n{self.output()}")
+        wait_for(lambda: "ready." in self.output(), timeout_s, "webhook worker ready", process=self)
+        return self
 
 
 @dataclass
@@ -127,7 +118,7 @@ class Receiver:
                     )
                 )
                 if receiver.delay_s:
-                    time.sleep(receiver.delay_s)
+                    time.sleep(receiver.delay_s)  # a slow receiver is what the test is about
                 status = receiver.script[index] if index < len(receiver.script) else 200
                 self.send_response(status)
                 for name, value in receiver.headers_for.get(status, {}).items():
@@ -149,9 +140,7 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def wait_for(self, count: int, timeout_s: float = 60) -> list[Received]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and len(self.requests) < count:
-            time.sleep(0.1)
+        wait_for(lambda: len(self.requests) >= count, timeout_s, f"{count} webhook requests")
         return list(self.requests)
 
     def close(self) -> None:

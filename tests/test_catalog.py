@@ -1,3 +1,4 @@
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ def test_default_catalog_serves_smollm2():
     source = spec.resolve_source()
     assert source.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert (source.directory / source.gguf_file).is_file()
-    assert spec.max_batch_size >= 1 and spec.price_output_per_mtok_usd > 0
+    assert spec.max_batch_size == 32 and spec.price_output_per_mtok_usd == Decimal("0.06")
 
 
 @pytest.mark.parametrize(

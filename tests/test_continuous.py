@@ -3,13 +3,12 @@ joining a batch that is already running."""
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from decimal import Decimal
 
 import pytest
 
-from tests.conftest import wait_final
+from tests.conftest import wait_final, wait_for
 from tests.test_streaming import first_new_pair, read_events
 
 
@@ -34,10 +33,12 @@ def submit(client, auth, **body) -> str:
 
 
 def wait_until_running(client, auth, job_id: str) -> None:
-    deadline = time.monotonic() + 30
-    while client.get(f"/v1/jobs/{job_id}", headers=auth).json()["status"] == "queued":
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_for(
+        lambda: client.get(f"/v1/jobs/{job_id}", headers=auth).json()["status"] != "queued",
+        30,
+        f"job {job_id} to start",
+        interval_s=0.005,  # the tests act on the job while it runs, which is not long
+    )
 
 
 def test_each_job_keeps_its_budget_and_matches_the_batch_engine(
@@ -103,10 +104,12 @@ def test_cancel_stops_a_running_job_at_its_next_token(client, auth, cb_worker):
     job_id = submit(client, auth, prompt="Cancel me", max_tokens=230)
     wait_until_running(client, auth, job_id)
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth).status_code == 200
-    deadline = time.monotonic() + 30
-    while (job := client.get(f"/v1/jobs/{job_id}", headers=auth).json())["usage"] is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+
+    def accounted() -> dict | None:
+        job = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+        return job if job["usage"] is not None else None
+
+    job = wait_for(accounted, 30, "the cancelled job's usage")
     assert job["status"] == "cancelled"
     assert job["output"]["finish_reason"] == "cancelled"
     assert job["usage"]["completion_tokens"] < 230

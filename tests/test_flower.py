@@ -3,10 +3,10 @@ the prompt appears in neither Flower nor any process's log."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +16,7 @@ import pytest
 
 from cli.devstack import free_port
 from llmq.processes import stop_process
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 AUTH = ("ops", "flower-test-secret")
 
@@ -41,36 +41,31 @@ class Process:
         self.log.close()
 
 
-def wait_for(check, timeout_s: float, what: str, proc: Process):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited\n{proc.output()[-4000:]}")
-        try:
-            result = check()
-        except httpx.HTTPError:
-            result = None
-        if result:
-            return result
-        time.sleep(0.3)
-    raise TimeoutError(f"{what} within {timeout_s}s\n{proc.output()[-4000:]}")
+@contextlib.contextmanager
+def serving(name: str, argv: list[str], env: dict[str, str], ready_path: str, port: int):
+    """A process answering 200 on `ready_path`: its URL and the process, stopped afterwards."""
+    proc = Process(name, argv, env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: httpx.get(f"{url}{ready_path}").status_code == 200,
+            60,
+            name,
+            process=proc,
+            ignore=(httpx.HTTPError,),
+        )
+        yield url, proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture
 def flower(environment) -> Iterator[tuple[str, Process]]:
     port = free_port()
     env = dict(os.environ, LLMQ_FLOWER_BASIC_AUTH=":".join(AUTH), PYTHONUNBUFFERED="1")
-    proc = Process(
-        "flower",
-        [sys.executable, "-m", "cli", "flower", "--port", str(port), "--loglevel", "info"],
-        env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: httpx.get(f"{url}/healthcheck").status_code == 200, 60, "Flower", proc)
-        yield url, proc
-    finally:
-        proc.stop()
+    argv = [sys.executable, "-m", "cli", "flower", "--port", str(port), "--loglevel", "info"]
+    with serving("flower", argv, env, "/healthcheck", port) as served:
+        yield served
 
 
 @pytest.fixture
@@ -79,13 +74,8 @@ def api_process(environment, flower) -> Iterator[tuple[str, Process]]:
     port = free_port()
     env = dict(os.environ, LLMQ_FLOWER_URL=flower[0], PYTHONUNBUFFERED="1")
     argv = [sys.executable, "-m", "cli", "api", "--port", str(port)]
-    proc = Process("api", argv, env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, "the API", proc)
-        yield url, proc
-    finally:
-        proc.stop()
+    with serving("api", argv, env, "/readyz", port) as served:
+        yield served
 
 
 def test_flower_shows_the_job_and_no_prompt_leaks(flower, api_process, start_worker, key):
@@ -101,7 +91,13 @@ def test_flower_shows_the_job_and_no_prompt_leaks(flower, api_process, start_wor
         ).json()
         return [name for name in workers if name.startswith(f"echo-{worker.proc.pid}@")]
 
-    (node,) = wait_for(worker_listed, 60, "Flower listing the worker", flower_proc)
+    (node,) = wait_for(
+        worker_listed,
+        60,
+        "Flower listing the worker",
+        process=flower_proc,
+        ignore=(httpx.HTTPError,),
+    )
 
     secret = f"secret-{uuid.uuid4().hex}"
     headers = {"Authorization": f"Bearer {key}"}
@@ -131,7 +127,9 @@ def test_flower_shows_the_job_and_no_prompt_leaks(flower, api_process, start_wor
                 else None
             )
 
-        info = wait_for(task_done, 60, "Flower showing the task", flower_proc)
+        info = wait_for(
+            task_done, 60, "Flower showing the task", process=flower_proc, ignore=(httpx.HTTPError,)
+        )
         assert info["uuid"] == job["id"]
         assert info["name"] == "llmq.generate:echo"
         assert info["worker"] == node

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 from llmq.db import session_scope
 from llmq.models import LedgerEntry
 from llmq.queues import get_celery, publish_generate, waiting_count
-from tests.conftest import REDIS_PREFIX, wait_final
+from tests.conftest import REDIS_PREFIX, WorkerProcess, wait_final, wait_for
 
 
 def submit(client, auth, **body) -> dict:
@@ -24,6 +25,11 @@ def submit(client, auth, **body) -> dict:
 def ledger_rows(job_id: str) -> list[LedgerEntry]:
     with session_scope() as session:
         return list(session.scalars(sa.select(LedgerEntry).where(LedgerEntry.job_id == job_id)))
+
+
+def task_ends(worker: WorkerProcess, job_id: str) -> int:
+    """How many deliveries of the job's task the worker has finished (Celery logs each)."""
+    return sum(f"[{job_id}] succeeded" in line for line in worker.output().splitlines())
 
 
 def test_submit_runs_to_success_with_output_and_usage(client, auth, tiny_worker):
@@ -46,10 +52,18 @@ def test_submit_runs_to_success_with_output_and_usage(client, auth, tiny_worker)
     assert usage["total_tokens"] == usage["prompt_tokens"] + 8
     expected = (usage["prompt_tokens"] * Decimal("1.5") + 8 * Decimal("3")) / 1_000_000
     assert Decimal(usage["cost_usd"]) == expected
-    assert Decimal(usage["gpu_cost_usd"]) >= 0
+    timings = done["timings"]
+    assert timings["batch_size"] == 1  # alone on the worker
+    # A batch of one pays for all of its time: 3.6 $/h is 0.000001 $/ms, and inference_ms is
+    # that time cut to the millisecond.
+    per_ms = Decimal("3.6") / 3600 / 1000
+    gpu_cost = Decimal(usage["gpu_cost_usd"])
+    assert gpu_cost > 0
+    assert timings["inference_ms"] * per_ms <= gpu_cost < (timings["inference_ms"] + 1) * per_ms
     assert done["attempts"] == 1 and done["metadata"] == {"ticket": "A-17"}
-    assert done["timings"]["batch_size"] >= 1 and done["timings"]["queue_ms"] >= 0
-    assert done["started_at"] and done["finished_at"]
+    queued = datetime.fromisoformat(done["started_at"]) - datetime.fromisoformat(done["created_at"])
+    assert abs(timings["queue_ms"] - queued.total_seconds() * 1000) <= 1
+    assert done["finished_at"] >= done["started_at"]
     rows = ledger_rows(job["id"])
     assert len(rows) == 1 and rows[0].cost_usd == expected
 
@@ -88,14 +102,17 @@ def test_stop_sequences_cut_the_text(client, auth, tiny_worker):
 
 
 def test_greedy_and_sampled_jobs_run_in_separate_groups(client, auth, tiny_worker):
-    greedy = [submit(client, auth, prompt="g", max_tokens=3)["id"] for _ in range(2)]
-    sampled = [
-        submit(client, auth, prompt="s", max_tokens=3, temperature=0.8, seed=7)["id"]
-        for _ in range(2)
-    ]
-    jobs = [wait_final(client, auth, i) for i in greedy + sampled]
+    greedy = {"model": "tiny", "prompt": "g", "max_tokens": 3, "temperature": 0}
+    sampled = {**greedy, "prompt": "s", "temperature": 0.8, "seed": 7}
+    # One bulk submit publishes all four at once, so the worker takes them in one batch.
+    response = client.post(
+        "/v1/jobs/bulk", json={"jobs": [greedy] * 2 + [sampled] * 2}, headers=auth
+    )
+    assert response.status_code == 202, response.text
+    jobs = [wait_final(client, auth, i) for i in response.json()["ids"]]
     assert all(j["status"] == "succeeded" for j in jobs)
-    assert all(j["timings"]["batch_size"] <= 2 for j in jobs)
+    assert len({j["started_at"] for j in jobs}) == 1  # claimed together
+    assert [j["timings"]["batch_size"] for j in jobs] == [2, 2, 2, 2]  # but run as two groups
 
 
 def test_prompt_longer_than_context_fails_alone(client, auth, tiny_worker):
@@ -128,7 +145,7 @@ def test_long_poll_times_out_on_a_queued_job(client, auth):
     client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
 
 
-def test_cancel_of_a_queued_job_means_it_never_runs(client, auth, redis_client, start_worker):
+def test_cancel_of_a_queued_job_means_it_never_runs(client, auth, start_worker):
     job = submit(client, auth, model="idle", prompt="cancel me")
     response = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
@@ -136,11 +153,8 @@ def test_cancel_of_a_queued_job_means_it_never_runs(client, auth, redis_client, 
     assert again.status_code == 409
     assert again.headers["content-type"].startswith("application/problem+json")
 
-    start_worker("idle")  # its message is still queued: the worker must skip it
-    deadline = time.monotonic() + 20
-    while waiting_count(redis_client, "idle", REDIS_PREFIX) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)
+    worker = start_worker("idle")  # its message is still queued: the worker must skip it
+    wait_for(lambda: task_ends(worker, job["id"]) == 1, 20, "the worker to take the message")
     final = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
     assert final["status"] == "cancelled" and final["attempts"] == 0 and final["output"] is None
     assert ledger_rows(job["id"]) == []
@@ -181,17 +195,12 @@ def test_models_show_live_queue(client, auth, tiny_worker, redis_client):
     assert models["tiny"]["pricing"]["input_per_mtok_usd"] == "1.5"
 
 
-def test_duplicate_delivery_writes_one_result_and_one_ledger_row(
-    client, auth, tiny_worker, redis_client
-):
+def test_duplicate_delivery_writes_one_result_and_one_ledger_row(client, auth, tiny_worker):
     job = submit(client, auth, prompt="only once", max_tokens=4)
     publish_generate(get_celery(), job["id"], "tiny", 0)  # the same message, delivered again
     done = wait_final(client, auth, job["id"])
     publish_generate(get_celery(), job["id"], "tiny", 0)  # and once more after it finished
-    deadline = time.monotonic() + 20
-    while waiting_count(redis_client, "tiny", REDIS_PREFIX) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)
+    wait_for(lambda: task_ends(tiny_worker, job["id"]) == 3, 20, "all three deliveries to end")
     final = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
     assert final["status"] == "succeeded" and final["attempts"] == 1
     assert final["output"] == done["output"] and final["finished_at"] == done["finished_at"]

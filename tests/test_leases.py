@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -30,12 +29,16 @@ def test_a_live_worker_keeps_its_job_when_redis_loses_its_heartbeat(
     wait_for(lambda: _rows([job_id])[0].status == "running", 60, "the job to run")
     sweeper = _sweeper([model])
     moved: list[str] = []
-    while _rows([job_id])[0].status == "running":
+
+    def sweep_without_heartbeat() -> bool:
+        """Drop the heartbeat and sweep, each poll while the job runs; True once it ended."""
         for key in redis_client.scan_iter(match=events.worker_pattern(REDIS_PREFIX, model)):
             redis_client.delete(key)  # this run's keys only
         report = sweeper.sweep()
-        moved += [*report.requeued, *report.failed]
-        time.sleep(0.2)  # a sweep every 0.2 s while the job runs
+        moved.extend([*report.requeued, *report.failed])
+        return _rows([job_id])[0].status != "running"
+
+    wait_for(sweep_without_heartbeat, 60, "the job to end", interval_s=0.2)
     assert job_id not in moved
     final = wait_final(client, auth, job_id)
     assert final["status"] == "succeeded" and final["attempts"] == 1, final

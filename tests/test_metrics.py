@@ -6,7 +6,6 @@ one."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -15,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cli.devstack import free_port
 from llmq import events, metrics
-from tests.conftest import REDIS_PREFIX, wait_final
+from tests.conftest import REDIS_PREFIX, wait_final, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +113,13 @@ def test_api_and_worker_metrics_after_jobs(client, auth, redis_client, start_wor
     assert value(page, "llmq_jobs_finished_total", model="echo", status="succeeded") == 3
     assert value(page, "llmq_prompt_tokens_total", model="echo") == tokens
     assert value(page, "llmq_completion_tokens_total", model="echo") == tokens
-    assert value(page, "llmq_batch_size_count", model="echo") >= 1
+    # One observation per batch: a batch of n jobs is 1/n of a batch seen from each job.
+    batches = sum(1 / job["timings"]["batch_size"] for job in finished)
+    assert value(page, "llmq_batch_size_count", model="echo") == pytest.approx(batches)
     assert value(page, "llmq_batch_size_sum", model="echo") == 3
     assert value(page, "llmq_queue_wait_seconds_count", model="echo") == 3
     assert value(page, "llmq_time_to_first_token_seconds_count", model="echo") == 3
-    assert value(page, "llmq_inference_seconds_count", model="echo") >= 1
+    assert value(page, "llmq_inference_seconds_count", model="echo") == pytest.approx(batches)
     assert value(page, "llmq_cost_usd_total", model="echo") == 0  # echo is free
     assert value(page, metrics.DEVICE_MEMORY, model="echo", device="cpu") > 10_000_000
     assert ("llmq_engine_errors_total", frozenset({"model": "echo"}.items())) not in page
@@ -131,10 +132,13 @@ def test_queue_gauges_count_waiting_jobs(client, auth, metrics_url):
         client.post("/v1/jobs", json={"model": "idle", "prompt": "x"}, headers=auth).json()["id"]
         for _ in range(2)
     ]
-    time.sleep(1.1)
-    page = scrape(metrics_url)
+
+    def aged() -> dict | None:
+        page = scrape(metrics_url)
+        return page if value(page, metrics.QUEUE_OLDEST_AGE, model="idle") >= 1.0 else None
+
+    page = wait_for(aged, 30, "the oldest waiting job to be a second old", interval_s=0.2)
     assert value(page, metrics.QUEUE_WAITING, model="idle") >= 2
-    assert value(page, metrics.QUEUE_OLDEST_AGE, model="idle") >= 1.0
     assert value(page, metrics.WORKERS_LIVE, model="idle") == 0
     for job_id in ids:
         client.post(f"/v1/jobs/{job_id}/cancel", headers=auth)
@@ -152,7 +156,8 @@ def test_priced_model_counts_money(client, auth, tiny_worker, redis_client):
     after = samples(httpx.get(url).text)
     spent = delta(after, before, "llmq_cost_usd_total", model="tiny")
     assert abs(spent - float(job["usage"]["cost_usd"])) < 1e-12
-    assert value(after, "llmq_gpu_cost_usd_total", model="tiny") > 0
+    gpu_spent = delta(after, before, "llmq_gpu_cost_usd_total", model="tiny")
+    assert gpu_spent > 0 and abs(gpu_spent - float(job["usage"]["gpu_cost_usd"])) < 1e-12
     assert delta(after, before, "llmq_time_to_first_token_seconds_count", model="tiny") == 1
 
 

@@ -172,5 +172,7 @@ def test_a_request_after_retry_after_succeeds(client):
         admitted += 1
         assert admitted <= 120  # the burst is 60, plus one a second while this loop runs
     assert refused.status_code == 429 and admitted >= 60
+    # Not a wait for something to happen: the test is that waiting as long as the answer said
+    # is enough.
     time.sleep(int(refused.headers["Retry-After"]))
     assert client.post("/v1/jobs", json=BODY, headers=headers).status_code == 202

@@ -13,22 +13,23 @@ from llmq.catalog import get_catalog
 from llmq.db import session_scope
 from llmq.models import Job, LedgerEntry
 from llmq.queues import make_celery
-from llmq.settings import get_settings
+from llmq.settings import Settings, get_settings
 from scheduler.backends.local import LocalBackend
 from tests.conftest import REDIS_URL, ROOT, kill_pool_workers, wait_for
 
 
+def local_backend(models: list[str], folder: str, settings: Settings | None = None, **kw):
+    """A local backend for these pools, its workers' logs in the run's folder `folder`."""
+    settings = settings or get_settings()
+    client = redis.Redis.from_url(REDIS_URL)
+    return LocalBackend(
+        settings, get_catalog(), models, client, make_celery(settings), log_dir=ROOT / folder, **kw
+    )
+
+
 def test_scale_down_while_jobs_run_loses_none_and_runs_none_twice(client, auth):
     model = "pool-drain"
-    settings = get_settings()
-    backend = LocalBackend(
-        settings,
-        get_catalog(),
-        [model],
-        redis.Redis.from_url(REDIS_URL),
-        make_celery(settings),
-        log_dir=ROOT / "drain-workers",
-    )
+    backend = local_backend([model], "drain-workers")
     try:
         backend.scale(model, 2)
         assert backend.current(model) == 2
@@ -82,15 +83,7 @@ def test_scale_down_while_jobs_run_loses_none_and_runs_none_twice(client, auth):
 
 def test_a_pool_whose_workers_keep_dying_backs_off(environment):
     model = "pool-broken"  # its weights do not exist: every worker exits while loading
-    settings = get_settings()
-    backend = LocalBackend(
-        settings,
-        get_catalog(),
-        [model],
-        redis.Redis.from_url(REDIS_URL),
-        make_celery(settings),
-        log_dir=ROOT / "broken-workers",
-    )
+    backend = local_backend([model], "broken-workers")
     try:
         starts = 0
         for _ in range(2):
@@ -121,13 +114,8 @@ def test_gpu_pools_share_the_devices_one_worker_per_gpu(client, auth):
     settings = get_settings().model_copy(
         update={"scale_down_stabilization_s": 1, "scale_to_zero_idle_s": 2, "sweeper_interval_s": 1}
     )
-    catalog = get_catalog()
-    celery = make_celery(settings)
-    client_redis = redis.Redis.from_url(REDIS_URL)
-    backend = LocalBackend(
-        settings, catalog, models, client_redis, celery, gpu_count=1, log_dir=ROOT / "gpu"
-    )
-    sched = Scheduler(settings, catalog, backend, celery, models, gpu_budget=1)
+    backend = local_backend(models, "gpu", settings, gpu_count=1)
+    sched = Scheduler(settings, get_catalog(), backend, backend.celery, models, gpu_budget=1)
     body = {"prompt": "a b", "temperature": 0}
     a_ids = [
         client.post("/v1/jobs", json={"model": "gpu-a", **body}, headers=auth).json()["id"]

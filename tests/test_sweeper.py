@@ -197,12 +197,8 @@ def test_jobs_of_a_killed_worker_finish_on_another_once_their_lease_runs_out(
     start_worker(model, wait=False)
 
     sweeper = _sweeper([model])
-    requeued_s = None
-    while requeued_s is None and time.monotonic() - killed < 60:
-        if sweeper.sweep().requeued:
-            requeued_s = time.monotonic() - killed
-        time.sleep(0.2)
-    assert requeued_s is not None
+    wait_for(lambda: sweeper.sweep().requeued, 60, "the sweeper to requeue", interval_s=0.2)
+    requeued_s = time.monotonic() - killed
     finals = [wait_final(client, auth, i, timeout_s=120) for i in ids]
     done_s = time.monotonic() - killed
     assert all(j["status"] == "succeeded" and j["attempts"] == 2 for j in finals), finals

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
@@ -18,7 +17,7 @@ from llmq.db import session_scope
 from llmq.keys import create_key, webhook_secret
 from llmq.models import WebhookDelivery
 from llmq.settings import Settings, get_settings
-from tests.conftest import wait_final
+from tests.conftest import wait_final, wait_for
 from tests.tenancy_helpers import Receiver, WebhookWorker
 from workers import webhooks
 from workers.webhook_policy import Step, next_step, parse_retry_after
@@ -45,13 +44,29 @@ def webhook_worker():
 
 
 def wait_delivery(client, headers, job_id: str, status: str, timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def reached() -> dict | None:
         data = client.get(f"/v1/jobs/{job_id}/webhooks", headers=headers).json()["data"]
-        if data and data[0]["status"] == status:
-            return data[0]
-        time.sleep(0.2)
-    raise TimeoutError(f"delivery of {job_id} never reached {status}: {data}")
+        return data[0] if data and data[0]["status"] == status else None
+
+    return wait_for(reached, timeout_s, f"delivery of {job_id} {status}")
+
+
+def cancelled_job_with_hook(client, auth) -> tuple[dict, list[WebhookDelivery]]:
+    """A job cancelled while queued (nobody serves `idle`), and its outbox rows."""
+    job = client.post(
+        "/v1/jobs",
+        json={"model": "idle", "prompt": "x", "webhook_url": "http://127.0.0.1:9/h"},
+        headers=auth,
+    ).json()
+    assert outbox_rows(job["id"]) == []
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+    return job, outbox_rows(job["id"])
+
+
+def outbox_rows(job_id: str) -> list[WebhookDelivery]:
+    with session_scope() as session:
+        query = sa.select(WebhookDelivery).where(WebhookDelivery.job_id == uuid.UUID(job_id))
+        return list(session.scalars(query))
 
 
 def test_retries_carry_one_id_fresh_timestamps_and_valid_signatures(
@@ -141,28 +156,10 @@ def test_cancel_sends_job_cancelled_to_the_keys_default_endpoint_and_redeliver_r
 
 
 def test_the_outbox_row_is_written_with_the_final_state(client, auth):
-    job = client.post(
-        "/v1/jobs",
-        json={"model": "idle", "prompt": "x", "webhook_url": "http://127.0.0.1:9/h"},
-        headers=auth,
-    ).json()
-    with session_scope() as session:
-        assert (
-            session.scalar(
-                sa.select(sa.func.count()).where(WebhookDelivery.job_id == uuid.UUID(job["id"]))
-            )
-            == 0
-        )
-    client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
-    client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)  # a second cancel is a 409
-    with session_scope() as session:
-        rows = (
-            session.execute(
-                sa.select(WebhookDelivery).where(WebhookDelivery.job_id == uuid.UUID(job["id"]))
-            )
-            .scalars()
-            .all()
-        )
+    job, _ = cancelled_job_with_hook(client, auth)
+    again = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+    assert again.status_code == 409
+    rows = outbox_rows(job["id"])  # the refused second cancel wrote no second row
     assert [(r.event_type, r.url) for r in rows] == [("job.cancelled", "http://127.0.0.1:9/h")]
 
 
@@ -290,16 +287,8 @@ def test_the_webhook_worker_loads_no_torch():
 
 
 def test_payload_is_the_final_job_with_its_event_type(client, auth):
-    job = client.post(
-        "/v1/jobs",
-        json={"model": "idle", "prompt": "x", "webhook_url": "http://127.0.0.1:9/h"},
-        headers=auth,
-    ).json()
-    client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+    job, [row] = cancelled_job_with_hook(client, auth)
     with session_scope() as session:
-        row = session.execute(
-            sa.select(WebhookDelivery).where(WebhookDelivery.job_id == uuid.UUID(job["id"]))
-        ).scalar_one()
         payload = json.loads(webhooks.render_payload(session, row, get_settings()))
     assert payload["type"] == "job.cancelled" and payload["data"]["status"] == "cancelled"
     assert payload["data"]["id"] == job["id"] and payload["timestamp"]

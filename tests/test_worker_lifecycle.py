@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import sqlalchemy as sa
 
@@ -28,7 +27,7 @@ def test_sigterm_mid_batch_finishes_held_jobs_and_loses_none(
     wait_for(lambda: statuses() == {"running"}, timeout_s=30, what="the batch running")
 
     worker.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    wait_for(lambda: "Warm shutdown" in worker.output(), 20, "the worker to begin its shutdown")
     later = [client.post("/v1/jobs", json=body, headers=auth).json()["id"] for _ in range(3)]
     assert worker.proc.wait(timeout=20) == 0, worker.output()
     assert all(wait_final(client, auth, i)["status"] == "succeeded" for i in held)

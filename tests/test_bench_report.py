@@ -1,0 +1,80 @@
+"""The benchmark table judges each figure against its goal and describes the run it measured."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.__main__ import Params, measured
+from bench.report import Figure, Goal, markdown_table, missed, summary
+
+
+@pytest.mark.parametrize(
+    ("goal", "value", "met"),
+    [
+        (Goal("≥", 0.9), 0.9, True),
+        (Goal("≥", 0.9), 0.89, False),
+        (Goal("<", 4, " s"), 3.9, True),
+        (Goal("<", 4, " s"), 4.0, False),
+        (Goal("≤", 2), 2, True),
+        (Goal(">", 2), 2, False),
+    ],
+)
+def test_a_goal_is_met_or_missed(goal, value, met):
+    assert goal.met(value) is met
+
+
+def test_a_missed_goal_is_named_with_what_was_measured():
+    figures = [
+        Figure("Speed", 7.0, "7.0x", "how", Goal("≥", 6, "x")),
+        Figure("Cold start", 4.3, "4.3 s cached", "how", Goal("<", 4, " s", subject="cached")),
+        Figure("Memory", 1200, "1200 MB", "how"),
+    ]
+    assert [f.verdict for f in figures] == ["met", "MISSED", ""]
+    assert missed(figures) == [figures[1]]
+    assert summary(figures) == (
+        "Goals met: 1 of 2; missed: Cold start (4.3 s cached, goal cached < 4 s)."
+    )
+    assert (
+        markdown_table(figures)[3] == "| Cold start | 4.3 s cached | cached < 4 s | MISSED | how |"
+    )
+
+
+def fake_results() -> dict:
+    run = {"tokens_per_s": 100.0, "batch_sizes": [8]}
+    return {
+        "batched": run,
+        "bare": {"tokens_per_s": 105.0},
+        "ratios": [0.95, 0.96],
+        "serial": {"tokens_per_s": 20.0},
+        "continuous": {"tokens_per_s": 50.0},
+        "echo": 500.0,
+        "noop": 700.0,
+        "p50": 30.0,
+        "p99": 60.0,
+        "submit": 250.0,
+        "bulk": 4000.0,
+        "cold": (20.0, 3.5, [3.4, 3.5, 3.6]),
+        "rss_mb": 1200.0,
+    }
+
+
+def test_the_how_column_follows_the_parameters_used():
+    params = Params(batch=8, paired_runs=2, serial_jobs=3, noop_concurrency=16, bulk_jobs=700)
+    how = {f.name: f.how for f in measured(fake_results(), params)}
+    assert "(8 jobs, batches [8])" in how["Pipeline efficiency"]
+    assert "2 runs of each" in how["Pipeline efficiency"]
+    assert "with 3 jobs one at a time" in how["Batching gain"]
+    assert "threads -c 16" in how["Overhead"]
+    assert "(700 per request)" in how["Submit rate"]
+    assert "batches of 8" in how["Memory"]
+    verdicts = {f.name: f.verdict for f in measured(fake_results(), params)}
+    assert verdicts == {
+        "Pipeline efficiency": "met",
+        "Batching gain": "MISSED",  # 100 tok/s / 20 tok/s is 5x, under 6x
+        "Continuous / static batching": "",
+        "Overhead": "met",
+        "Submit rate": "",
+        "Submit → result visible": "",
+        "Cold start": "met",
+        "Memory": "",
+    }
