@@ -18,7 +18,7 @@ import pytest
 from cli.devstack import free_port
 from tests.conftest import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def processes_with(marker: str) -> list[int]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 OURS = {"llmq", "api", "workers", "scheduler", "cli", "bench", "reliability", "tests", "migrations"}
 # The extras each package may use on top of the base; packages that are not installed (bench,

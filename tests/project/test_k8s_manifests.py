@@ -8,7 +8,7 @@ import yaml
 
 from llmq.settings import Settings
 
-K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
+K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 
 
 def _docs() -> list[dict]:

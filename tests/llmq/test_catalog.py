@@ -6,7 +6,7 @@ import pytest
 from llmq.catalog import load_catalog
 from llmq.errors import CatalogError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_default_catalog_serves_smollm2():

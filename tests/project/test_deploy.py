@@ -15,9 +15,9 @@ from prometheus_client import REGISTRY
 from cli.main import app as cli_app
 from llmq import metrics
 from llmq.settings import Settings, env_example
-from tests.test_packaging import HEAVY, PYPROJECT, installed_by
+from tests.project.test_packaging import HEAVY, PYPROJECT, installed_by
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {f"LLMQ_{name.upper()}" for name in Settings.model_fields}
 INTERPOLATION = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?]([^}]*))?\}")
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from llmq.settings import settings_table
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_settings_doc_lists_every_variable():

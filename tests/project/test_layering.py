@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers")
 # package -> the packages it must never import
 FORBIDDEN: dict[str, tuple[str, ...]] = {

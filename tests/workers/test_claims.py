@@ -10,7 +10,7 @@ from llmq import events
 from llmq.db import session_scope
 from llmq.models import Job, LedgerEntry
 from tests.conftest import REDIS_PREFIX, wait_final, wait_for
-from tests.test_sweeper import _rows, _sweeper
+from tests.scheduler.test_sweeper import _rows, _sweeper
 
 
 def _submit(client, auth, model: str) -> str:

@@ -18,7 +18,7 @@ import yaml
 from llmq import queues
 from llmq.models import Base
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "architecture.md"
 
 NODE = re.compile(r'^(\w+)\s*[\[({]+"([^"]+)"[\])}]+$')

@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
+from tests.api.routes.test_streams import first_new_pair, read_events
 from tests.conftest import wait_final, wait_for
-from tests.test_streaming import first_new_pair, read_events
 
 
 @pytest.fixture(scope="module")
