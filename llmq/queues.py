@@ -9,6 +9,7 @@ from functools import lru_cache
 
 import redis
 from celery import Celery
+from celery.app.amqp import AMQP
 
 from llmq.settings import Settings, get_settings
 
@@ -77,8 +78,20 @@ def celery_config(settings: Settings) -> dict:
     }
 
 
+class _ShadowNamedAMQP(AMQP):
+    """Celery's `task-sent` event names the real task even when the message is shadowed, and
+    Flower lets a late-arriving sent event overwrite the worker's name. Name it as the worker
+    will, so Flower shows `llmq.generate:<model>` whichever event comes last."""
+
+    def as_task_v2(self, task_id, name, *args, shadow=None, **kwargs):
+        message = super().as_task_v2(task_id, name, *args, shadow=shadow, **kwargs)
+        if shadow and message.sent_event is not None:
+            message.sent_event["name"] = shadow
+        return message
+
+
 def make_celery(settings: Settings | None = None) -> Celery:
-    app = Celery("llmq")
+    app = Celery("llmq", amqp=_ShadowNamedAMQP)
     app.conf.update(celery_config(settings or get_settings()))
     return app
 
