@@ -43,6 +43,11 @@ app.user_options["worker"].add(
 )
 
 
+# A warm shutdown after the engine thread died is still a failure (EX_SOFTWARE), so the
+# supervisor restarts the worker instead of reading a clean stop.
+ENGINE_STOPPED_EXIT_CODE = 70
+
+
 class Runtime:
     """What a worker process holds: its model's runner and the threads that keep it known."""
 
@@ -50,6 +55,7 @@ class Runtime:
 
     def __init__(self) -> None:
         self._stop = threading.Event()
+        self.exit_code = 0  # non-zero once the worker stops for a reason a supervisor must see
 
     def start(self, model_name: str, node: str, concurrency: int) -> None:
         from workers.engines import build_engine
@@ -120,6 +126,7 @@ class Runtime:
         """No engine, no worker: stop looking alive and shut down (warm: the tasks waiting on
         the engine have already been failed, so they retry elsewhere)."""
         log.critical("the engine thread is gone; stopping this worker")
+        self.exit_code = ENGINE_STOPPED_EXIT_CODE
         with contextlib.suppress(redis.RedisError):
             self.redis.delete(key)
         self.shut_down()
@@ -162,7 +169,7 @@ def run_worker(argv: list[str]) -> int:
     app.worker_main(argv)
     if not _workers:
         return 1  # the worker was never built: bad arguments or configuration
-    return int(_workers[-1].exitcode or 0)
+    return int(_workers[-1].exitcode or 0) or runtime.exit_code
 
 
 @signals.worker_shutdown.connect

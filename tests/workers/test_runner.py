@@ -26,7 +26,7 @@ class CrashingEngine(EchoEngine):
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_when_the_engine_thread_ends_tasks_fail_at_once_and_the_heartbeat_stops(redis_client):
-    from workers.app import Runtime
+    from workers.app import ENGINE_STOPPED_EXIT_CODE, Runtime
     from workers.runner import EngineStopped, Runner
 
     spec = get_catalog().get("parked")  # no worker serves it
@@ -51,6 +51,7 @@ def test_when_the_engine_thread_ends_tasks_fail_at_once_and_the_heartbeat_stops(
     wait_for(lambda: not runner.alive, 10, "the engine thread to end")
     assert isinstance(runner.submit(job_id).exception(timeout=1), EngineStopped)
     wait_for(stopped.is_set, 10, "the worker to shut down")
+    assert runtime.exit_code == ENGINE_STOPPED_EXIT_CODE  # what `llmq worker` exits with
     beat.join(timeout=10)
     assert not beat.is_alive() and not redis_client.exists(heartbeat)
     with session_scope() as session:
