@@ -45,14 +45,14 @@ class S3FileStore(FileStore):
     def put(self, file_id: str, chunks: Iterable[bytes]) -> int:
         where = {"Bucket": self.bucket, "Key": self.key(file_id)}
         pieces = rechunk(chunks, self.part_bytes)
-        first, second = next(pieces, b""), next(pieces, None)
-        if second is None:
+        first = next(pieces, b"")
+        if len(first) < self.part_bytes:  # rechunk: only the last piece is short
             self.client.put_object(**where, Body=first)
             return len(first)
         upload = {**where, "UploadId": self.client.create_multipart_upload(**where)["UploadId"]}
         try:
             parts, size = [], 0
-            for number, piece in enumerate(itertools.chain((first, second), pieces), 1):
+            for number, piece in enumerate(itertools.chain((first,), pieces), 1):
                 answer = self.client.upload_part(**upload, PartNumber=number, Body=piece)
                 parts.append({"ETag": answer["ETag"], "PartNumber": number})
                 size += len(piece)

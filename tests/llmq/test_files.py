@@ -62,7 +62,7 @@ def pattern(size: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-@pytest.mark.parametrize("size", [0, 1, CHUNK_BYTES, 20 * MIB + 123])
+@pytest.mark.parametrize("size", [0, 1, CHUNK_BYTES, 8 * MIB, 20 * MIB + 123])
 def test_bytes_come_back_as_they_went_in(store, size):
     data, file_id = pattern(size), new_id()
     # Pieces of odd sizes: the store cuts its own.
