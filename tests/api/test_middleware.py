@@ -56,16 +56,18 @@ def test_a_chunked_body_over_the_limit_is_413_in_process(client, auth):
     assert response.headers["content-type"].startswith("application/problem+json")
 
 
-def test_no_valid_key_means_not_one_byte_is_read(client):
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [("/v1/jobs/bulk", "application/json"), ("/v1/files", "multipart/form-data; boundary=B")],
+)
+def test_no_valid_key_means_not_one_byte_is_read(client, path, content_type):
     pulled = []
 
     def body() -> Iterator[bytes]:
         pulled.append(1)
         yield b'{"jobs": []}'
 
-    response = client.post(
-        "/v1/jobs/bulk", content=body(), headers={"content-type": "application/json"}
-    )
+    response = client.post(path, content=body(), headers={"content-type": content_type})
     assert response.status_code == 401 and pulled == []
 
 
