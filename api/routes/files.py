@@ -6,9 +6,9 @@ stream back from it. Every route sees only the calling key's files.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -27,6 +27,11 @@ PREFIX = "/v1/files"  # the routes answer in OpenAI's shapes
 router = APIRouter(
     prefix=PREFIX, tags=["files"], route_class=deps.KeyedRoute, responses=responses(401, 422, 503)
 )
+
+
+# Postgres text holds no NUL: a parameter with one is refused before it reaches a query.
+NO_NUL = r"^[^\x00]*$"
+FileId = Annotated[str, Path(max_length=200, pattern=NO_NUL)]
 
 
 def upload_limit_bytes(settings: Settings) -> int:
@@ -130,10 +135,10 @@ async def upload(
 
 @router.get("")
 def list_files(
-    after: str | None = Query(None, max_length=200),
+    after: str | None = Query(None, max_length=200, pattern=NO_NUL),
     limit: int = Query(10_000, ge=1, le=10_000),
     order: Literal["asc", "desc"] = "desc",
-    purpose: str | None = Query(None, max_length=200),
+    purpose: str | None = Query(None, max_length=200, pattern=NO_NUL),
     caller: Caller = Depends(deps.caller),
 ) -> FileList:
     """The key's files, newest first (`order=asc`: oldest first); page on with `after`."""
@@ -151,7 +156,7 @@ def list_files(
 
 
 @router.get("/{file_id}", responses=responses(404))
-def get_file(file_id: str, caller: Caller = Depends(deps.caller)) -> FileObject:
+def get_file(file_id: FileId, caller: Caller = Depends(deps.caller)) -> FileObject:
     with session_scope() as session:
         return file_object(records.get_file(session, file_id, caller.key_id))
 
@@ -165,7 +170,7 @@ def get_file(file_id: str, caller: Caller = Depends(deps.caller)) -> FileObject:
     },
 )
 def file_content(
-    file_id: str,
+    file_id: FileId,
     caller: Caller = Depends(deps.caller),
     store: FileStore = Depends(deps.file_store),
 ) -> StreamingResponse:
@@ -181,7 +186,7 @@ def file_content(
 
 @router.delete("/{file_id}", responses=responses(404))
 def delete_file(
-    file_id: str,
+    file_id: FileId,
     caller: Caller = Depends(deps.caller),
     store: FileStore = Depends(deps.file_store),
 ) -> FileDeleted:

@@ -143,3 +143,17 @@ def test_a_file_over_the_cap_is_413_and_leaves_nothing_behind(small_cap):
     assert sent < 64 * 1_048_576, sent
     assert stored() == before
     assert [f.filename for f in client.files.list()] == ["at.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/files?after=a%00b",
+        "/v1/files?purpose=a%00b",
+        "/v1/files/file-%00",
+        "/v1/files/%00/content",
+    ],
+)
+def test_a_nul_in_an_id_or_filter_is_a_422(server, path):
+    response = httpx.get(f"{server.url}{path}", headers={"Authorization": f"Bearer {make_key()}"})
+    assert response.status_code == 422, response.text
