@@ -34,7 +34,7 @@ COPY migrations /src/migrations
 
 FROM runtime AS api
 COPY --from=source /src ./
-RUN pip install ".[api,scheduler,flower]"
+RUN pip install ".[api,scheduler,flower,s3]"
 USER llmq
 CMD ["llmq", "api", "--host", "0.0.0.0"]
 

@@ -13,9 +13,10 @@ from api import errors
 from api.headers import HeaderLimits
 from api.metrics_server import create_metrics_app, metrics_server
 from api.middleware import RequestMetrics
-from api.routes import admin, health, jobs, models, streams, usage, webhooks
+from api.routes import admin, files, health, jobs, models, streams, usage, webhooks
 from llmq import __version__
 from llmq.catalog import load_catalog
+from llmq.files import file_store
 from llmq.queue_metrics import QueueCollector
 from llmq.queues import make_celery
 from llmq.settings import Settings, get_settings
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.catalog = load_catalog(settings.catalog_path)
+    app.state.file_store = file_store(settings)
     app.state.celery = make_celery(settings)  # sends tasks by name; never runs them
     app.state.queue_registry = CollectorRegistry()
     app.state.queue_registry.register(
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         jobs.router,
         streams.router,
+        files.router,
         webhooks.router,
         models.router,
         usage.router,

@@ -20,6 +20,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.errors import Unauthorized
+from llmq.files.store import FileStore
 from llmq.keys import Caller, authenticate
 from llmq.settings import Settings
 
@@ -32,6 +33,10 @@ def settings(request: Request) -> Settings:
 
 def catalog(request: Request) -> Catalog:
     return request.app.state.catalog
+
+
+def file_store(request: Request) -> FileStore:
+    return request.app.state.file_store
 
 
 def authenticate_request(request: Request) -> Caller:

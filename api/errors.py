@@ -22,6 +22,7 @@ from llmq.errors import (
     BadRequest,
     BudgetExceeded,
     CatalogError,
+    FileNotFound,
     Forbidden,
     IdempotencyMismatch,
     InvalidField,
@@ -31,6 +32,7 @@ from llmq.errors import (
     KeyNotFound,
     QueueUnavailable,
     RateLimited,
+    TooLarge,
     Unauthorized,
 )
 
@@ -126,6 +128,8 @@ RULES: dict[type[Exception], Rule] = {
     Forbidden: Rule(403, "Forbidden", "forbidden"),
     JobNotFound: Rule(404, "Not found", "not-found"),
     KeyNotFound: Rule(404, "Not found", "not-found"),
+    FileNotFound: Rule(404, "Not found", "not-found", detail=lambda exc: "no such file"),
+    TooLarge: Rule(413, "Request too large", "too-large", "too_large"),
     JobStateConflict: Rule(409, "Conflict", "conflict"),
     CatalogError: Rule(500, "Catalog error", "catalog"),
     QueueUnavailable: Rule(

@@ -17,8 +17,18 @@ from starlette.middleware.body_limit import RequestBodyLimitResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
+from api.routes import files
 from llmq import metrics
 from llmq.settings import Settings
+
+
+def body_limit_bytes(settings: Settings, method: str, path: str) -> int:
+    """Uploads and bulk submits get their own, larger limits."""
+    if method == "POST" and path == files.PREFIX:
+        return files.upload_limit_bytes(settings)
+    if path.endswith("/bulk"):
+        return settings.max_bulk_request_bytes
+    return settings.max_request_bytes
 
 
 class RequestMetrics:
@@ -32,11 +42,7 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
-        limit = (
-            self.settings.max_bulk_request_bytes
-            if path.endswith("/bulk")
-            else self.settings.max_request_bytes
-        )
+        limit = body_limit_bytes(self.settings, method, path)
         length = Headers(scope=scope).get("content-length")
         if length and length.isdigit() and int(length) > limit:
             metrics.REJECTIONS.labels("too_large").inc()

@@ -121,8 +121,12 @@ class Proc:
         )
 
     def peak_rss_mb(self) -> float:
+        return self.memory_mb("VmHWM")
+
+    def memory_mb(self, field: str) -> float:
+        """A memory line of /proc/<pid>/status: `VmRSS` now, `VmHWM` its peak so far."""
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+        line = next(x for x in status.splitlines() if x.startswith(f"{field}:"))
         return int(line.split()[1]) / 1024
 
     def stop(self) -> None:

@@ -15,6 +15,27 @@ class JobNotFound(LlmqError):
     pass
 
 
+class FileNotFound(LlmqError):
+    """No such file for this key (or in the store)."""
+
+
+class TooLarge(LlmqError):
+    """A body (an uploaded file) past its size limit, found while it was being read."""
+
+    def __init__(self, limit_bytes: int):
+        super().__init__(f"body exceeds {limit_bytes} bytes")
+        self.limit_bytes = limit_bytes
+
+
+class LineTooLong(LlmqError):
+    """A line of a file is longer than its reader allows (it is not held whole to find out)."""
+
+    def __init__(self, line: int, limit_bytes: int):
+        super().__init__(f"line {line} is longer than {limit_bytes} bytes")
+        self.line = line
+        self.limit_bytes = limit_bytes
+
+
 class InvalidField(LlmqError):
     """A request field is wrong in a way only the domain can tell (an unknown model, say)."""
 
@@ -75,7 +96,7 @@ class IdempotencyMismatch(LlmqError):
 
 
 class BadRequest(LlmqError):
-    """A malformed header (an `Idempotency-Key` that is empty or too long)."""
+    """A malformed header (an `Idempotency-Key` that is empty or too long) or form field."""
 
     def __init__(self, field: str, message: str):
         super().__init__(message)

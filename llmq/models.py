@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
     SmallInteger,
     Text,
@@ -262,3 +263,34 @@ class ScalingEvent(Base):
     in_flight: Mapped[int] = mapped_column(Integer)
     backend: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class File(Base):
+    """An uploaded (or written) file's metadata; its bytes live in the file store
+    (`llmq.files`): `file_chunks` rows by default, or an S3-compatible bucket."""
+
+    __tablename__ = "files"
+    __table_args__ = (
+        Index("ix_files_key_created", "api_key_id", text("created_at DESC"), text("id DESC")),
+    )
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)  # "file-<hex>"
+    api_key_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("api_keys.id", ondelete="RESTRICT")
+    )
+    filename: Mapped[str] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(Text)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class FileChunk(Base):
+    """One piece of a file's bytes in the Postgres file store, in order by `seq`. Keyed by
+    the store's own id, not tied to `files`: a store holds bytes, the rows above say whose."""
+
+    __tablename__ = "file_chunks"
+
+    file_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

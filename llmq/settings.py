@@ -61,6 +61,25 @@ class Settings(BaseSettings):
     max_bulk_request_bytes: int = Field(
         64 * 1_048_576, description="Largest body accepted by POST /v1/jobs/bulk."
     )
+    max_file_bytes: int = Field(
+        200 * 1_048_576,
+        ge=1,
+        description="Largest file `POST /v1/files` accepts (200 MiB); counted as the bytes "
+        "arrive, so a larger upload is refused with 413 without being stored.",
+    )
+    files_url: str = Field(
+        "postgres",
+        pattern=r"^(postgres|s3://[^/]+(/.*)?)$",
+        description="Where file contents live: `postgres` (1 MiB chunks in "
+        "LLMQ_DATABASE_URL, for every API replica and worker) or `s3://bucket/prefix` "
+        "(any S3-compatible store; credentials and region from the standard AWS "
+        "environment, needs `pip install llmq[s3]`). File metadata stays in Postgres.",
+    )
+    files_s3_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of the S3-compatible store (MinIO, Ceph, R2...); unset: "
+        "AWS's own, or `AWS_ENDPOINT_URL_S3` when set.",
+    )
     max_header_bytes: int = Field(
         32_768, description="Largest header section accepted (names and values), in bytes."
     )

@@ -91,10 +91,10 @@ def probe_all(t: Target, limits: Callable[[str], int], slow_s: float) -> dict[st
 
 
 def body_limit(path: str) -> int:
+    from api.middleware import body_limit_bytes
     from llmq.settings import get_settings
 
-    s = get_settings()
-    return s.max_bulk_request_bytes if path.endswith("/bulk") else s.max_request_bytes
+    return body_limit_bytes(get_settings(), "POST", path)
 
 
 def run(quick: bool = False) -> SuiteResult:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
 import threading
@@ -187,3 +189,64 @@ def _decoded(value: bytes) -> bytes:
 
 def dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True)
+
+
+# Far past the request limits, and well past what the kernel's socket buffers can hold in
+# flight (tcp_rmem may grow to 32 MiB), so an answer before half of it is sent came early.
+UPLOAD_BYTES = 128 * 1_048_576
+UPLOAD_FRAME = b"x" * 65_536
+JOB_BODY = (b'{"model": "parked", "prompt": "', b'"}')
+
+
+def chunked_upload(
+    port: int,
+    path: str,
+    headers: dict[str, str],
+    *,
+    around: tuple[bytes, bytes] = JOB_BODY,
+    content_type: str = "application/json",
+    upload_bytes: int = UPLOAD_BYTES,
+) -> tuple[int, dict, int]:
+    """POST a chunked body over a raw socket: `around[0]`, x's up to `upload_bytes`, then
+    `around[1]`; it stops sending once an answer arrives. Returns (status, problem, bytes
+    sent)."""
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+    head += "Transfer-Encoding: chunked\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    frame = b"%x\r\n%s\r\n" % (len(UPLOAD_FRAME), UPLOAD_FRAME)
+    opening, closing = around
+    outgoing = bytearray(head.encode() + b"%x\r\n%s\r\n" % (len(opening), opening))
+    sent, queued, answer = 0, len(outgoing), b""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.setblocking(False)
+        while True:
+            if not outgoing and queued < upload_bytes:
+                outgoing += frame
+                queued += len(frame)
+                if queued >= upload_bytes:
+                    outgoing += b"%x\r\n%s\r\n0\r\n\r\n" % (len(closing), closing)
+            readable, writable, _ = select.select([sock], [sock] if outgoing else [], [], 60)
+            if not readable and not writable:
+                raise TimeoutError("no answer")
+            if readable:
+                data = sock.recv(1_048_576)
+                answer += data
+                if not data or _complete(answer):
+                    break
+            elif writable:
+                n = sock.send(outgoing)
+                del outgoing[:n]
+                sent += n
+    head_bytes, _, body = answer.partition(b"\r\n\r\n")
+    return int(head_bytes.split()[1]), json.loads(body), sent
+
+
+def _complete(answer: bytes) -> bool:
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False

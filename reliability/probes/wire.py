@@ -51,15 +51,31 @@ def header_checks(t: Target) -> list[Check]:
     return out
 
 
-def upload(port: int, path: str, key: str, total_bytes: int, chunked: bool) -> tuple[str, int]:
-    """Send a body of `total_bytes` (declared, or chunked), watching for an early answer;
-    returns the status (or how the connection ended) and the bytes sent before the answer."""
+FORM_OPENING = b'--probe\r\nContent-Disposition: form-data; name="file"; filename="p"\r\n\r\n'
+
+
+def body_kind(op: dict) -> tuple[str, bytes]:
+    """The content type a route takes, and what opens a body of it (a form: its file part)."""
+    if "multipart/form-data" in op.get("requestBody", {}).get("content", {}):
+        return "multipart/form-data; boundary=probe", FORM_OPENING
+    return "application/json", b""
+
+
+def upload(
+    port: int, path: str, key: str, total_bytes: int, chunked: bool, op: dict | None = None
+) -> tuple[str, int]:
+    """Send a body of `total_bytes` (declared, or chunked) of the type the route takes,
+    watching for an early answer; returns the status (or how the connection ended) and the
+    bytes sent before the answer."""
+    content_type, opening = body_kind(op or {})
     framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total_bytes}"
     head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: application/json\r\n{framing}\r\n\r\n").encode()  # fmt: skip
+            f"Content-Type: {content_type}\r\n{framing}\r\n\r\n").encode()  # fmt: skip
+    if opening:
+        head += b"%x\r\n%s\r\n" % (len(opening), opening) if chunked else opening
     piece = 65536
     data = b"%x\r\n%s\r\n" % (piece, b" " * piece) if chunked else b" " * piece
-    sent = 0
+    sent = len(opening)
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(head)
         try:
@@ -83,8 +99,9 @@ def body_checks(t: Target, limits: Callable[[str], int]) -> list[Check]:
     route that takes no body, any non-5xx answer), answered before the whole body was sent."""
     out = []
     with httpx.Client(base_url=t.url, timeout=60) as client:
-        posts = [(p, "requestBody" in op) for m, p, op in operations(client) if m == "POST"]
-    for template, takes_body in posts:
+        posts = [(p, op) for m, p, op in operations(client) if m == "POST"]
+    for template, op in posts:
+        takes_body = "requestBody" in op
         path = fill_ids(template, t.job_a, t.key_b_id)
         route, limit = f"POST {template}", limits(path)
         total = limit + max(limit, 8 * 1_048_576)  # more than socket buffers swallow
@@ -93,7 +110,7 @@ def body_checks(t: Target, limits: Callable[[str], int]) -> list[Check]:
         got = raw_status(t.port, declared)
         out.append(Check(route, "Content-Length over the limit, short body", got == "413", got))
         for chunked in (False, True):
-            got, sent = upload(t.port, path, t.key_a, total, chunked)
+            got, sent = upload(t.port, path, t.key_a, total, chunked, op)
             # A route that takes no body may answer without reading it, with its own status.
             early = sent < total and (
                 got == "413" or (not takes_body and got.isdigit() and int(got) < 500)

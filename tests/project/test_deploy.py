@@ -159,7 +159,7 @@ def test_only_the_worker_image_installs_torch(compose):
     stages = dockerfile_stages()
     assert list(stages)[-1] == "worker"  # a plain `docker build` makes the full image
     installs = {
-        name: {e for found in re.findall(r'pip install "?\.\[([a-z,]+)\]', body) for e in found.split(",")}
+        name: {e for found in re.findall(r'pip install "?\.\[([a-z0-9,]+)\]', body) for e in found.split(",")}
         for name, body in stages.items()
     }  # fmt: skip
     assert installs["api"] and not installed_by(*installs["api"]) & HEAVY
