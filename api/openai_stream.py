@@ -66,20 +66,16 @@ async def chunks(
     caller: Caller,
     settings: Settings,
     include_usage: bool,
+    lease: waits.Lease,
     abandoned: Callable[[], Awaitable[None]],
 ) -> AsyncIterator[dict]:
-    """The chunks; `abandoned` runs if the stream stops before it said all it will say (the
-    client left)."""
+    """The chunks, under the request's open-wait `lease` (released at the end); `abandoned`
+    runs if the stream stops before it said all it will say (the client left)."""
     client = request.app.state.redis
     said_all = False  # the stream told the client all it will: leaving now cancels nothing
-    lease: waits.Lease | None = None
     try:
         jobs = await run_in_threadpool(load_jobs, ids, caller.key_id)
         head = chunk_head(kind, jobs[0], include_usage)
-        lease = await waits.acquire(
-            client, settings.redis_prefix, caller, settings.max_open_waits_per_key,
-            waits.STREAM_LEASE_S,
-        )  # fmt: skip
         async for item in _chunks(kind, client, lease, ids, caller, settings, head):
             if item is SAID_ALL:
                 said_all = True
@@ -89,8 +85,7 @@ async def chunks(
         said_all = True
         yield _error(wait_interrupted(ids))
     finally:
-        if lease is not None:
-            await lease.release()
+        await lease.release()
         if not said_all:
             await abandoned()
 

@@ -94,38 +94,39 @@ def _admit(body: OpenAIRequest, convert: Convert, submission: Submission) -> lis
     return [str(i) for i in admitted.ids]
 
 
-async def wait_for_jobs(request: Request, ids: list[str], caller: Caller, settings: Settings):
+async def wait_for_jobs(
+    request: Request, ids: list[str], caller: Caller, settings: Settings
+) -> list[Job] | None:
     """The jobs once they all ended; None when the client left first (the jobs are then
     cancelled). Raises WaitLimitReached past the limit."""
-    client = request.app.state.redis
     result: list[Job] | None = None
+    fault: Exception | None = None
 
     async def load() -> tuple[bool, list[Job]]:
         rows = await run_in_threadpool(openai_stream.load_jobs, ids, caller.key_id)
         return all(job_queries.is_final(job.status) for job in rows), rows
 
-    lease = await waits.acquire(
-        client, settings.redis_prefix, caller, settings.max_open_waits_per_key,
-        settings.openai_wait_limit_s + waits.LEASE_MARGIN_S,
-    )  # fmt: skip
-    try:
-        async with anyio.create_task_group() as group:
+    async with anyio.create_task_group() as group:
 
-            async def wait() -> None:
-                nonlocal result
+        async def wait() -> None:
+            nonlocal result, fault
+            try:
                 result = await waits.until_ended(
-                    client, settings.redis_prefix, ids, load, settings.openai_wait_limit_s
-                )
-                group.cancel_scope.cancel()
+                    request.app.state.redis, settings.redis_prefix, ids, load,
+                    settings.openai_wait_limit_s,
+                )  # fmt: skip
+            except openai_stream.WAIT_FAULTS as exc:  # raised below, not as a group
+                fault = exc
+            group.cancel_scope.cancel()
 
-            async def watch() -> None:
-                await disconnected(request)
-                group.cancel_scope.cancel()
+        async def watch() -> None:
+            await disconnected(request)
+            group.cancel_scope.cancel()
 
-            group.start_soon(wait)
-            group.start_soon(watch)
-    finally:
-        await lease.release()
+        group.start_soon(wait)
+        group.start_soon(watch)
+    if fault is not None:
+        raise fault
     if result is None:
         await cancel_shielded(request, ids, caller, settings)
         return None
@@ -138,22 +139,36 @@ async def answer(
     kind: Kind, body: OpenAIRequest, convert: Convert, request: Request, submission: Submission
 ):
     caller, settings = submission.caller, submission.settings
-    ids = await run_in_threadpool(_admit, body, convert, submission)
-    submission.response.headers[JOB_HEADER] = ",".join(ids)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-        async def abandoned() -> None:
-            await cancel_shielded(request, ids, caller, settings)
-
-        chunks = openai_stream.chunks(
-            kind, request, ids, caller, settings, include_usage, abandoned
-        )
-        return EventSourceResponse(chunks, ping=15, headers=dict(submission.response.headers))
+    # The open wait is taken before any job exists: refused (429), the request made nothing.
+    lease_s = waits.STREAM_LEASE_S if body.stream else (
+        settings.openai_wait_limit_s + waits.LEASE_MARGIN_S
+    )  # fmt: skip
+    lease = await waits.acquire(
+        request.app.state.redis, settings.redis_prefix, caller,
+        settings.max_open_waits_per_key, lease_s,
+    )  # fmt: skip
     try:
-        jobs = await wait_for_jobs(request, ids, caller, settings)
-    except openai_stream.WAIT_FAULTS:  # the jobs exist: never a plain, retried 503
-        raise wait_interrupted(ids) from None
+        ids = await run_in_threadpool(_admit, body, convert, submission)
+        submission.response.headers[JOB_HEADER] = ",".join(ids)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+            async def abandoned() -> None:
+                await cancel_shielded(request, ids, caller, settings)
+
+            chunks = openai_stream.chunks(
+                kind, request, ids, caller, settings, include_usage, lease, abandoned
+            )
+            lease = None  # the stream releases it when it ends
+            headers = dict(submission.response.headers)
+            return EventSourceResponse(chunks, ping=15, headers=headers)
+        try:
+            jobs = await wait_for_jobs(request, ids, caller, settings)
+        except openai_stream.WAIT_FAULTS:  # the jobs exist: never a plain, retried 503
+            raise wait_interrupted(ids) from None
+    finally:
+        if lease is not None:
+            await lease.release()
     if jobs is None:  # nobody is listening
         return {}
     failure = unsuccessful(jobs)

@@ -113,6 +113,16 @@ def test_redis_down_is_503_with_retry_after(broker_down):
     _assert_names_no_host(response.text)
 
 
+def test_an_openai_route_without_redis_makes_no_job(broker_down):
+    """Its 503 comes before admission, so the `openai` client's retry is safe."""
+    headers = {"Authorization": f"Bearer {make_key('redis-down-chat')}"}
+    body = {"model": "parked", "messages": [{"role": "user", "content": "hi"}]}
+    response = broker_down.post("/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "unavailable"
+    assert broker_down.get("/v1/jobs", headers=headers).json()["data"] == []
+
+
 @pytest.fixture(scope="module")
 def database_down(environment) -> Iterator[ApiServer]:
     """A real API process whose Postgres is a port where nothing listens."""

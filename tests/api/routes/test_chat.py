@@ -181,3 +181,20 @@ def test_the_wait_limit_names_the_job_which_keeps_its_place(environment):
         assert [j["status"] for j in jobs_of(server, key)] == ["queued", "queued"]
     finally:
         server.stop()
+
+
+def test_past_the_open_wait_cap_a_request_makes_no_job(environment):
+    """The cap is checked before admission: the client retries a 429, and must not find
+    that its refused request left a job behind."""
+    server = ApiServer({"LLMQ_MAX_OPEN_WAITS_PER_KEY": "1"}).wait_ready()
+    try:
+        key = make_key("capped")
+        client = sdk(server, key)
+        with client.chat.completions.create(model="parked", messages=HELLO, stream=True) as held:
+            next(iter(held))  # the key's one open wait
+            with pytest.raises(openai.RateLimitError):
+                client.chat.completions.create(model="parked", messages=HELLO)
+            assert len(jobs_of(server, key)) == 1
+        wait_for(lambda: [j["status"] for j in jobs_of(server, key)] == ["cancelled"], 30, "gone")
+    finally:
+        server.stop()
