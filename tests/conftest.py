@@ -336,11 +336,6 @@ def tiny_worker(environment) -> Iterator[WorkerProcess]:
     yield from serving("tiny")
 
 
-@pytest.fixture(scope="session")
-def echo_worker(environment) -> Iterator[WorkerProcess]:
-    yield from serving("echo")
-
-
 SCHEDULER_ENV = {
     "LLMQ_SCHEDULER_INTERVAL_S": "0.3",
     "LLMQ_SCALE_DOWN_STABILIZATION_S": "2",

@@ -13,7 +13,7 @@ import pytest
 
 from llmq.db import session_scope
 from llmq.keys import Limits, create_key
-from tests.conftest import make_key, wait_for
+from tests.conftest import WorkerProcess, make_key, serving, wait_for
 from tests.tenancy_helpers import ApiServer
 
 HELLO = [{"role": "user", "content": "the quick brown fox jumps"}]
@@ -24,6 +24,12 @@ def api(environment) -> Iterator[ApiServer]:
     server = ApiServer().wait_ready()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def echo_worker(environment) -> Iterator[WorkerProcess]:
+    """Module-scoped: tests that count one echo worker's jobs must not share the queue."""
+    yield from serving("echo")
 
 
 def sdk(api: ApiServer, key: str, **options) -> openai.OpenAI:
