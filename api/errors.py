@@ -1,4 +1,6 @@
-"""RFC 9457 problem+json for every error the API returns."""
+"""Every error the API returns, from one mapping: RFC 9457 problem+json, or OpenAI's envelope
+`{"error": {"message", "type", "param", "code"}}` on the OpenAI-shaped routes (`OPENAI_PATHS`),
+with the status that makes the `openai` client raise the matching exception."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from api.fields import validation_errors
+from api.openai_errors import openai_error, speaks_openai
 from llmq import metrics
 from llmq.errors import (
     BadRequest,
@@ -27,13 +30,20 @@ from llmq.errors import (
     IdempotencyMismatch,
     InvalidField,
     InvalidFields,
+    JobFailed,
+    JobNotDone,
     JobNotFound,
     JobStateConflict,
+    JobStopped,
     KeyNotFound,
     QueueUnavailable,
     RateLimited,
     TooLarge,
     Unauthorized,
+    UnknownModel,
+    UnsupportedParameter,
+    WaitInterrupted,
+    WaitLimitReached,
 )
 
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
@@ -69,21 +79,49 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+def render(
+    path: str,
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    kind: str,
+    openai_status: int | None = None,
+    code: str | None = None,
+    errors: list[dict[str, str]] | None = None,
+    **fields: Any,
+) -> JSONResponse:
+    """The answer to an error on `path`, in the shape its route speaks. OpenAI answers an
+    invalid request with 400 (the client's BadRequestError) where llmq's own routes say 422;
+    `param` is the first field at fault."""
+    if not speaks_openai(path):
+        return problem(status, title, detail, kind=kind, instance=path, errors=errors, **fields)
+    fields.pop("type_uri", None)
+    if errors and [e["message"] for e in errors] != [detail]:  # each field and its fault
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:10])
+    return openai_error(
+        openai_status or (400 if status == 422 else status),
+        detail,
+        param=errors[0]["field"] if errors else None,
+        code=code or kind.replace("-", "_"),
+        **fields,
+    )
+
+
 def too_large(limit_bytes: int, instance: str) -> JSONResponse:
-    return problem(
-        413, "Request too large", f"body exceeds {limit_bytes} bytes", kind="too-large",
-        instance=instance,
-    )  # fmt: skip
+    return render(
+        instance, 413, "Request too large", f"body exceeds {limit_bytes} bytes", kind="too-large"
+    )
 
 
 def unavailable(what: str, instance: str) -> JSONResponse:
     """503 for a backing service that did not answer; names no host, port or URL."""
-    return problem(
+    return render(
+        instance,
         503,
         "Service unavailable",
         f"{what} is unavailable; retry shortly",
         kind="unavailable",
-        instance=instance,
         headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
     )
 
@@ -105,6 +143,7 @@ class Rule:
     type_uri: str | None = None
     detail: Callable[[Any], str] = str
     more: Callable[[Any], dict[str, Any]] = lambda exc: {}
+    openai_status: int | None = None  # where OpenAI's routes answer with another status
 
 
 def _names(fields: Iterable[str]) -> str:
@@ -113,6 +152,16 @@ def _names(fields: Iterable[str]) -> str:
 
 def _field_error(field: str, message: str) -> dict[str, Any]:
     return {"errors": [{"field": field, "message": message}]}
+
+
+def _not_done_fields(exc: JobNotDone) -> dict[str, Any]:
+    """The jobs exist: the client must not send the request again (`x-should-retry`, which
+    the `openai` client obeys), but read them."""
+    return {
+        "code": exc.code,
+        "headers": {"x-should-retry": "false", "x-llmq-job-id": ",".join(exc.job_ids)},
+        "extra": {"job_ids": exc.job_ids},
+    }
 
 
 def _rate_limit_fields(exc: RateLimited) -> dict[str, Any]:
@@ -145,6 +194,21 @@ RULES: dict[type[Exception], Rule] = {
         detail=lambda exc: exc.message,
         more=lambda exc: _field_error(exc.field, exc.message),
     ),
+    UnknownModel: replace(
+        INVALID,
+        openai_status=404,
+        detail=lambda exc: exc.message,
+        more=lambda exc: _field_error(exc.field, exc.message) | {"code": "model_not_found"},
+    ),
+    UnsupportedParameter: replace(
+        INVALID,
+        detail=lambda exc: exc.message,
+        more=lambda exc: _field_error(exc.field, exc.message) | {"code": "unsupported_parameter"},
+    ),
+    WaitLimitReached: Rule(408, "Request timeout", "wait-limit", more=_not_done_fields),
+    JobStopped: Rule(409, "Conflict", "job-stopped", more=_not_done_fields),
+    WaitInterrupted: Rule(503, "Service unavailable", "wait-interrupted", more=_not_done_fields),
+    JobFailed: Rule(500, "Job failed", "job-failed", more=_not_done_fields),
     InvalidFields: replace(
         INVALID,
         detail=lambda exc: _names(e["field"] for e in exc.errors[:20]),
@@ -182,9 +246,9 @@ def _handler(rule: Rule):
         if rule.rejection:
             metrics.REJECTIONS.labels(rule.rejection).inc()
         fields = {"headers": rule.headers, "type_uri": rule.type_uri, **rule.more(exc)}
-        return problem(
-            rule.status, rule.title, rule.detail(exc), kind=rule.kind,
-            instance=request.url.path, **fields,
+        return render(
+            request.url.path, rule.status, rule.title, rule.detail(exc), kind=rule.kind,
+            openai_status=rule.openai_status, **fields,
         )  # fmt: skip
 
     return handle
@@ -202,8 +266,8 @@ def install(app: FastAPI) -> None:
         kind = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(
             exc.status_code, "http-error"
         )
-        return problem(
-            exc.status_code, str(exc.detail), str(exc.detail), kind=kind, instance=request.url.path
+        return render(
+            request.url.path, exc.status_code, str(exc.detail), str(exc.detail), kind=kind
         )
 
     @app.exception_handler(sqlalchemy.exc.DBAPIError)
@@ -250,10 +314,10 @@ def _unavailable(what: str, exc: BaseException, request: Request) -> JSONRespons
 
 
 def _internal(request: Request) -> JSONResponse:
-    return problem(
+    return render(
+        request.url.path,
         500,
         "Internal error",
         "an unexpected error occurred; it has been logged",
         kind="internal",
-        instance=request.url.path,
     )

@@ -37,9 +37,9 @@ class HeaderLimits:
             if excess:
                 metrics.REJECTIONS.labels("too_large").inc()
                 metrics.HTTP_REQUESTS.labels("unmatched", scope["method"], "431").inc()
-                response = errors.problem(
-                    431, "Request header fields too large", excess, kind="too-large",
-                    instance=scope["path"],
+                response = errors.render(
+                    scope["path"], 431, "Request header fields too large", excess,
+                    kind="too-large",
                 )  # fmt: skip
                 await response(scope, receive, send)
                 return

@@ -48,7 +48,7 @@ class JobCreate(GenerationParams):
     def params(self, max_tokens: int) -> GenerationParams:
         return GenerationParams.pick(self, max_tokens=max_tokens)
 
-    def to_new_job(self, max_tokens: int) -> NewJob:
+    def to_new_job(self, max_tokens: int | None) -> NewJob:
         return NewJob(
             model=self.model,
             params=self.params(max_tokens),
@@ -58,11 +58,6 @@ class JobCreate(GenerationParams):
             metadata=self.metadata,
             webhook_url=str(self.webhook_url) if self.webhook_url else None,
         )
-
-    def input_chars(self) -> int:
-        if self.prompt is not None:
-            return len(self.prompt)
-        return sum(len(m.content) for m in self.messages or [])
 
 
 class BulkCreate(BaseModel):

@@ -15,10 +15,11 @@ from datetime import UTC, datetime, timedelta
 
 from celery import Celery
 from fastapi import Depends, Header, Request, Response
+from pydantic import BaseModel
 
 from api import deps, ratelimits
-from api.schemas import BulkCreate, JobCreate
-from llmq import admission, budgets, idempotency, jobs, metrics, ssrf
+from api.schemas import JobCreate
+from llmq import admission, budgets, idempotency, job_checks, jobs, metrics, ssrf
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.errors import InvalidField
@@ -35,28 +36,15 @@ class Prepared:
     reserved_tokens: int
 
 
-def validate_submit(body: JobCreate, catalog: Catalog, settings: Settings) -> int:
-    """Checks only the catalog and settings can make; returns the job's max_tokens."""
-    if body.model not in catalog:
-        raise InvalidField("model", f"unknown model {body.model!r}; see GET /v1/models")
+def validate_submit(body: JobCreate, catalog: Catalog, settings: Settings) -> jobs.NewJob:
+    """Checks only the catalog and settings can make; returns the job, `max_tokens` resolved."""
+    job_checks.check_model(body.model, catalog)
     if (body.prompt is None) == (body.messages is None):
         raise InvalidField("prompt", "give exactly one of `prompt` or `messages`")
-    if body.input_chars() > settings.max_prompt_chars:
-        field = "prompt" if body.prompt is not None else "messages"
-        raise InvalidField(field, f"input exceeds {settings.max_prompt_chars} characters")
-    spec = catalog.get(body.model)
-    max_tokens = body.max_tokens or spec.default_max_tokens
-    if max_tokens > spec.max_new_tokens:
-        raise InvalidField("max_tokens", f"{body.model} allows at most {spec.max_new_tokens}")
-    if body.seed is not None and not body.greedy and not spec.capabilities.per_job_seed:
-        raise InvalidField(
-            "seed",
-            f"{body.model} may run continuous batching, which cannot seed one job's sampling; "
-            "leave out `seed` or use temperature 0",
-        )
+    new = job_checks.check_job(body.to_new_job(body.max_tokens), catalog, settings.max_prompt_chars)
     if body.expires_in_s is not None and body.expires_in_s > settings.max_expires_in_s:
         raise InvalidField("expires_in_s", f"at most {settings.max_expires_in_s} seconds")
-    return max_tokens
+    return new
 
 
 def webhook_resolver(bodies: list[JobCreate], settings: Settings) -> ssrf.Resolver:
@@ -78,7 +66,7 @@ def prepare(
 ) -> Prepared:
     """Validate one body and work out what it reserves: worst-case tokens and cost. `resolve`
     answers for the webhook's host (see `webhook_resolver`)."""
-    max_tokens = validate_submit(body, catalog, settings)
+    new = validate_submit(body, catalog, settings)
     if body.webhook_url is not None:
         try:
             ssrf.check_url(
@@ -86,32 +74,50 @@ def prepare(
             )
         except ssrf.UnsafeUrl as exc:
             raise InvalidField("webhook_url", str(exc)) from None
-    spec = catalog.get(body.model)
-    input_bytes = (
-        len(body.prompt.encode())
-        if body.prompt is not None
-        else sum(len(m.content.encode()) for m in body.messages or [])
-    )
+    return reserve(new, caller, catalog, settings, body.expires_in_s)
+
+
+def reserve(
+    new: jobs.NewJob,
+    caller: Caller,
+    catalog: Catalog,
+    settings: Settings,
+    expires_in_s: int | None = None,
+    max_tokens_field: str = "max_tokens",
+) -> Prepared:
+    """What a checked job (`job_checks.check_job`) reserves: worst-case tokens and cost,
+    and when it expires if no worker takes it."""
+    spec = catalog.get(new.model)
+    max_tokens = new.params.max_tokens or spec.default_max_tokens
     prompt_tokens = budgets.estimate_prompt_tokens(
-        input_bytes, len(body.messages or []), spec.context_length
+        job_checks.input_bytes(new), len(new.messages or []), spec.context_length
     )
     reserved_tokens = prompt_tokens + max_tokens
     tpm = caller.limits.tpm
     if tpm is not None and reserved_tokens > tpm:
         raise InvalidField(
-            "max_tokens",
+            max_tokens_field,
             f"the job may use {reserved_tokens} tokens (prompt estimate + max_tokens); "
             f"this key allows {tpm} per minute",
         )
-    new = body.to_new_job(max_tokens)
     new.expires_at = datetime.now(UTC) + timedelta(
-        seconds=body.expires_in_s or settings.default_expires_in_s
+        seconds=expires_in_s or settings.default_expires_in_s
     )
     new.reserved_tokens = reserved_tokens
     new.reserved_cost_usd = budgets.worst_case_cost_usd(
         prompt_tokens, max_tokens, spec.price_input_per_mtok_usd, spec.price_output_per_mtok_usd
     )
     return Prepared(new, reserved_tokens)
+
+
+def check_total_tokens(prepared: list[Prepared], caller: Caller, field: str) -> None:
+    """Jobs admitted together must fit the key's per-minute tokens together."""
+    tokens = sum(p.reserved_tokens for p in prepared)
+    tpm = caller.limits.tpm
+    if tpm is not None and tokens > tpm:
+        raise InvalidField(
+            field, f"the jobs may use {tokens} tokens; this key allows {tpm} per minute"
+        )
 
 
 class RateCharge:
@@ -174,7 +180,10 @@ class Submission:
     def prepare(self, body: JobCreate, resolve: ssrf.Resolver | None = None) -> Prepared:
         return prepare(body, self.caller, self.catalog, self.settings, resolve)
 
-    def claim(self, body: JobCreate | BulkCreate) -> idempotency.Claim | None:
+    def reserve(self, new: jobs.NewJob, max_tokens_field: str = "max_tokens") -> Prepared:
+        return reserve(new, self.caller, self.catalog, self.settings, None, max_tokens_field)
+
+    def claim(self, body: BaseModel) -> idempotency.Claim | None:
         """The request's idempotency claim (None without the header); 400 when malformed."""
         key = idempotency.parse_header(self.idempotency_key)
         if key is None:

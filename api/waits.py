@@ -9,16 +9,22 @@ its job, renews its lease while it runs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from llmq import events
 from llmq.errors import RateLimited
 from llmq.keys import Caller
+
+T = TypeVar("T")
 
 LEASE_MARGIN_S = 30  # a long-poll's lease outlives its wait by this much
 STREAM_LEASE_S = 60  # an event stream renews its lease at least this often
@@ -76,3 +82,32 @@ async def acquire(
             policy="open_waits",
         )
     return lease
+
+
+async def until_ended(
+    client: aioredis.Redis,
+    prefix: str,
+    job_ids: list[str],
+    load: Callable[[], Awaitable[tuple[bool, T]]],
+    timeout_s: float,
+) -> T:
+    """Wait on the jobs' "done" messages until `load` says they all ended, or `timeout_s`
+    passes; return what `load` last read. `load` answers (all ended?, what it read); it runs
+    once after subscribing, so an end between the caller's first read and the subscription
+    is not missed, and again on every "done". Raises RedisError when Redis does not answer."""
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    try:
+        await pubsub.subscribe(*(events.job_channel(prefix, job_id) for job_id in job_ids))
+        ended, value = await load()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not ended:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            message = await pubsub.get_message(timeout=min(left, 5.0))
+            if message is not None and events.is_done(message["data"]):
+                ended, value = await load()
+        return value
+    finally:
+        with contextlib.suppress(RedisError):
+            await pubsub.aclose()

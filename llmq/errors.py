@@ -101,3 +101,37 @@ class BadRequest(LlmqError):
     def __init__(self, field: str, message: str):
         super().__init__(message)
         self.field = field
+
+
+class UnknownModel(InvalidField):
+    """A request names a model the catalog does not have."""
+
+
+class UnsupportedParameter(InvalidField):
+    """A request parameter llmq cannot honour (tools, logprobs...): refused, never ignored."""
+
+
+class JobNotDone(LlmqError):
+    """A request that waits for its jobs got no result, though its jobs exist: the message
+    names them, so the client reads them instead of submitting again."""
+
+    def __init__(self, message: str, job_ids: list[str], code: str):
+        super().__init__(message)
+        self.job_ids = job_ids
+        self.code = code
+
+
+class WaitLimitReached(JobNotDone):
+    """The jobs did not end within the server's wait limit; they keep running."""
+
+
+class WaitInterrupted(JobNotDone):
+    """Redis or Postgres stopped answering while the request waited; the jobs go on."""
+
+
+class JobStopped(JobNotDone):
+    """A job ended cancelled or expired, without its result."""
+
+
+class JobFailed(JobNotDone):
+    """A job ended failed (its `error` says why)."""

@@ -3,7 +3,8 @@
 Each job has a pub/sub channel (long-poll waits on its "done") and a Redis stream of its text as
 it is generated, ending with a "done" entry; the stream lets a late or reconnecting SSE client
 replay from the start or from its Last-Event-ID. Stream entries are written and read only
-through the helpers here (`append_text`, `publish_done`, `read_entries`, `stream_ended`).
+through the helpers here (`append_text`, `publish_done`, `read_entries`, `read_streams`,
+`stream_ended`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ def read_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEntry
 def read_entries(reply: list | None) -> list[StreamEntry]:
     """The entries of an XREAD reply for one stream; none when the read timed out."""
     return [read_entry(i, fields) for i, fields in reply[0][1]] if reply else []
+
+
+def read_streams(reply: list | None) -> dict[str, list[StreamEntry]]:
+    """The entries of an XREAD reply over several streams, by stream key."""
+    return {
+        (key.decode() if isinstance(key, bytes) else key): [read_entry(i, f) for i, f in entries]
+        for key, entries in reply or []
+    }
 
 
 def stream_ended(last: list) -> bool:

@@ -47,6 +47,17 @@ def get_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID | N
     return job
 
 
+def get_jobs(session: Session, job_ids: list[str], api_key_id: uuid.UUID) -> list[Job]:
+    """A key's jobs, in the order of `job_ids`; one that is not the key's is a JobNotFound."""
+    wanted = [uuid.UUID(str(i)) for i in job_ids]
+    rows = session.scalars(sa.select(Job).where(Job.id.in_(wanted), Job.api_key_id == api_key_id))
+    by_id = {job.id: job for job in rows}
+    missing = [str(i) for i in wanted if i not in by_id]
+    if missing:
+        raise JobNotFound(f"no job {missing[0]}")
+    return [by_id[i] for i in wanted]
+
+
 def encode_cursor(job: Job) -> str:
     raw = f"{job.created_at.isoformat()}|{job.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")

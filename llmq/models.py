@@ -153,6 +153,7 @@ class Job(Base):
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=text("'{}'"))
     webhook_url: Mapped[str | None] = mapped_column(Text)
+    user: Mapped[str | None] = mapped_column(Text)  # the end user a client named (OpenAI's `user`)
     # What submit reserved: counted against the key's limits until the job ends.
     reserved_tokens: Mapped[int | None] = mapped_column(Integer)
     reserved_cost_usd: Mapped[Decimal | None] = mapped_column(MONEY)

@@ -37,6 +37,7 @@ def job_resource(job: Job, cost: tuple[Decimal, Decimal] | None, flower_url: str
         "attempts": job.attempts,
         "expires_at": _iso(job.expires_at),
         "metadata": job.meta or {},
+        "user": job.user,
         "timings": {
             "queue_ms": job.queue_ms,
             "inference_ms": job.inference_ms,

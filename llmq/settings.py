@@ -54,6 +54,14 @@ class Settings(BaseSettings):
         description="Long-polls (`?wait=`) and event streams one API key may hold open at "
         "once, counted across every API replica; one more is refused with 429.",
     )
+    openai_wait_limit_s: float = Field(
+        540.0,
+        gt=0,
+        description="How long `/v1/chat/completions` and `/v1/completions` wait for their "
+        "jobs before answering 408 (which names the jobs; they keep running). Below the "
+        "`openai` client's own 600 s timeout, so the client hears this answer instead of "
+        "timing out and sending the request again.",
+    )
     max_prompt_chars: int = Field(
         200_000, description="Largest prompt (or sum of message contents) accepted, in characters."
     )

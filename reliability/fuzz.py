@@ -47,7 +47,7 @@ EXAMPLES_FULL = 150
 BUDGET_FULL_S = 10.0  # per operation and mode: the full run stays within a few minutes
 WEBHOOK_URL = "http://127.0.0.1:9/hook"  # allowed by `make_app`; nothing is delivered
 MAX_TOKENS = 16  # what a steered job asks for: within any catalog model's max_new_tokens
-LONG_POLL_MAX_S = 1  # a queued job holds `?wait=` that long: keep the run short
+LONG_POLL_MAX_S = 1  # a queued job holds `?wait=` (and a chat completion) that long
 KEPT_FAILURES = 20  # failures kept in full (with a curl line to repeat them)
 
 
@@ -266,13 +266,17 @@ def run(quick: bool = False) -> SuiteResult:
 
 
 def make_app():
-    """The API as the fuzzer runs it: long-polls on a queued job end after a second, and
-    webhooks may name loopback (no webhook sender runs)."""
+    """The API as the fuzzer runs it: long-polls and chat completions on a queued job end
+    after a second, and webhooks may name loopback (no webhook sender runs)."""
     from api.app import create_app
     from llmq.settings import Settings
 
     return create_app(
-        Settings(long_poll_max_s=LONG_POLL_MAX_S, webhook_allowed_networks="127.0.0.0/8")
+        Settings(
+            long_poll_max_s=LONG_POLL_MAX_S,
+            openai_wait_limit_s=LONG_POLL_MAX_S,
+            webhook_allowed_networks="127.0.0.0/8",
+        )
     )
 
 

@@ -324,11 +324,16 @@ def start_worker() -> Iterator[Callable[..., WorkerProcess]]:
         worker.stop()
 
 
-@pytest.fixture(scope="session")
-def tiny_worker(environment) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess("tiny").wait_ready()
+def serving(model: str) -> Iterator[WorkerProcess]:
+    """A worker for the model, for as long as the fixture that yields from this lives."""
+    worker = WorkerProcess(model).wait_ready()
     yield worker
     worker.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_worker(environment) -> Iterator[WorkerProcess]:
+    yield from serving("tiny")
 
 
 SCHEDULER_ENV = {

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 import redis.asyncio as aioredis
@@ -14,8 +12,8 @@ from redis.exceptions import RedisError
 from api import deps, waits
 from api.openapi import responses
 from api.schemas import BulkCreate, JobCreate, job_resource
-from api.submission import Submission, webhook_resolver
-from llmq import events, job_queries, jobs, outbox
+from api.submission import Submission, check_total_tokens, webhook_resolver
+from llmq import job_queries, jobs, outbox
 from llmq.announce import Announcer, Committed
 from llmq.db import session_scope
 from llmq.errors import InvalidField, InvalidFields
@@ -69,12 +67,7 @@ def submit_bulk(body: BulkCreate, submission: Submission = Depends()) -> dict:
             errors.append({"field": f"jobs[{index}].{exc.field}", "message": exc.message})
     if errors:
         raise InvalidFields(errors)
-    tokens = sum(p.reserved_tokens for p in prepared)
-    tpm = submission.caller.limits.tpm
-    if tpm is not None and tokens > tpm:
-        raise InvalidField(
-            "jobs", f"the jobs may use {tokens} tokens; this key allows {tpm} per minute"
-        )
+    check_total_tokens(prepared, submission.caller, "jobs")
     ids = submission.admit(prepared, claim).ids
     return {"object": "bulk", "count": len(ids), "ids": [str(i) for i in ids]}
 
@@ -125,32 +118,26 @@ async def get_job(
     if wait <= 0 or job_queries.is_final(status):
         return resource
     client: aioredis.Redis = request.app.state.redis
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
     lease: waits.Lease | None = None
+
+    async def reload() -> tuple[bool, dict]:
+        status, resource = await run_in_threadpool(load)
+        return job_queries.is_final(status), resource
+
     try:
         lease = await waits.acquire(
             client, settings.redis_prefix, caller, settings.max_open_waits_per_key,
             wait + waits.LEASE_MARGIN_S,
         )  # fmt: skip
-        # Subscribe before the second read, so an end between the two is not missed.
-        await pubsub.subscribe(events.job_channel(settings.redis_prefix, resource["id"]))
-        status, resource = await run_in_threadpool(load)
-        deadline = asyncio.get_running_loop().time() + wait
-        while not job_queries.is_final(status):
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                break
-            message = await pubsub.get_message(timeout=min(left, 5.0))
-            if message is not None and events.is_done(message["data"]):
-                status, resource = await run_in_threadpool(load)
+        resource = await waits.until_ended(
+            client, settings.redis_prefix, [resource["id"]], reload, wait
+        )
     except RedisError:
         log.warning("long-poll could not use Redis; answering with the job as it is")
         status, resource = await run_in_threadpool(load)
     finally:
         if lease is not None:
             await lease.release()
-        with contextlib.suppress(RedisError):
-            await pubsub.aclose()
     return resource
 
 
@@ -162,6 +149,12 @@ def cancel(
     settings: Settings = Depends(deps.settings),
 ) -> dict:
     """A queued job never runs; a running one stops at its next token."""
+    return cancel_and_announce(request, job_id, caller, settings)
+
+
+def cancel_and_announce(request: Request, job_id: str, caller: Caller, settings: Settings) -> dict:
+    """Cancel the job (`jobs.cancel_job`), then tell workers, waiters and the rate limiter;
+    returns the job's resource. Also what a client that leaves a waiting request causes."""
     with session_scope() as session:
         job, refund = jobs.cancel_job(session, job_id, caller.key_id)
         resource = _render(session, job, settings)

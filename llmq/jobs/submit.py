@@ -27,6 +27,7 @@ class NewJob:
     priority: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
     webhook_url: str | None = None
+    user: str | None = None  # the end user the client names (OpenAI's `user`)
     expires_at: datetime | None = None
     reserved_tokens: int | None = None
     reserved_cost_usd: Decimal | None = None
@@ -45,6 +46,7 @@ def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any
         "priority": new.priority,
         "meta": new.metadata,
         "webhook_url": new.webhook_url,
+        "user": new.user,
         "expires_at": new.expires_at,
         "reserved_tokens": new.reserved_tokens,
         "reserved_cost_usd": new.reserved_cost_usd,

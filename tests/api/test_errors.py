@@ -102,12 +102,25 @@ def test_a_submit_whose_publish_fails_is_kept_and_a_retry_makes_no_second_job(
 
 
 def test_redis_down_is_503_with_retry_after(broker_down):
+    """In OpenAI's envelope on an OpenAI route (/v1/models reads Redis for its live fields)."""
     headers = {"Authorization": f"Bearer {make_key('redis-down')}"}
     response = broker_down.get("/v1/models", headers=headers)
     assert response.status_code == 503, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["type"] == "server_error"
+    assert response.json()["error"]["code"] == "unavailable"
     assert int(response.headers["Retry-After"]) >= 1
     _assert_names_no_host(response.text)
+
+
+def test_an_openai_route_without_redis_makes_no_job(broker_down):
+    """Its 503 comes before admission, so the `openai` client's retry is safe."""
+    headers = {"Authorization": f"Bearer {make_key('redis-down-chat')}"}
+    body = {"model": "parked", "messages": [{"role": "user", "content": "hi"}]}
+    response = broker_down.post("/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "unavailable"
+    assert broker_down.get("/v1/jobs", headers=headers).json()["data"] == []
 
 
 @pytest.fixture(scope="module")

@@ -65,4 +65,6 @@ def test_the_api_refuses_a_seed_the_worker_could_drop(engine, device, body, refu
         with pytest.raises(InvalidField, match="seed"):
             validate_submit(submit, Catalog({"m": spec}), get_settings())
     else:
-        assert validate_submit(submit, Catalog({"m": spec}), get_settings()) == 128
+        assert (
+            validate_submit(submit, Catalog({"m": spec}), get_settings()).params.max_tokens == 128
+        )
