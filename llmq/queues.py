@@ -83,8 +83,9 @@ class _ShadowNamedAMQP(AMQP):
     Flower lets a late-arriving sent event overwrite the worker's name. Name it as the worker
     will, so Flower shows `llmq.generate:<model>` whichever event comes last."""
 
-    def as_task_v2(self, task_id, name, *args, shadow=None, **kwargs):
-        message = super().as_task_v2(task_id, name, *args, shadow=shadow, **kwargs)
+    def as_task_v2(self, *args, **kwargs):
+        message = super().as_task_v2(*args, **kwargs)  # `send_task` passes its args by position
+        shadow = message.headers.get("shadow")
         if shadow and message.sent_event is not None:
             message.sent_event["name"] = shadow
         return message
