@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from api import deps, multipart
-from api.openapi import responses
+from api.openapi import openai_responses
 from llmq.db import session_scope
 from llmq.errors import BadRequest
 from llmq.files import records
@@ -25,7 +25,10 @@ from llmq.settings import Settings
 
 PREFIX = "/v1/files"  # the routes answer in OpenAI's shapes
 router = APIRouter(
-    prefix=PREFIX, tags=["files"], route_class=deps.KeyedRoute, responses=responses(401, 422, 503)
+    prefix=PREFIX,
+    tags=["files"],
+    route_class=deps.KeyedRoute,
+    responses=openai_responses(400, 401, 503),
 )
 
 
@@ -99,7 +102,7 @@ UPLOAD_BODY: dict[str, Any] = {
 }
 
 
-@router.post("", responses=responses(400, 413), openapi_extra=UPLOAD_BODY)
+@router.post("", responses=openai_responses(400, 413), openapi_extra=UPLOAD_BODY)
 async def upload(
     request: Request,
     caller: Caller = Depends(deps.caller),
@@ -155,7 +158,7 @@ def list_files(
     )
 
 
-@router.get("/{file_id}", responses=responses(404))
+@router.get("/{file_id}", responses=openai_responses(404))
 def get_file(file_id: FileId, caller: Caller = Depends(deps.caller)) -> FileObject:
     with session_scope() as session:
         return file_object(records.get_file(session, file_id, caller.key_id))
@@ -166,7 +169,7 @@ def get_file(file_id: FileId, caller: Caller = Depends(deps.caller)) -> FileObje
     response_class=StreamingResponse,
     responses={
         200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}},
-        **responses(404),
+        **openai_responses(404),
     },
 )
 def file_content(
@@ -184,7 +187,7 @@ def file_content(
     )
 
 
-@router.delete("/{file_id}", responses=responses(404))
+@router.delete("/{file_id}", responses=openai_responses(404))
 def delete_file(
     file_id: FileId,
     caller: Caller = Depends(deps.caller),

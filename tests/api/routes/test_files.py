@@ -100,7 +100,7 @@ def test_a_purpose_other_than_batch_is_400_naming_purpose(server):
     with pytest.raises(openai.BadRequestError) as refused:
         client.files.create(file=("f.jsonl", b"{}\n"), purpose="fine-tune")
     assert refused.value.status_code == 400
-    assert refused.value.body["errors"][0]["field"] == "purpose"
+    assert refused.value.body["param"] == "purpose"
     # Sent after the file, the purpose is checked once the file is stored: it is removed.
     form = b'--B\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n{}\n\r\n'
     form += b'--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nvision\r\n--B--\r\n'
@@ -112,7 +112,7 @@ def test_a_purpose_other_than_batch_is_400_naming_purpose(server):
             "content-type": "multipart/form-data; boundary=B",
         },
     )
-    assert response.status_code == 400 and response.json()["errors"][0]["field"] == "purpose"
+    assert response.status_code == 400 and response.json()["error"]["param"] == "purpose"
     assert stored() == before and list(client.files.list()) == []
 
 
@@ -139,7 +139,7 @@ def test_a_file_over_the_cap_is_413_and_leaves_nothing_behind(small_cap):
         around=(file_part, b"\r\n--B--\r\n"),
         content_type="multipart/form-data; boundary=B",
     )
-    assert status == 413 and problem["type"] == "/problems/too-large", problem
+    assert status == 413 and problem["error"]["code"] == "too_large", problem
     assert sent < 64 * 1_048_576, sent
     assert stored() == before
     assert [f.filename for f in client.files.list()] == ["at.jsonl"]
@@ -154,6 +154,7 @@ def test_a_file_over_the_cap_is_413_and_leaves_nothing_behind(small_cap):
         "/v1/files/%00/content",
     ],
 )
-def test_a_nul_in_an_id_or_filter_is_a_422(server, path):
+def test_a_nul_in_an_id_or_filter_is_a_400_in_openais_envelope(server, path):
     response = httpx.get(f"{server.url}{path}", headers={"Authorization": f"Bearer {make_key()}"})
-    assert response.status_code == 422, response.text
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
