@@ -25,6 +25,7 @@ from llmq.files.store import FileStore
 MAX_PART_HEADERS = 8
 MAX_PART_HEADER_LINE_BYTES = 4_096
 MAX_FIELD_BYTES = 1_024  # a plain field (`purpose`)
+MAX_FIELDS = 16  # plain fields a form may have, so fields cannot fill the body limit
 FORM_OVERHEAD_BYTES = 65_536  # what a form may add around its file: boundaries, headers, fields
 
 
@@ -198,6 +199,8 @@ async def _read(
             form.filename = event.filename or file_field
             form.size_bytes = await _store(events, store, file_id, max_file_bytes)
             continue
+        if event.name not in form.fields and len(form.fields) == MAX_FIELDS:
+            raise BadRequest(event.name, f"more than {MAX_FIELDS} fields")
         value = bytearray()
         async for piece in events:
             if piece is PART_END:

@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from api.multipart import (
     MAX_FIELD_BYTES,
+    MAX_FIELDS,
     MAX_PART_HEADER_LINE_BYTES,
     MAX_PART_HEADERS,
     PART_END,
@@ -204,6 +205,11 @@ def test_a_file_over_the_limit_is_too_large_and_stores_nothing(store):
     assert stored(store, file_id) is None
 
 
+# Distinct fields, each small, which a form of the body limit's size could hold by the
+# hundred thousand: the reader keeps only a few.
+MANY_FIELDS = [part(b"f%d" % i, b"x" * MAX_FIELD_BYTES) for i in range(MAX_FIELDS + 1)]
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -211,6 +217,7 @@ def test_a_file_over_the_limit_is_too_large_and_stores_nothing(store):
         (form(part(b"file", b"a", b"f"), part(b"file", b"b", b"g")), "file"),
         (form(part(b"file", b"a", b"f"), part(b"purpose", b"vision")), "purpose"),
         (form(part(b"purpose", b"\xff")), "file"),
+        (form(part(b"file", b"a", b"f"), *MANY_FIELDS), f"f{MAX_FIELDS}"),
     ],
 )
 def test_a_bad_field_is_a_400_naming_it_and_stores_nothing(store, body, field):
