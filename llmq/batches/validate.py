@@ -31,7 +31,12 @@ ENDPOINTS: dict[str, tuple[type[BaseModel], Callable[..., list[NewJob]]]] = {
     CHAT: (ChatCompletionRequest, chat_request_to_jobs),
     TEXT: (CompletionRequest, completion_request_to_jobs),
 }
-MAX_ERRORS = 100  # line errors reported for a broken file; the count says how many more
+MAX_ERRORS = 100  # line errors reported for a broken file
+
+
+def _clean(value: str | None) -> str | None:
+    """Postgres JSON holds no NUL; a field name the client wrote may carry one."""
+    return value.replace("\x00", "\ufffd") if value else value
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,8 @@ class LineError:
     param: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "param": self.param, "line": self.line}
+        return {"code": self.code, "message": _clean(self.message), "param": _clean(self.param),
+                "line": self.line}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,7 @@ class Refused:
     def as_dict(self) -> dict[str, Any]:
         return {
             "line": self.line, "custom_id": self.custom_id, "code": self.code,
-            "message": self.message, "param": self.param,
+            "message": _clean(self.message), "param": _clean(self.param),
         }  # fmt: skip
 
 
@@ -118,7 +124,7 @@ def _line(
 ) -> None:
     try:
         item = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         checked.fail(LineError(number, "invalid_json_line", "the line is not valid JSON"))
         return
     if not isinstance(item, dict):

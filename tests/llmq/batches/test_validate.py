@@ -46,6 +46,8 @@ def test_text_completion_lines():
     [
         (b"not json", "invalid_json_line", None),
         (b"[1, 2]", "invalid_json_line", None),
+        (b"[" * 100_000 + b"]" * 100_000, "invalid_json_line", None),
+        (b'{"custom_id": "\xff"}', "invalid_json_line", None),
         (json.dumps({"method": "POST"}).encode(), "missing_custom_id", "custom_id"),
         (line("a"), "duplicate_custom_id", "custom_id"),
         (line("z", method="GET"), "invalid_method", "method"),
@@ -93,3 +95,8 @@ def test_a_refused_body_goes_to_the_error_file_and_the_rest_run(body, code, para
     assert [a.custom_id for a in checked.accepted] == ["good"]
     [refused] = checked.refused
     assert (refused.line, refused.custom_id, refused.code, refused.param) == (2, "bad", code, param)
+
+
+def test_a_field_name_with_nul_is_kept_without_it():
+    [refused] = check([line("z", **{"x\x00": 1})]).refused
+    assert "\x00" not in str(refused.as_dict()) and refused.as_dict()["param"] == "x\ufffd"
