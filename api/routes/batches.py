@@ -80,6 +80,11 @@ def _render(session, batch) -> dict[str, Any]:
     return records.batch_object(batch, counts)
 
 
+def _read(batch_id: str, caller: Caller) -> BatchObject:
+    with session_scope() as session:
+        return BatchObject(**_render(session, records.get_batch(session, batch_id, caller.key_id)))
+
+
 def _jobs(checked: Checked, caller: Caller, catalog: Catalog, settings: Settings) -> list[NewJob]:
     """Each accepted line's job, with what it reserves; a line over the key's per-minute
     tokens moves to the refused ones."""
@@ -133,8 +138,7 @@ def create_batch(
             metrics.JOBS_SUBMITTED.labels(new.model).inc()
     elif not checked.broken:
         finalize_batch(store, batch_id)  # every line was refused: nothing will end it
-    with session_scope() as session:
-        return BatchObject(**_render(session, records.get_batch(session, batch_id, caller.key_id)))
+    return _read(batch_id, caller)
 
 
 @router.get("")
@@ -157,8 +161,7 @@ def list_batches(
 
 @router.get("/{batch_id}", responses=openai_responses(404))
 def get_batch(batch_id: BatchId, caller: Caller = Depends(deps.caller)) -> BatchObject:
-    with session_scope() as session:
-        return BatchObject(**_render(session, records.get_batch(session, batch_id, caller.key_id)))
+    return _read(batch_id, caller)
 
 
 @router.post("/{batch_id}/cancel", responses=openai_responses(404, 409))
@@ -182,5 +185,4 @@ def cancel_batch(
         finalize_batch(store, batch_id)
     except Exception:  # the sweeper's pass finalizes it
         log.warning("could not finalize batch %s yet", batch_id, exc_info=True)
-    with session_scope() as session:
-        return BatchObject(**_render(session, records.get_batch(session, batch_id, caller.key_id)))
+    return _read(batch_id, caller)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 
 import openai
@@ -19,26 +18,11 @@ from llmq.models import Job, LedgerEntry
 from llmq.queues import make_celery
 from llmq.settings import get_settings
 from scheduler.sweeper import Sweeper
-from tests.conftest import REDIS_URL, WorkerProcess, make_key, serving, wait_for
-from tests.tenancy_helpers import ApiServer
+from tests.api.routes import test_chat
+from tests.conftest import REDIS_URL, make_key, wait_for
 
 CHAT = "/v1/chat/completions"
-
-
-@pytest.fixture(scope="module")
-def api(environment) -> Iterator[ApiServer]:
-    server = ApiServer().wait_ready()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def echo_worker(environment) -> Iterator[WorkerProcess]:
-    yield from serving("echo")
-
-
-def sdk(api: ApiServer, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0)
+api, echo_worker, sdk = test_chat.api, test_chat.echo_worker, test_chat.sdk  # the same fixtures
 
 
 def sweeper() -> Sweeper:
