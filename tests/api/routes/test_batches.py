@@ -20,6 +20,7 @@ from llmq.settings import get_settings
 from scheduler.sweeper import Sweeper
 from tests.api.routes import test_chat
 from tests.conftest import REDIS_URL, make_key, wait_for
+from tests.tenancy_helpers import WebhookWorker
 
 CHAT = "/v1/chat/completions"
 api, echo_worker, sdk = test_chat.api, test_chat.echo_worker, test_chat.sdk  # the same fixtures
@@ -130,3 +131,18 @@ def test_the_budget_is_checked_for_the_whole_batch(api):
         client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
     assert raised.value.status_code == 402
     assert "these 3 jobs may cost" in raised.value.message
+
+
+def test_the_webhook_worker_finalizes_a_batch_when_its_last_job_ends(api, echo_worker):
+    sender = WebhookWorker().wait_ready()
+    try:
+        client = sdk(api, make_key("prompt"))
+        file_id = upload(client, [request(f"q{i}") for i in range(3)])
+        batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+        done = wait_for(  # no sweeper runs here
+            lambda: (b := client.batches.retrieve(batch.id)).status == "completed" and b,
+            60, "batch completed", process=sender, interval_s=0.1,
+        )  # fmt: skip
+    finally:
+        sender.stop()
+    assert sorted(o["custom_id"] for o in lines(client, done.output_file_id)) == ["q0", "q1", "q2"]
