@@ -4,6 +4,8 @@ echo worker; the sweeper's pass finalizes, as the leader's would."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import uuid
 from decimal import Decimal
 
@@ -146,3 +148,36 @@ def test_the_webhook_worker_finalizes_a_batch_when_its_last_job_ends(api, echo_w
     finally:
         sender.stop()
     assert sorted(o["custom_id"] for o in lines(client, done.output_file_id)) == ["q0", "q1", "q2"]
+
+
+def test_a_worker_killed_mid_batch_still_gives_one_output_line_and_ledger_row_per_line(
+    api, start_worker
+):
+    """The batch's first jobs are running when their worker is SIGKILLed: their leases lapse,
+    the sweeper puts them back, another worker runs them, and the batch ends once."""
+    model = "pool-kill"  # echo, 4 jobs a batch, 4 s each; only the workers started here
+    client = sdk(api, make_key("killed"))
+    file_id = upload(client, [request(f"k{i}", model=model) for i in range(6)])
+    victim = start_worker(model)
+    batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+
+    def statuses() -> list[str]:
+        with session_scope() as session:
+            return list(session.scalars(sa.select(Job.status).where(Job.batch_id == batch.id)))
+
+    wait_for(lambda: "running" in statuses(), 60, "the batch's first jobs to run")
+    os.killpg(victim.proc.pid, signal.SIGKILL)
+    start_worker(model, wait=False)
+    done = until_status(client, batch.id, "completed")
+    assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)
+    out = lines(client, done.output_file_id)
+    assert sorted(o["custom_id"] for o in out) == [f"k{i}" for i in range(6)]
+    with session_scope() as session:
+        rows = session.execute(
+            sa.select(Job.attempts, sa.func.count(LedgerEntry.id))
+            .join(LedgerEntry, LedgerEntry.job_id == Job.id)
+            .where(Job.batch_id == batch.id)
+            .group_by(Job.id)
+        ).all()
+    assert len(rows) == 6 and all(n == 1 for _, n in rows)
+    assert max(attempts for attempts, _ in rows) == 2  # some ran twice, and were charged once
