@@ -85,13 +85,15 @@ def _read(batch_id: str, caller: Caller) -> BatchObject:
         return BatchObject(**_render(session, records.get_batch(session, batch_id, caller.key_id)))
 
 
-def _jobs(checked: Checked, caller: Caller, catalog: Catalog, settings: Settings) -> list[NewJob]:
-    """Each accepted line's job, with what it reserves; a line over the key's per-minute
-    tokens moves to the refused ones."""
+def _jobs(
+    checked: Checked, caller: Caller, catalog: Catalog, settings: Settings, window_s: int
+) -> list[NewJob]:
+    """Each accepted line's job, with what it reserves and its deadline, the batch's; a line
+    over the key's per-minute tokens moves to the refused ones."""
     kept, new_jobs = [], []
     for line in checked.accepted:
         try:
-            new = reserve(line.job, caller, catalog, settings).new
+            new = reserve(line.job, caller, catalog, settings, window_s).new
         except InvalidField as exc:
             checked.refused.append(
                 Refused(line.line, line.custom_id, "invalid_request", exc.message, exc.field)
@@ -122,8 +124,8 @@ def create_batch(
     checked = check_lines(
         lines, body.endpoint, catalog, settings.max_prompt_chars, settings.max_batch_lines
     )
-    new_jobs = [] if checked.broken else _jobs(checked, caller, catalog, settings)
     window_s = min(WINDOWS_S[body.completion_window], settings.batch_completion_window_s)
+    new_jobs = [] if checked.broken else _jobs(checked, caller, catalog, settings, window_s)
     with session_scope() as session:
         batch, ids = records.create_batch(
             session, caller, input_file_id=body.input_file_id, endpoint=body.endpoint,

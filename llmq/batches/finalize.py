@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -83,6 +84,8 @@ def error_lines(end: Ending) -> Iterator[bytes]:
     for job in _jobs(end.id, succeeded=False):
         error = job.error or {}
         code = str(error.get("code") or JOB_ERRORS.get(job.status, "job_failed"))
+        if job.status == JobStatus.EXPIRED and end.status == BatchStatus.EXPIRED:
+            code = "batch_expired"
         message = str(error.get("message") or f"the request's job ended {job.status}")
         yield _line({"id": f"batch_req_{job.id.hex}", "custom_id": job.custom_id,
                      "response": None, "error": {"code": code, "message": message}})  # fmt: skip
@@ -100,10 +103,13 @@ def begin(batch_id: str) -> Ending | None:
             return None
         if batch.status == BatchStatus.IN_PROGRESS:
             batch.status, batch.finalizing_at = BatchStatus.FINALIZING, sa.func.now()
+        # Past its window, a batch ends expired even when its jobs' own deadline (the same)
+        # ended them before the sweeper's batch pass did.
+        past = batch.expired_at is not None or batch.expires_at <= datetime.now(UTC)
         if batch.status == BatchStatus.CANCELLING:
             status = BatchStatus.CANCELLED
         else:
-            status = BatchStatus.EXPIRED if batch.expired_at else BatchStatus.COMPLETED
+            status = BatchStatus.EXPIRED if past else BatchStatus.COMPLETED
         kind: Kind = "chat" if batch.endpoint == CHAT else "text"
         return Ending(batch.id, batch.api_key_id, kind, list(batch.refused or []), status)
 

@@ -84,6 +84,8 @@ def test_a_batch_of_good_and_bad_lines_completes_with_both_files(api, echo_worke
     assert errors["tools"]["response"]["body"]["error"]["param"] == "tools"
     with session_scope() as session:
         job_ids = session.scalars(sa.select(Job.id).where(Job.batch_id == batch.id)).all()
+        deadlines = session.scalars(sa.select(Job.expires_at).where(Job.batch_id == batch.id))
+        assert all(abs(d.timestamp() - batch.expires_at) < 5 for d in deadlines)
         ledger = session.scalar(sa.select(sa.func.count()).where(LedgerEntry.job_id.in_(job_ids)))
     assert len(job_ids) == 5 and ledger == 5
     assert done.usage.input_tokens == 15 and done.usage.output_tokens == 10

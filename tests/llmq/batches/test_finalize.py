@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import redis
 import sqlalchemy as sa
 
+from llmq import jobs
 from llmq.announce import Announcer
 from llmq.batches import records
 from llmq.batches.finalize import error_file_id, finalize_batch, output_file_id
@@ -148,3 +149,20 @@ def test_a_batch_past_its_window_expires_with_its_unrun_lines_in_the_error_file(
              for line in data.splitlines()}  # fmt: skip
     assert codes == {"bad": "model_not_found", "r000": "batch_expired", "r001": "batch_expired",
                      "r002": "batch_expired"}  # fmt: skip
+
+
+def test_jobs_past_their_deadline_end_an_expired_batch_whoever_expired_them():
+    """A batch's jobs share its deadline: the job sweeper may expire them first."""
+    batch_id, _ = make_batch(2)
+    with session_scope() as session:
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        session.execute(sa.update(Batch).where(Batch.id == batch_id).values(expires_at=past))
+        session.execute(sa.update(Job).where(Job.batch_id == batch_id).values(expires_at=past))
+        assert len(jobs.expire_queued(session)) >= 2
+    assert finalize_batch(file_store(get_settings()), batch_id)
+    row = batch_row(batch_id)
+    assert row.status == "expired" and row.expired_at
+    data = b"".join(PostgresFileStore().open(row.error_file_id))
+    codes = {json.loads(line)["custom_id"]: json.loads(line)["error"]["code"]
+             for line in data.splitlines()}  # fmt: skip
+    assert codes == {"bad": "model_not_found", "r000": "batch_expired", "r001": "batch_expired"}
