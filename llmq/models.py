@@ -119,7 +119,7 @@ class Job(Base):
         ),
         Index("ix_jobs_queued_created", "created_at", postgresql_where=text("status = 'queued'")),
         Index("ix_jobs_queued_expires", "expires_at", postgresql_where=text("status = 'queued'")),
-        Index("ix_jobs_batch", "batch_id", postgresql_where=text("batch_id IS NOT NULL")),
+        Index("ix_jobs_batch", "batch_id", "status", postgresql_where=text("batch_id IS NOT NULL")),
     )
     # The INSERT returns the server's defaults (created_at, attempts, ...): no second query.
     __mapper_args__ = {"eager_defaults": True}

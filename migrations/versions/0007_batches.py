@@ -47,7 +47,7 @@ def upgrade() -> None:
     op.add_column('jobs', sa.Column('batch_id', sa.Text(), nullable=True))
     op.add_column('jobs', sa.Column('custom_id', sa.Text(), nullable=True))
     op.create_foreign_key('jobs_batch_id_fkey', 'jobs', 'batches', ['batch_id'], ['id'], ondelete='RESTRICT')
-    op.create_index('ix_jobs_batch', 'jobs', ['batch_id'], unique=False, postgresql_where=sa.text('batch_id IS NOT NULL'))
+    op.create_index('ix_jobs_batch', 'jobs', ['batch_id', 'status'], unique=False, postgresql_where=sa.text('batch_id IS NOT NULL'))
 
 
 def downgrade() -> None:
