@@ -104,6 +104,10 @@ def test_a_broken_file_fails_the_batch_with_line_numbered_errors(api):
     ]  # fmt: skip
     with session_scope() as session:
         assert not session.scalar(sa.select(sa.func.count()).where(Job.batch_id == batch.id))
+    second = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    page = client.batches.list(limit=1)
+    assert [b.id for b in page.data] == [second.id] and page.has_more
+    assert [b.id for b in page] == [second.id, batch.id]  # the client follows `after`
 
 
 def test_a_cancelled_batch_writes_its_unrun_lines_to_the_error_file(api):
