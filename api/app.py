@@ -13,7 +13,7 @@ from api import errors
 from api.headers import HeaderLimits
 from api.metrics_server import create_metrics_app, metrics_server
 from api.middleware import RequestMetrics
-from api.routes import admin, chat, files, health, jobs, models, streams, usage, webhooks
+from api.routes import admin, batches, chat, files, health, jobs, models, streams, usage, webhooks
 from llmq import __version__
 from llmq.catalog import load_catalog
 from llmq.files import file_store
@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs.router,
         streams.router,
         files.router,
+        batches.router,
         webhooks.router,
         models.router,
         chat.router,

@@ -23,6 +23,7 @@ from api.openai_errors import openai_error, speaks_openai
 from llmq import metrics
 from llmq.errors import (
     BadRequest,
+    BatchNotFound,
     BudgetExceeded,
     CatalogError,
     FileNotFound,
@@ -178,6 +179,7 @@ RULES: dict[type[Exception], Rule] = {
     JobNotFound: Rule(404, "Not found", "not-found"),
     KeyNotFound: Rule(404, "Not found", "not-found"),
     FileNotFound: Rule(404, "Not found", "not-found", detail=lambda exc: "no such file"),
+    BatchNotFound: Rule(404, "Not found", "not-found", detail=lambda exc: "no such batch"),
     TooLarge: Rule(413, "Request too large", "too-large", "too_large"),
     JobStateConflict: Rule(409, "Conflict", "conflict"),
     CatalogError: Rule(500, "Catalog error", "catalog"),

@@ -14,7 +14,9 @@ from fastapi.responses import JSONResponse
 from llmq.openai_responses import error_body
 
 # Routes that answer in OpenAI's shapes, errors included (a path or a path under it).
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/files")
+OPENAI_PATHS = (
+    "/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/files", "/v1/batches",
+)  # fmt: skip
 OPENAI_TYPES = {401: "authentication_error", 402: "insufficient_quota", 403: "permission_error",
                 408: "timeout", 429: "rate_limit_error"}  # fmt: skip
 

@@ -65,6 +65,13 @@ def _check_limits(session: Session, caller: Caller, new_jobs: list[jobs.NewJob])
                 headers={"RateLimit-Policy": policy, "RateLimit": '"concurrent";r=0'},
                 policy="concurrent",
             )
+    check_budget(session, caller, new_jobs)
+
+
+def check_budget(session: Session, caller: Caller, new_jobs: list[jobs.NewJob]) -> None:
+    """Refuse jobs whose worst-case cost together does not fit what is left of the key's
+    budget; the caller holds the key's lock (`budgets.lock_key`)."""
+    limits = caller.limits
     if limits.budget_usd is not None and limits.budget_period is not None:
         now = datetime.now(UTC)
         start = budgets.period_start(limits.budget_period, now)

@@ -3,7 +3,8 @@
 Whoever ends jobs (a worker writing a batch, the cancel route, the sweeper failing or
 expiring jobs) commits first and then hands what it committed to `Announcer.announce`:
 workers are told to stop cancelled jobs, waiters (long-poll, SSE) that the jobs ended, the
-webhook sender which outbox rows to deliver now, each key's token rate is corrected by what
+webhook sender which outbox rows to deliver now, batches whose jobs ended to finalize
+if that was their last, each key's token rate is corrected by what
 its jobs really used, and the finished jobs are counted.
 
 Every effect comes after the commit and none may undo it, so each is best-effort: a failure
@@ -23,7 +24,7 @@ from celery import Celery
 
 from llmq import events, metrics, ratelimit
 from llmq.jobs import Outcome
-from llmq.queues import publish_webhooks
+from llmq.queues import publish_finalize, publish_webhooks
 from llmq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Committed:
     token_deltas: dict[uuid.UUID, int] = field(default_factory=dict)  # key: used - charged
     outcomes: list[Outcome] = field(default_factory=list)  # written results, to be counted
     model: str = ""  # the model of `outcomes`
+    batches: list[str] = field(default_factory=list)  # batches whose jobs these ended
 
 
 def token_deltas(jobs: Iterable[tuple[uuid.UUID, int | None, int]]) -> dict[uuid.UUID, int]:
@@ -79,6 +81,9 @@ class Announcer:
             )
         if committed.deliveries:
             self._try("send webhooks", publish_webhooks, self.celery, committed.deliveries)
+        if committed.batches:
+            self._try("ask for batches' finalizing", publish_finalize, self.celery,
+                      committed.batches)  # fmt: skip
         for key_id, delta in committed.token_deltas.items():
             if not self._try(
                 f"correct the token rate of key {key_id}",

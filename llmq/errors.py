@@ -19,6 +19,10 @@ class FileNotFound(LlmqError):
     """No such file for this key (or in the store)."""
 
 
+class BatchNotFound(LlmqError):
+    """No such batch for this key."""
+
+
 class TooLarge(LlmqError):
     """A body (an uploaded file) past its size limit, found while it was being read."""
 

@@ -119,6 +119,7 @@ class Job(Base):
         ),
         Index("ix_jobs_queued_created", "created_at", postgresql_where=text("status = 'queued'")),
         Index("ix_jobs_queued_expires", "expires_at", postgresql_where=text("status = 'queued'")),
+        Index("ix_jobs_batch", "batch_id", "status", postgresql_where=text("batch_id IS NOT NULL")),
     )
     # The INSERT returns the server's defaults (created_at, attempts, ...): no second query.
     __mapper_args__ = {"eager_defaults": True}
@@ -157,6 +158,11 @@ class Job(Base):
     # What submit reserved: counted against the key's limits until the job ends.
     reserved_tokens: Mapped[int | None] = mapped_column(Integer)
     reserved_cost_usd: Mapped[Decimal | None] = mapped_column(MONEY)
+    # A batch's job: its batch and the `custom_id` of its input line.
+    batch_id: Mapped[str | None] = mapped_column(
+        Text, ForeignKey("batches.id", ondelete="RESTRICT")
+    )
+    custom_id: Mapped[str | None] = mapped_column(Text)
 
 
 class LedgerEntry(Base):
@@ -295,3 +301,61 @@ class FileChunk(Base):
     file_id: Mapped[str] = mapped_column(Text, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class BatchStatus(StrEnum):
+    """`validating -> in_progress -> finalizing -> completed | expired`, `failed` (a broken
+    input file), `cancelling -> cancelled`."""
+
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+class Batch(Base):
+    """A batch of OpenAI requests: one job per good input line (`jobs.batch_id`)."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        CheckConstraint(
+            f"status IN ({','.join(repr(s.value) for s in BatchStatus)})",
+            name="ck_batches_status",
+        ),
+        Index("ix_batches_key_created", "api_key_id", text("created_at DESC"), text("id DESC")),
+        Index(
+            "ix_batches_open",
+            "status",
+            postgresql_where=text("status IN ('in_progress','finalizing','cancelling')"),
+        ),
+    )
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)  # "batch_<hex>"
+    api_key_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("api_keys.id", ondelete="RESTRICT")
+    )
+    endpoint: Mapped[str] = mapped_column(Text)
+    input_file_id: Mapped[str] = mapped_column(Text)
+    completion_window: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text)
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)  # a broken file's
+    # Lines refused at create: they never ran and go to the error file.
+    refused: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'"))
+    total: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    output_file_id: Mapped[str | None] = mapped_column(Text)
+    error_file_id: Mapped[str | None] = mapped_column(Text)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finalizing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -155,6 +155,17 @@ def publish_webhooks(app: Celery, delivery_ids: list[str]) -> None:
             )
 
 
+FINALIZE_TASK = "llmq.batch.finalize"  # on the webhook workers' queue: no GPU needed
+
+
+def publish_finalize(app: Celery, batch_ids: list[str]) -> None:
+    """Ask a webhook worker to finalize these batches if their last job ended (a batch whose
+    jobs are still running ignores it). Raises on a broker error: the caller's `Announcer`
+    logs it, and the sweeper's pass finalizes the batch anyway."""
+    for batch_id in batch_ids:
+        app.send_task(FINALIZE_TASK, args=[batch_id], queue=WEBHOOK_QUEUE)
+
+
 def declare_queue(app: Celery, model: str) -> None:
     """(Re)create the queue's routing in Redis, bypassing kombu's per-connection cache.
 

@@ -75,6 +75,24 @@ class Settings(BaseSettings):
         description="Largest file `POST /v1/files` accepts (200 MiB); counted as the bytes "
         "arrive, so a larger upload is refused with 413 without being stored.",
     )
+    max_batch_lines: int = Field(
+        50_000, ge=1, description="Most requests (lines) one batch's input file may hold."
+    )
+    max_batch_line_bytes: int = Field(
+        8 * 1_048_576,
+        ge=1,
+        description="Longest line of a batch's input file; a longer one fails the batch.",
+    )
+    batch_priority: int = Field(
+        0,
+        ge=0,
+        le=9,
+        description="Priority (0 normal … 9 most urgent) of a batch's jobs, for jobs made "
+        "from a batch's lines.",
+    )
+    batch_completion_window_s: int = Field(
+        86_400, gt=0, description="How long a batch may run (OpenAI's `24h`) before it expires."
+    )
     files_url: str = Field(
         "postgres",
         pattern=r"^(postgres|s3://[^/]+(/.*)?)$",

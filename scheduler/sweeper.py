@@ -5,6 +5,8 @@
   worker renews its leases in Postgres every heartbeat, so only a worker that stopped (or
   cannot reach Postgres) loses its jobs; Redis losing heartbeat keys moves nothing.
 - A queued job whose deadline passed is expired.
+- A batch past its completion window has what is left of it cancelled; a batch whose jobs
+  have all ended is finalized (`llmq.batches.sweep`), whoever ended them.
 - A queued job with no live message (the API died between commit and publish, Redis lost
   its data, or a worker died holding its message before it claimed the job) is published
   again. This is checked, not guessed (`llmq.broker`): the job is stale and no message in
@@ -31,8 +33,10 @@ from celery import Celery
 
 from llmq import job_queries, jobs, metrics, outbox
 from llmq.announce import Announcer, Committed
+from llmq.batches import sweep as batches
 from llmq.broker import held_since, waiting_task_ids
 from llmq.db import session_scope
+from llmq.files import file_store
 from llmq.queues import (
     declare_queue,
     publish_generate,
@@ -50,6 +54,8 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     republished: list[str] = field(default_factory=list)
+    batches_expired: list[str] = field(default_factory=list)
+    batches_finalized: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in vars(self).items()}
@@ -66,12 +72,15 @@ class Sweeper:
         """`models`: the pools this sweeper looks after (None: every model)."""
         self.settings, self.redis, self.celery, self.models = settings, client, celery, models
         self.announcer = Announcer.for_settings(settings, client, celery)
+        self.store = file_store(settings)
 
     def sweep(self) -> SweepReport:
         report = SweepReport()
         self._requeue_orphans(report)
         self._expire(report)
         self._republish_lost(report)
+        report.batches_expired += batches.expire_due(self.announcer)
+        report.batches_finalized += batches.finalize_ready(self.store)
         for action, n in report.counts().items():
             if n:
                 metrics.SWEEPER_ACTIONS.labels(action).inc(n)

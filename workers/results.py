@@ -84,6 +84,7 @@ class ResultWriter:
                 ),
                 outcomes=written,
                 model=self.spec.name,
+                batches=sorted({job.batch_id for job in ended if job.batch_id}),
             )
         )
         reports = {}

@@ -1,6 +1,7 @@
 """The webhook worker's Celery app: `llmq webhook-worker` (queue `llmq.webhooks`, no model).
 
-It loads no model and no torch. Besides the delivery task, a sweep thread hands due retries
+It loads no model and no torch. Besides the delivery task (and `llmq.batch.finalize`, which
+writes a batch's files once its last job ended), a sweep thread hands due retries
 and lost deliveries (a message that never reached the queue, a sender that died) back to
 the queue every `LLMQ_WEBHOOK_SWEEP_S` seconds. A due delivery is published only if no
 message for it is waiting in the queue or was taken by a sender less than
@@ -17,9 +18,18 @@ import time
 import redis
 from celery import Celery, bootsteps
 
+from llmq.batches.finalize import finalize_batch
 from llmq.broker import held_since, waiting_task_ids
 from llmq.db import session_scope
-from llmq.queues import WEBHOOK_QUEUE, WEBHOOK_TASK, make_celery, priority_keys, publish_webhooks
+from llmq.files import file_store
+from llmq.queues import (
+    FINALIZE_TASK,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK,
+    make_celery,
+    priority_keys,
+    publish_webhooks,
+)
 from llmq.settings import Settings, get_settings
 from workers.webhooks import deliver_once, due_deliveries
 
@@ -31,6 +41,13 @@ app = make_celery()
 @app.task(name=WEBHOOK_TASK)
 def deliver(delivery_id: str) -> str:
     return deliver_once(delivery_id, get_settings())
+
+
+@app.task(name=FINALIZE_TASK)
+def finalize(batch_id: str) -> bool:
+    """Write a batch's files once its last job ended (`llmq.batches.finalize`); any number
+    of these for one batch end it once."""
+    return finalize_batch(file_store(get_settings()), batch_id)
 
 
 def sweep(celery: Celery, client: redis.Redis, settings: Settings) -> list[str]:

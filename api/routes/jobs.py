@@ -164,6 +164,7 @@ def cancel_and_announce(request: Request, job_id: str, caller: Caller, settings:
             deliveries=outbox.created_in(session),
             stop=[str(job.id)],
             token_deltas={caller.key_id: -refund} if refund else {},
+            batches=[job.batch_id] if job.batch_id else [],
         )
     state = request.app.state
     announcer = Announcer(state.sync_redis, state.celery, settings.redis_prefix, state.limit_redis)

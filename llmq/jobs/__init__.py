@@ -12,13 +12,23 @@ number; the ledger row is unique per job.
 
 from llmq.jobs.finish import Outcome, finish_jobs
 from llmq.jobs.leases import claim_jobs, end_leases, release_jobs, renew_leases
-from llmq.jobs.submit import NewJob, cancel_job, create_job, create_jobs, tokens_to_refund
+from llmq.jobs.submit import (
+    NewJob,
+    Stopped,
+    cancel_batch_jobs,
+    cancel_job,
+    create_job,
+    create_jobs,
+    tokens_to_refund,
+)
 from llmq.jobs.sweeps import Moved, expire_queued, mark_republished, requeue_orphans
 
 __all__ = [
     "Moved",
     "NewJob",
     "Outcome",
+    "Stopped",
+    "cancel_batch_jobs",
     "cancel_job",
     "claim_jobs",
     "create_job",

@@ -31,6 +31,8 @@ class NewJob:
     expires_at: datetime | None = None
     reserved_tokens: int | None = None
     reserved_cost_usd: Decimal | None = None
+    batch_id: str | None = None  # a batch's job: its batch and its line's `custom_id`
+    custom_id: str | None = None
 
 
 def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any]:
@@ -50,6 +52,8 @@ def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any
         "expires_at": new.expires_at,
         "reserved_tokens": new.reserved_tokens,
         "reserved_cost_usd": new.reserved_cost_usd,
+        "batch_id": new.batch_id,
+        "custom_id": new.custom_id,
     }
 
 
@@ -94,6 +98,46 @@ def cancel_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID)
     outbox.enqueue_final_events(session, [job.id])
     session.refresh(job)
     return job, tokens_to_refund(before.status, before.attempts, job.reserved_tokens)
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A job `cancel_batch_jobs` ended, with the tokens to give back to its key's rate."""
+
+    id: uuid.UUID
+    api_key_id: uuid.UUID
+    refund_tokens: int
+
+
+def cancel_batch_jobs(
+    session: Session, batch_id: str, error: dict[str, str] | None = None
+) -> list[Stopped]:
+    """Cancel every queued or running job of a batch (a batch cancelled, or past its
+    window: then `error` says so on each). Rows are locked as in `cancel_job`, so a job
+    a worker finishes meanwhile keeps its result."""
+    rows = session.execute(
+        sa.select(Job.id, Job.api_key_id, Job.status, Job.attempts, Job.reserved_tokens)
+        .where(Job.batch_id == batch_id, Job.status.in_(ACTIVE_STATUSES))
+        .with_for_update()
+    ).all()
+    if not rows:
+        return []
+    session.execute(
+        sa.update(Job)
+        .where(Job.id.in_([r.id for r in rows]))
+        .values(
+            status=JobStatus.CANCELLED,
+            finished_at=sa.func.now(),
+            lease_expires_at=None,
+            error=error,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    outbox.enqueue_final_events(session, [r.id for r in rows])
+    return [
+        Stopped(r.id, r.api_key_id, tokens_to_refund(r.status, r.attempts, r.reserved_tokens))
+        for r in rows
+    ]
 
 
 def tokens_to_refund(status: str, attempts: int, reserved_tokens: int | None) -> int:

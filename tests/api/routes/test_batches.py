@@ -1,0 +1,189 @@
+"""/v1/batches through the official `openai` client against a live API process and a real
+echo worker; the sweeper's pass finalizes, as the leader's would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from decimal import Decimal
+
+import openai
+import pytest
+import redis
+import sqlalchemy as sa
+
+from llmq.db import session_scope
+from llmq.keys import Limits, create_key
+from llmq.models import Job, LedgerEntry
+from llmq.queues import make_celery
+from llmq.settings import get_settings
+from scheduler.sweeper import Sweeper
+from tests.api.routes import test_chat
+from tests.conftest import REDIS_URL, make_key, wait_for
+from tests.tenancy_helpers import WebhookWorker
+
+CHAT = "/v1/chat/completions"
+api, echo_worker, sdk = test_chat.api, test_chat.echo_worker, test_chat.sdk  # the same fixtures
+
+
+def sweeper() -> Sweeper:
+    settings = get_settings()
+    return Sweeper(settings, redis.Redis.from_url(REDIS_URL), make_celery(settings))
+
+
+def request(custom_id: str, url: str = CHAT, **body) -> dict:
+    body = {"model": "echo", "messages": [{"role": "user", "content": "one two three"}],
+            "max_tokens": 2} | body  # fmt: skip
+    return {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
+
+
+def upload(client: openai.OpenAI, items: list[dict | str]) -> str:
+    data = "".join((i if isinstance(i, str) else json.dumps(i)) + "\n" for i in items)
+    return client.files.create(file=("in.jsonl", data.encode()), purpose="batch").id
+
+
+def until_status(client: openai.OpenAI, batch_id: str, *statuses: str):
+    def ended():
+        sweeper().sweep()
+        batch = client.batches.retrieve(batch_id)
+        return batch if batch.status in statuses else None
+
+    return wait_for(ended, 60, f"batch {batch_id} {statuses}", interval_s=0.2)
+
+
+def lines(client: openai.OpenAI, file_id: str) -> list[dict]:
+    return [json.loads(x) for x in client.files.content(file_id).text.splitlines()]
+
+
+def test_a_batch_of_good_and_bad_lines_completes_with_both_files(api, echo_worker):
+    key = make_key("batch")
+    client = sdk(api, key)
+    good = [request(f"g{i}") for i in range(5)]
+    bad = [request("unknown", model="nope"), request("tools", tools=[{"type": "function"}])]
+    file_id = upload(client, [*good, *bad])
+    batch = client.batches.create(
+        input_file_id=file_id, endpoint=CHAT, completion_window="24h", metadata={"run": "1"}
+    )
+    assert batch.id.startswith("batch_") and batch.object == "batch"
+    assert batch.status == "in_progress" and batch.metadata == {"run": "1"}
+    assert batch.request_counts.total == 7
+    done = until_status(client, batch.id, "completed")
+    assert (done.request_counts.completed, done.request_counts.failed) == (5, 2)
+    assert done.in_progress_at and done.finalizing_at and done.completed_at
+    out = lines(client, done.output_file_id)
+    assert sorted(o["custom_id"] for o in out) == [f"g{i}" for i in range(5)]
+    first = out[0]
+    assert first["error"] is None and first["response"]["status_code"] == 200
+    assert first["response"]["body"]["object"] == "chat.completion"
+    assert first["response"]["body"]["choices"][0]["message"]["content"] == "one two"
+    errors = {e["custom_id"]: e for e in lines(client, done.error_file_id)}
+    assert errors["unknown"]["error"]["code"] == "model_not_found"
+    assert errors["unknown"]["response"]["status_code"] == 404
+    assert errors["tools"]["response"]["body"]["error"]["param"] == "tools"
+    with session_scope() as session:
+        job_ids = session.scalars(sa.select(Job.id).where(Job.batch_id == batch.id)).all()
+        deadlines = session.scalars(sa.select(Job.expires_at).where(Job.batch_id == batch.id))
+        assert all(abs(d.timestamp() - batch.expires_at) < 5 for d in deadlines)
+        ledger = session.scalar(sa.select(sa.func.count()).where(LedgerEntry.job_id.in_(job_ids)))
+    assert len(job_ids) == 5 and ledger == 5
+    assert done.usage.input_tokens == 15 and done.usage.output_tokens == 10
+    assert [b.id for b in client.batches.list(limit=1)][:1] == [batch.id]
+    with pytest.raises(openai.NotFoundError):
+        sdk(api, make_key("other")).batches.retrieve(batch.id)
+
+
+def test_a_broken_file_fails_the_batch_with_line_numbered_errors(api):
+    client = sdk(api, make_key("broken"))
+    file_id = upload(client, [request("a"), "not json", request("a"), request("b", url="/v1/x")])
+    batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    assert batch.status == "failed" and batch.failed_at
+    assert [(e.line, e.code) for e in batch.errors.data] == [
+        (2, "invalid_json_line"), (3, "duplicate_custom_id"), (4, "mismatched_url"),
+    ]  # fmt: skip
+    with session_scope() as session:
+        assert not session.scalar(sa.select(sa.func.count()).where(Job.batch_id == batch.id))
+    second = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    page = client.batches.list(limit=1)
+    assert [b.id for b in page.data] == [second.id] and page.has_more
+    assert [b.id for b in page] == [second.id, batch.id]  # the client follows `after`
+
+
+def test_a_cancelled_batch_writes_its_unrun_lines_to_the_error_file(api):
+    """No worker serves the model, so every job is still queued when the cancel comes."""
+    client = sdk(api, make_key("cancel"))
+    file_id = upload(client, [request(f"c{i}", model="tiny-serial") for i in range(3)])
+    batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    cancelled = client.batches.cancel(batch.id)
+    assert cancelled.status == "cancelled" and cancelled.cancelling_at and cancelled.cancelled_at
+    assert cancelled.output_file_id is None
+    errors = lines(client, cancelled.error_file_id)
+    assert sorted(e["custom_id"] for e in errors) == ["c0", "c1", "c2"]
+    assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+    with pytest.raises(openai.ConflictError):
+        client.batches.cancel(batch.id)
+
+
+def test_the_budget_is_checked_for_the_whole_batch(api):
+    with session_scope() as session:
+        key = create_key(
+            session, f"b-{uuid.uuid4().hex[:6]}",
+            limits=Limits(budget_usd=Decimal("0.0001"), budget_period="day"),
+        )[1]  # fmt: skip
+    client = sdk(api, key)
+    file_id = upload(
+        client, [request(f"p{i}", model="echo-priced", max_tokens=64) for i in range(3)]
+    )
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    assert raised.value.status_code == 402
+    assert "these 3 jobs may cost" in raised.value.message
+
+
+def test_the_webhook_worker_finalizes_a_batch_when_its_last_job_ends(api, echo_worker):
+    sender = WebhookWorker().wait_ready()
+    try:
+        client = sdk(api, make_key("prompt"))
+        file_id = upload(client, [request(f"q{i}") for i in range(3)])
+        batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+        done = wait_for(  # no sweeper runs here
+            lambda: (b := client.batches.retrieve(batch.id)).status == "completed" and b,
+            60, "batch completed", process=sender, interval_s=0.1,
+        )  # fmt: skip
+    finally:
+        sender.stop()
+    assert sorted(o["custom_id"] for o in lines(client, done.output_file_id)) == ["q0", "q1", "q2"]
+
+
+def test_a_worker_killed_mid_batch_still_gives_one_output_line_and_ledger_row_per_line(
+    api, start_worker
+):
+    """The batch's first jobs are running when their worker is SIGKILLed: their leases lapse,
+    the sweeper puts them back, another worker runs them, and the batch ends once."""
+    model = "pool-kill"  # echo, 4 jobs a batch, 4 s each; only the workers started here
+    client = sdk(api, make_key("killed"))
+    file_id = upload(client, [request(f"k{i}", model=model) for i in range(6)])
+    victim = start_worker(model)
+    batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+
+    def statuses() -> list[str]:
+        with session_scope() as session:
+            return list(session.scalars(sa.select(Job.status).where(Job.batch_id == batch.id)))
+
+    wait_for(lambda: "running" in statuses(), 60, "the batch's first jobs to run")
+    os.killpg(victim.proc.pid, signal.SIGKILL)
+    start_worker(model, wait=False)
+    done = until_status(client, batch.id, "completed")
+    assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)
+    out = lines(client, done.output_file_id)
+    assert sorted(o["custom_id"] for o in out) == [f"k{i}" for i in range(6)]
+    with session_scope() as session:
+        rows = session.execute(
+            sa.select(Job.attempts, sa.func.count(LedgerEntry.id))
+            .join(LedgerEntry, LedgerEntry.job_id == Job.id)
+            .where(Job.batch_id == batch.id)
+            .group_by(Job.id)
+        ).all()
+    assert len(rows) == 6 and all(n == 1 for _, n in rows)
+    assert max(attempts for attempts, _ in rows) == 2  # some ran twice, and were charged once
