@@ -1,35 +1,36 @@
 """multipart/form-data, parsed as it arrives, with its one file streamed to the file store.
 
 Starlette's `request.form()` spools each uploaded file to a temporary file before the route
-runs. Here the parser is pushed the body's bytes as they come and hands the file's bytes on at
-once: the store writes them in 1 MiB pieces from a worker thread, which pulls each next piece
-from the event loop, so the upload flows at the pace the store takes it and no more than a
-few pieces are held at a time.
+runs. Here `python-multipart`'s push parser is fed the body's bytes as they come, and the file's
+bytes are handed on at once: the store writes them in 1 MiB pieces from a worker thread, which
+pulls each next piece from the event loop, so the upload flows at the pace the store takes it
+and no more than a few pieces are held at a time.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from urllib.parse import unquote
 
 import anyio.from_thread
 import anyio.to_thread
+import python_multipart
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from llmq.errors import BadRequest, TooLarge
 from llmq.files.store import FileStore
 
-MAX_PART_HEADER_BYTES = 16_384
+MAX_PART_HEADERS = 8
+MAX_PART_HEADER_LINE_BYTES = 4_096
 MAX_FIELD_BYTES = 1_024  # a plain field (`purpose`)
+MAX_FIELDS = 16  # plain fields a form may have, so fields cannot fill the body limit
 FORM_OVERHEAD_BYTES = 65_536  # what a form may add around its file: boundaries, headers, fields
-_BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,70})"|([^\s;"]{1,70}))', re.I)
-_PARAM = re.compile(r';\s*([\w*-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 
 
-class MalformedForm(ValueError):
-    pass
+class MalformedForm(FormParserError):
+    """A form the library parsed but that is not one this route takes."""
 
 
 @dataclass(frozen=True)
@@ -47,99 +48,65 @@ Event = Part | bytes | PartEnd
 
 
 def boundary_of(content_type: str | None) -> bytes:
-    kind = (content_type or "").split(";")[0].strip().lower()
-    found = _BOUNDARY.search(content_type or "")
-    if kind != "multipart/form-data" or not found:
+    kind, params = parse_options_header(content_type)
+    if kind != b"multipart/form-data" or not params.get(b"boundary"):
         raise MalformedForm("the body must be multipart/form-data with a boundary")
-    return (found.group(1) or found.group(2)).encode("latin-1")
+    return params[b"boundary"]
 
 
-def _disposition(value: str) -> Part:
-    kind, *_ = value.split(";")
-    params = {}
-    for name, raw in _PARAM.findall(value):
-        raw = raw.strip()
-        if raw.startswith('"'):
-            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
-        params[name.lower()] = raw
-    if kind.strip().lower() != "form-data" or "name" not in params:
+def _part(disposition: bytes | None) -> Part:
+    """The part's name and file name from its Content-Disposition (UTF-8, as browsers and
+    httpx send them; RFC 7578 has no `filename*`)."""
+    kind, params = parse_options_header(disposition)
+    if kind != b"form-data" or b"name" not in params:
         raise MalformedForm("each part needs `Content-Disposition: form-data; name=...`")
-    filename = params.get("filename")
-    extended = params.get("filename*", "")
-    if "''" in extended:  # RFC 5987: charset''percent-encoded
-        filename = unquote(extended.split("''", 1)[1])
-    return Part(params["name"], filename)
+    filename = params.get(b"filename")
+    return Part(params[b"name"].decode(), None if filename is None else filename.decode())
 
 
-class MultipartParser:
-    """A push parser: `feed` it bytes, get back the events they complete, in order."""
+class FormEvents:
+    """The library's callbacks as events: `feed` it bytes, get back what they complete.
+    Raises `FormParserError` (or `MalformedForm`, one) on a malformed form."""
 
     def __init__(self, boundary: bytes):
-        self.delimiter = b"\r\n--" + boundary
-        self.buffer = bytearray(b"\r\n")  # the first delimiter then looks like every other
-        self.state = "preamble"
+        self.events: list[Event] = []
+        self.header, self.value = bytearray(), bytearray()
+        self.disposition: bytes | None = None
+        self.ended = False
+        callbacks = {
+            "on_header_field": lambda data, start, end: self.header.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: self.value.extend(data[start:end]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": lambda data, start, end: self.events.append(data[start:end]),
+            "on_part_end": lambda: self.events.append(PART_END),
+            "on_end": lambda: setattr(self, "ended", True),
+        }
+        self.parser = python_multipart.MultipartParser(
+            boundary,
+            callbacks,  # type: ignore[arg-type]
+            max_header_count=MAX_PART_HEADERS,
+            max_header_size=MAX_PART_HEADER_LINE_BYTES,
+        )
+
+    def _header_end(self) -> None:
+        if self.header.lower() == b"content-disposition":
+            self.disposition = bytes(self.value)
+        self.header.clear()
+        self.value.clear()
+
+    def _headers_finished(self) -> None:
+        self.events.append(_part(self.disposition))
+        self.disposition = None
 
     def feed(self, data: bytes) -> list[Event]:
-        self.buffer += data
-        events: list[Event] = []
-        while self._step(events):
-            pass
+        self.parser.write(data)
+        events, self.events = self.events, []
         return events
 
     def close(self) -> None:
-        if self.state != "done":
+        if not self.ended:
             raise MalformedForm("the form ended before its closing boundary")
-
-    def _step(self, events: list[Event]) -> bool:
-        """Advance by one state when the buffer holds enough; False to wait for more."""
-        buf, delim = self.buffer, self.delimiter
-        if self.state in ("preamble", "body"):
-            index = buf.find(delim)
-            if index < 0:
-                keep = len(delim) - 1  # a delimiter may straddle two feeds
-                if self.state == "body" and len(buf) > keep:
-                    events.append(bytes(buf[: len(buf) - keep]))
-                del buf[: max(0, len(buf) - keep)]
-                return False
-            if self.state == "body":
-                if index:
-                    events.append(bytes(buf[:index]))
-                events.append(PART_END)
-            del buf[: index + len(delim)]
-            self.state = "after-delimiter"
-            return True
-        if self.state == "after-delimiter":
-            if buf.startswith(b"--"):
-                self.state = "done"
-                buf.clear()
-                return False
-            end = buf.find(b"\r\n")
-            if end < 0:
-                if len(buf) > 64:
-                    raise MalformedForm("garbage after a boundary")
-                return False
-            if buf[:end].strip(b" \t"):
-                raise MalformedForm("garbage after a boundary")
-            del buf[: end + 2]
-            self.state = "headers"
-            return True
-        if self.state == "headers":
-            end = 0 if buf.startswith(b"\r\n") else buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_PART_HEADER_BYTES:
-                    raise MalformedForm("part headers too long")
-                return False
-            headers = {}
-            for line in bytes(buf[:end]).decode("utf-8", "replace").split("\r\n"):
-                name, sep, value = line.partition(":")
-                if sep:
-                    headers[name.strip().lower()] = value.strip()
-            events.append(_disposition(headers.get("content-disposition", "")))
-            del buf[: end + (2 if end == 0 else 4)]
-            self.state = "body"
-            return True
-        buf.clear()  # done: the epilogue is ignored
-        return False
 
 
 @dataclass
@@ -149,7 +116,7 @@ class Form:
     size_bytes: int = 0
 
 
-async def _events(request: Request, parser: MultipartParser) -> AsyncIterator[Event]:
+async def _events(request: Request, parser: FormEvents) -> AsyncIterator[Event]:
     try:
         async for data in request.stream():
             for event in parser.feed(data):
@@ -199,7 +166,7 @@ async def read_form(
     the file stops the upload before it is stored). On any error, nothing stays stored."""
     form = Form()
     try:
-        parser = MultipartParser(boundary_of(request.headers.get("content-type")))
+        parser = FormEvents(boundary_of(request.headers.get("content-type")))
         events = _events(request, parser)
         try:
             await _read(events, form, store, file_id, max_file_bytes, check_field, file_field)
@@ -208,7 +175,7 @@ async def read_form(
     except Exception as exc:
         if form.filename is not None:
             await anyio.to_thread.run_sync(store.delete, file_id)
-        if isinstance(exc, MalformedForm | UnicodeDecodeError):
+        if isinstance(exc, FormParserError | UnicodeDecodeError):
             raise BadRequest(file_field, f"malformed form: {exc}") from None
         raise
     return form
@@ -232,6 +199,8 @@ async def _read(
             form.filename = event.filename or file_field
             form.size_bytes = await _store(events, store, file_id, max_file_bytes)
             continue
+        if event.name not in form.fields and len(form.fields) == MAX_FIELDS:
+            raise BadRequest(event.name, f"more than {MAX_FIELDS} fields")
         value = bytearray()
         async for piece in events:
             if piece is PART_END:

@@ -21,7 +21,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from bench import overhead, pipeline, report
+from bench import openai_path, overhead, pipeline, report, uploads
 from bench.env import ROOT, BenchEnv, api, wait_for_worker, worker
 from bench.report import Figure, Goal
 from cli.devstack import free_port
@@ -46,6 +46,10 @@ class Params:
     submit_jobs: int = 400
     submit_threads: int = 8
     bulk_jobs: int = 5000  # in one bulk request
+    chat_requests: int = 200  # per side of each chat/jobs pair
+    chat_threads: int = 16
+    chat_pairs: int = 3
+    upload_bytes: int = 200_000_000  # one file to POST /v1/files
 
     @property
     def prompts(self) -> list[str]:
@@ -153,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         r["submit"], r["bulk"] = overhead.submit_rates(
             client, p.submit_jobs, p.submit_threads, p.bulk_jobs
         )
+        console.print("chat completions and /v1/jobs, in turns…")
+        r["chat"] = openai_path.chat_vs_jobs(client, p.chat_requests, p.chat_threads, p.chat_pairs)
         e.stop()
+        console.print(f"a {p.upload_bytes / 1e6:.0f} MB upload…")
+        r["upload"] = uploads.upload_memory(env, p.upload_bytes)
     finally:
         client.close()
         api_proc.stop()
@@ -197,7 +205,20 @@ def measured(r: dict, p: Params) -> list[Figure]:
                Goal("<", 4, " s", subject="cached")),
         Figure("Memory", r["rss_mb"], f"{r['rss_mb']:.0f} MB",
                f"peak resident memory of the SmolLM2 worker after batches of {p.batch}"),
+        chat_figure(r["chat"], p),
+        uploads.figure(r["upload"], p.upload_bytes),
     ]  # fmt: skip
+
+
+def chat_figure(c: dict, p: Params) -> Figure:
+    ratio = statistics.median(c["ratios"])
+    return Figure(
+        "Chat completions / jobs", ratio, f"{ratio:.2f}",
+        f"{c['chat_per_s']:.0f} req/s through POST /v1/chat/completions / {c['jobs_per_s']:.0f} through "
+        f"POST /v1/jobs + GET ?wait (echo, {p.chat_requests} requests from {p.chat_threads} threads); "
+        f"{p.chat_pairs} pairs in turns, the median of the ratios {', '.join(f'{x:.2f}' for x in c['ratios'])}",
+        Goal("≥", 0.9),
+    )  # fmt: skip
 
 
 def write(figures: list[Figure], p: Params, spec: ModelSpec) -> None:

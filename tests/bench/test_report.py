@@ -55,11 +55,16 @@ def fake_results() -> dict:
         "bulk": 4000.0,
         "cold": (20.0, 3.5, [3.4, 3.5, 3.6]),
         "rss_mb": 1200.0,
+        "chat": {"chat_per_s": 60.0, "jobs_per_s": 55.0, "ratios": [1.1, 1.05, 0.85]},
+        "upload": {"idle_mb": 100.0, "above_idle_mb": 140.0, "mb_per_s": 120.0},
     }
 
 
 def test_the_how_column_follows_the_parameters_used():
-    params = Params(batch=8, paired_runs=2, serial_jobs=3, noop_concurrency=16, bulk_jobs=700)
+    params = Params(
+        batch=8, paired_runs=2, serial_jobs=3, noop_concurrency=16, bulk_jobs=700,
+        chat_requests=50, chat_threads=4, chat_pairs=3, upload_bytes=50_000_000,
+    )  # fmt: skip
     how = {f.name: f.how for f in measured(fake_results(), params)}
     assert "(8 jobs, batches [8])" in how["Pipeline efficiency"]
     assert "2 runs of each" in how["Pipeline efficiency"]
@@ -67,6 +72,8 @@ def test_the_how_column_follows_the_parameters_used():
     assert "threads -c 16" in how["Overhead"]
     assert "(700 per request)" in how["Submit rate"]
     assert "batches of 8" in how["Memory"]
+    assert "(echo, 50 requests from 4 threads); 3 pairs" in how["Chat completions / jobs"]
+    assert "a 50 MB file" in how["Upload memory"]
     verdicts = {f.name: f.verdict for f in measured(fake_results(), params)}
     assert verdicts == {
         "Pipeline efficiency": "met",
@@ -77,4 +84,6 @@ def test_the_how_column_follows_the_parameters_used():
         "Submit → result visible": "",
         "Cold start": "met",
         "Memory": "",
+        "Chat completions / jobs": "met",  # the median of 1.1, 1.05, 0.85
+        "Upload memory": "MISSED",  # 140 MB above idle, over 100
     }

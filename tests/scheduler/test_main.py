@@ -16,7 +16,8 @@ import sqlalchemy as sa
 
 from llmq import events, jobs
 from llmq.db import session_scope
-from llmq.models import Job, LedgerEntry, ScalingEvent
+from llmq.keys import hash_key
+from llmq.models import ApiKey, Job, LedgerEntry, ScalingEvent
 from tests.conftest import REDIS_PREFIX, wait_final, wait_for
 
 
@@ -152,11 +153,13 @@ def test_worker_killed_mid_batch_its_jobs_finish_elsewhere_once(
     print(f"\n[measured] SIGKILL of a worker mid-batch -> its 4 jobs done: {recovered_s:.2f}s")
 
 
-def test_jobs_without_messages_are_published_again(client, auth, redis_client, start_scheduler):
+def test_jobs_without_messages_are_published_again(
+    client, key, auth, redis_client, start_scheduler
+):
     model = "pool-lost"
-    # A crash between commit and publish: rows with no message at all.
+    # A crash between commit and publish: rows with no message at all, of the caller's key.
     with session_scope() as session:
-        key_id = session.scalar(sa.select(Job.api_key_id).limit(1))
+        key_id = session.scalar(sa.select(ApiKey.id).where(ApiKey.key_hash == hash_key(key)))
         orphans = [
             str(jobs.create_job(session, key_id, jobs.NewJob(model, {"max_tokens": 4}, "hi")).id)
             for _ in range(3)
