@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,26 @@ def test_submit_get_list_cancel(api, tmp_path):
     status, out = run(api, key, "get", batch_id, "--wait", "--errors", str(tmp_path / "e.jsonl"))
     assert status == 1 and "cancelled: 0 completed, 2 failed of 2" in out, out
     assert {e["error"]["code"] for e in lines(tmp_path / "e.jsonl").values()} == {"batch_cancelled"}
+
+
+def test_ctrl_c_stops_following_and_leaves_the_batch_running(api, tmp_path):
+    key = make_key("cli-interrupt")
+    requests = write(tmp_path / "held.jsonl", [request("h", model="tiny-serial")])
+    env = dict(os.environ, LLMQ_API_URL=api.url, LLMQ_API_KEY=key, COLUMNS="200")
+    log = tmp_path / "out.txt"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "batch", "submit", str(requests), "--wait"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_for(lambda: "in_progress" in log.read_text(), 60, "following", interval_s=0.1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    batch_id = log.read_text().split()[1]
+    assert f"Follow it again with: llmq batch get {batch_id} --wait" in log.read_text()
+    status, out = run(api, key, "get", batch_id)
+    assert status == 0 and json.loads(out)["status"] == "in_progress"
+    run(api, key, "cancel", batch_id)
 
 
 def test_a_broken_file_fails_the_wait_with_its_line_errors(api, tmp_path):
