@@ -21,7 +21,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from bench import openai_path, overhead, pipeline, report, uploads
+from bench import batches, openai_path, overhead, pipeline, report, uploads
 from bench.env import ROOT, BenchEnv, api, wait_for_worker, worker
 from bench.report import Figure, Goal
 from cli.devstack import free_port
@@ -50,6 +50,8 @@ class Params:
     chat_threads: int = 16
     chat_pairs: int = 3
     upload_bytes: int = 200_000_000  # one file to POST /v1/files
+    batch_lines: int = 10_000  # one OpenAI batch through the echo engine
+    batch_max_tokens: int = 4
 
     @property
     def prompts(self) -> list[str]:
@@ -159,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         console.print("chat completions and /v1/jobs, in turns…")
         r["chat"] = openai_path.chat_vs_jobs(client, p.chat_requests, p.chat_threads, p.chat_pairs)
+        console.print(f"a {p.batch_lines:,}-line batch…")
+        r["batch"] = batches.batch_run(client, p.batch_lines, p.batch_max_tokens)
         e.stop()
         console.print(f"a {p.upload_bytes / 1e6:.0f} MB upload…")
         r["upload"] = uploads.upload_memory(env, p.upload_bytes)
@@ -207,6 +211,7 @@ def measured(r: dict, p: Params) -> list[Figure]:
                f"peak resident memory of the SmolLM2 worker after batches of {p.batch}"),
         chat_figure(r["chat"], p),
         uploads.figure(r["upload"], p.upload_bytes),
+        *batches.figures(r["batch"]),
     ]  # fmt: skip
 
 

@@ -7,6 +7,7 @@ from typing import NoReturn
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from llmq.settings import get_settings
 
@@ -14,7 +15,7 @@ console = Console()
 
 
 def fail(message: str) -> NoReturn:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -44,11 +45,22 @@ def client(api_url: str | None = None, api_key: str | None = None) -> httpx.Clie
 def check(response: httpx.Response) -> dict:
     """The response's JSON body, or exit with the problem the API answered."""
     if response.status_code >= 400:
-        try:
-            body = response.json()
-            detail = body.get("detail", "")
-            fields = ", ".join(f"{e['field']}: {e['message']}" for e in body.get("errors", []))
-            fail(f"{response.status_code} {body.get('title', '')}: {fields or detail}")
-        except ValueError:
-            fail(f"{response.status_code}: {response.text[:200]}")
+        fail(problem(response))
     return response.json()
+
+
+def problem(response: httpx.Response) -> str:
+    """One line from an error answer: RFC 9457 (`/v1/jobs`) or OpenAI's envelope
+    (`{"error": {message, type, param, code}}`, the OpenAI-shaped routes)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"{response.status_code}: {response.text[:200]}"
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        param = f" (param: {error['param']})" if error.get("param") else ""
+        return f"{response.status_code} {error.get('type') or ''}: {error.get('message')}{param}"
+    if not isinstance(body, dict):
+        return f"{response.status_code}: {response.text[:200]}"
+    fields = ", ".join(f"{e['field']}: {e['message']}" for e in body.get("errors", []))
+    return f"{response.status_code} {body.get('title', '')}: {fields or body.get('detail', '')}"

@@ -57,6 +57,17 @@ def fake_results() -> dict:
         "rss_mb": 1200.0,
         "chat": {"chat_per_s": 60.0, "jobs_per_s": 55.0, "ratios": [1.1, 1.05, 0.85]},
         "upload": {"idle_mb": 100.0, "above_idle_mb": 140.0, "mb_per_s": 120.0},
+        "batch": {
+            "lines": 700,
+            "max_tokens": 4,
+            "bytes": 140_000,
+            "upload_s": 0.1,
+            "enqueue_s": 5.5,
+            "finish_s": 7.0,
+            "finalize_s": 1.5,
+            "interval_s": 5.0,
+            "finalizing_pass_s": 0.4,
+        },
     }
 
 
@@ -74,6 +85,8 @@ def test_the_how_column_follows_the_parameters_used():
     assert "batches of 8" in how["Memory"]
     assert "(echo, 50 requests from 4 threads); 3 pairs" in how["Chat completions / jobs"]
     assert "a 50 MB file" in how["Upload memory"]
+    assert "a 700-line batch" in how["Batch validate + enqueue"]
+    assert "one pass every 5 s" in how["Batch finalize"]
     verdicts = {f.name: f.verdict for f in measured(fake_results(), params)}
     assert verdicts == {
         "Pipeline efficiency": "met",
@@ -86,4 +99,7 @@ def test_the_how_column_follows_the_parameters_used():
         "Memory": "",
         "Chat completions / jobs": "met",  # the median of 1.1, 1.05, 0.85
         "Upload memory": "MISSED",  # 140 MB above idle, over 100
+        "Batch validate + enqueue": "MISSED",  # 5.5 s, over 5
+        "Batch finish": "",
+        "Batch finalize": "met",  # 1.5 s after the last job
     }

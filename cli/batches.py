@@ -1,0 +1,208 @@
+"""`llmq batch`: OpenAI Batch files through the API's /v1/files and /v1/batches.
+
+`submit --wait` uploads, creates, follows the batch with a progress bar and downloads its
+output and error files; the batch runs on the server, so stopping the command (Ctrl-C)
+leaves it running, to be followed again with `llmq batch get ID --wait`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+
+from cli.common import check, client, console, fail, problem
+
+app = typer.Typer(help="OpenAI Batch files: submit, follow, list, cancel.", no_args_is_help=True)
+ENDED = {"completed", "failed", "expired", "cancelled"}
+Output = Annotated[
+    Path | None, typer.Option(help="Where the output file goes (default: <input>.output.jsonl).")
+]
+Errors = Annotated[
+    Path | None, typer.Option(help="Where the error file goes (default: <input>.errors.jsonl).")
+]
+PollS = Annotated[float, typer.Option(help="Seconds between reads of the batch.")]
+
+
+@contextlib.contextmanager
+def _api() -> Iterator[httpx.Client]:
+    """The CLI's client; an API it cannot reach is one line, not a traceback."""
+    with client() as api:
+        try:
+            yield api
+        except httpx.TransportError as exc:
+            fail(f"cannot reach the API at {api.base_url}: {exc}")
+
+
+def result_paths(stem: Path, output: Path | None, errors: Path | None) -> tuple[Path, Path]:
+    """The output and error paths, by default beside `stem` (`requests.jsonl` gives
+    `requests.output.jsonl` and `requests.errors.jsonl`)."""
+    base = stem.with_suffix("") if stem.suffix == ".jsonl" else stem
+    return (output or base.with_name(f"{base.name}.output.jsonl"),
+            errors or base.with_name(f"{base.name}.errors.jsonl"))  # fmt: skip
+
+
+def tokens_per_s(first: tuple[float, int], now: tuple[float, int]) -> float | None:
+    """Output tokens per second between two (monotonic seconds, output tokens) readings."""
+    elapsed_s = now[0] - first[0]
+    return (now[1] - first[1]) / elapsed_s if elapsed_s > 0 else None
+
+
+def _output_tokens(batch: dict) -> int:
+    return int((batch.get("usage") or {}).get("output_tokens") or 0)
+
+
+@app.command()
+def submit(
+    requests: Annotated[Path, typer.Argument(help="An OpenAI Batch JSONL file.")],
+    endpoint: Annotated[str, typer.Option(help="The URL every line names.")] = (
+        "/v1/chat/completions"
+    ),
+    metadata: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    wait: Annotated[bool, typer.Option(help="Follow it, then download its files.")] = False,
+    output: Output = None,
+    errors: Errors = None,
+    poll_s: PollS = 1.0,
+) -> None:
+    """Upload the file and create the batch; prints its id, or follows it with --wait."""
+    if not requests.is_file():
+        fail(f"no such file: {requests}")
+    meta = dict(item.partition("=")[::2] for item in metadata or [])
+    with _api() as api, requests.open("rb") as data:
+        uploaded = check(
+            api.post("/v1/files", files={"file": (requests.name, data)}, data={"purpose": "batch"})
+        )
+        body = {"input_file_id": uploaded["id"], "endpoint": endpoint, "completion_window": "24h"}
+        batch = check(api.post("/v1/batches", json=body | ({"metadata": meta} if meta else {})))
+        if not wait:
+            print(batch["id"])
+            return
+        console.print(f"batch {batch['id']} {batch['status']}", soft_wrap=True)
+        _follow(api, batch, *result_paths(requests, output, errors), poll_s)
+
+
+@app.command()
+def get(
+    batch_id: str,
+    wait: Annotated[bool, typer.Option(help="Follow it, then download its files.")] = False,
+    output: Output = None,
+    errors: Errors = None,
+    poll_s: PollS = 1.0,
+) -> None:
+    """Print a batch as JSON, or follow it to its end with --wait (files named by its id)."""
+    with _api() as api:
+        batch = check(api.get(f"/v1/batches/{batch_id}"))
+        if not wait:
+            print(json.dumps(batch, indent=2))
+            return
+        _follow(api, batch, *result_paths(Path(batch_id), output, errors), poll_s)
+
+
+@app.command("list")
+def list_(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    after: Annotated[str | None, typer.Option(help="List those older than this batch.")] = None,
+) -> None:
+    """The key's batches, newest first."""
+    from rich.table import Table
+
+    params: dict = {"limit": limit} | ({"after": after} if after else {})
+    with _api() as api:
+        page = check(api.get("/v1/batches", params=params))
+    table = Table("id", "status", "completed", "failed", "total", "created", "endpoint")
+    for b in page["data"]:
+        counts = b["request_counts"]
+        created = datetime.fromtimestamp(b["created_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(b["id"], b["status"], str(counts["completed"]), str(counts["failed"]),
+                      str(counts["total"]), created, b["endpoint"])  # fmt: skip
+    console.print(table)
+    if page["has_more"]:
+        console.print(f"more: llmq batch list --after {page['last_id']}", soft_wrap=True)
+
+
+@app.command()
+def cancel(batch_id: str) -> None:
+    """Cancel a batch's queued and running requests; what ran is kept in its files."""
+    with _api() as api:
+        batch = check(api.post(f"/v1/batches/{batch_id}/cancel"))
+    console.print(f"batch {batch['id']} {batch['status']}", soft_wrap=True)
+
+
+def _follow(api: httpx.Client, batch: dict, output: Path, errors: Path, poll_s: float) -> None:
+    """Progress until the batch ends, then its files and a summary; exit 1 unless it
+    completed. Ctrl-C stops following, not the batch."""
+    try:
+        batch = _watch(api, batch, poll_s)
+    except KeyboardInterrupt:
+        console.print(
+            f"\nstopped following; batch {batch['id']} keeps running. "
+            f"Follow it again with: llmq batch get {batch['id']} --wait",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    saved = [
+        f"{kind} → {_download(api, batch[field], path)}"
+        for kind, field, path in (("output", "output_file_id", output),
+                                  ("errors", "error_file_id", errors))
+        if batch.get(field)
+    ]  # fmt: skip
+    counts = batch["request_counts"]
+    colour = "green" if batch["status"] == "completed" else "red"
+    console.print(
+        f"batch {batch['id']} [{colour}]{batch['status']}[/{colour}]: {counts['completed']} "
+        f"completed, {counts['failed']} failed of {counts['total']}"
+        + "".join(f"; {line}" for line in saved),
+        soft_wrap=True,
+    )
+    for error in (batch.get("errors") or {}).get("data") or []:
+        console.print(f"  line {error.get('line')}: {error.get('message')}", soft_wrap=True)
+    if batch["status"] != "completed":
+        raise typer.Exit(1)
+
+
+def _watch(api: httpx.Client, batch: dict, poll_s: float) -> dict:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[failed]} failed  {task.fields[rate]}"),
+               TimeRemainingColumn())  # fmt: skip
+    first = (time.monotonic(), _output_tokens(batch))
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(batch["status"], total=None, failed=0, rate="")
+        while True:
+            counts = batch["request_counts"]
+            rate = tokens_per_s(first, (time.monotonic(), _output_tokens(batch)))
+            progress.update(
+                task, description=batch["status"], total=counts["total"] or None,
+                completed=counts["completed"] + counts["failed"], failed=counts["failed"],
+                rate=f"{rate:.0f} tok/s" if rate is not None else "",
+            )  # fmt: skip
+            if batch["status"] in ENDED:
+                return batch
+            time.sleep(poll_s)
+            batch = check(api.get(f"/v1/batches/{batch['id']}"))
+
+
+def _download(api: httpx.Client, file_id: str, path: Path) -> Path:
+    """The file's content to `path`, streamed."""
+    with api.stream("GET", f"/v1/files/{file_id}/content") as answer:
+        if answer.status_code >= 400:
+            answer.read()
+            fail(problem(answer))
+        with path.open("wb") as out:
+            for chunk in answer.iter_bytes():
+                out.write(chunk)
+    return path
