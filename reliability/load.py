@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -66,8 +67,11 @@ def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
 
 
-def backlog(redis_url: str, prefix: str, model: str = "echo") -> dict[str, int]:
-    """What is not done yet: the model's jobs not final, webhooks not sent, messages waiting."""
+def backlog(
+    redis_url: str, prefix: str, model: str = "echo", key_ids: list[uuid.UUID] | None = None
+) -> dict[str, int]:
+    """What is not done yet: the model's jobs not final (only these keys' when given, for a
+    database other runs share), webhooks not sent, messages waiting."""
     from llmq.db import session_scope
     from llmq.models import ACTIVE_STATUSES, Job, WebhookDelivery
     from llmq.queues import PRIORITY_SEP, PRIORITY_STEPS, WEBHOOK_QUEUE, waiting_count
@@ -77,9 +81,12 @@ def backlog(redis_url: str, prefix: str, model: str = "echo") -> dict[str, int]:
         f"{prefix}{WEBHOOK_QUEUE}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS[1:]
     ]
     with session_scope() as session:
-        jobs = session.scalar(
-            sa.select(sa.func.count()).where(Job.model == model, Job.status.in_(ACTIVE_STATUSES))
+        active = sa.select(sa.func.count()).where(
+            Job.model == model, Job.status.in_(ACTIVE_STATUSES)
         )
+        if key_ids is not None:
+            active = active.where(Job.api_key_id.in_(key_ids))
+        jobs = session.scalar(active)
         deliveries = session.scalar(
             sa.select(sa.func.count()).where(WebhookDelivery.status.in_(("pending", "sending")))
         )
