@@ -172,7 +172,7 @@ def test_a_broken_file_fails_the_batch_with_its_webhook_event_in_the_same_transa
 
 
 def test_a_batch_past_its_window_expires_with_its_unrun_lines_in_the_error_file():
-    batch_id, _ = make_batch(3, model="echo-long")
+    batch_id, _ = make_batch(3, model="echo-long", webhook_url="http://127.0.0.1:9/hook")
     with session_scope() as session:
         session.execute(
             sa.update(Batch).where(Batch.id == batch_id)
@@ -188,6 +188,7 @@ def test_a_batch_past_its_window_expires_with_its_unrun_lines_in_the_error_file(
              for line in data.splitlines()}  # fmt: skip
     assert codes == {"bad": "model_not_found", "r000": "batch_expired", "r001": "batch_expired",
                      "r002": "batch_expired"}  # fmt: skip
+    assert [d[1] for d in deliveries(batch_id)] == ["batch.expired"]
 
 
 def test_jobs_past_their_deadline_end_an_expired_batch_whoever_expired_them():
