@@ -209,19 +209,23 @@ class IdempotencyKey(Base):
 
 
 class WebhookDelivery(Base):
-    """The outbox: one row per job event to deliver, written with the job's final state."""
+    """The outbox: one row per job or batch event to deliver, written with its final state."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         CheckConstraint(
             "status IN ('pending','sending','delivered','failed')", name="ck_webhook_status"
         ),
+        CheckConstraint("(job_id IS NULL) <> (batch_id IS NULL)", name="ck_webhook_subject"),
         Index("ix_webhook_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
     )
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)  # the stable `webhook-id`
-    job_id: Mapped[uuid.UUID] = mapped_column(
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    batch_id: Mapped[str | None] = mapped_column(
+        Text, ForeignKey("batches.id", ondelete="CASCADE"), index=True
     )
     api_key_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), ForeignKey("api_keys.id"))
     event_type: Mapped[str] = mapped_column(Text)
@@ -315,6 +319,14 @@ class BatchStatus(StrEnum):
     EXPIRED = "expired"
     CANCELLING = "cancelling"
     CANCELLED = "cancelled"
+
+
+BATCH_FINAL_STATUSES = (
+    BatchStatus.COMPLETED,
+    BatchStatus.FAILED,
+    BatchStatus.EXPIRED,
+    BatchStatus.CANCELLED,
+)
 
 
 class Batch(Base):

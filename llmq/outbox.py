@@ -1,7 +1,8 @@
-"""The webhook outbox: a row per job event, written in the transaction that ends the job.
+"""The webhook outbox: a row per job or batch event, written in the transaction that ends it.
 
-The row's id is the Standard Webhooks `webhook-id`; it is derived from the job (one final
-event per job), so writing it twice is harmless and every retry carries the same id. Rows
+The row's id is the Standard Webhooks `webhook-id`; it is derived from the job or the batch
+(one final event each), so writing it twice is harmless and every retry carries the same id.
+A job's event goes to its own `webhook_url` or its key's; a batch's to its key's. Rows
 created in a session are listed in `session.info`, so the caller can hand them to the sender
 once the transaction has committed.
 """
@@ -13,7 +14,7 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from llmq.models import FINAL_STATUSES
+from llmq.models import BATCH_FINAL_STATUSES, FINAL_STATUSES
 
 CREATED = "llmq.webhook_deliveries"
 _FINAL = [s.value for s in FINAL_STATUSES]
@@ -33,6 +34,19 @@ _ENQUEUE = sa.text(
 )
 
 
+_ENQUEUE_BATCH = sa.text(
+    """
+    INSERT INTO webhook_deliveries (id, batch_id, api_key_id, event_type, url)
+    SELECT 'msg_' || b.id, b.id, b.api_key_id, 'batch.' || b.status, k.webhook_url
+    FROM batches b JOIN api_keys k ON k.id = b.api_key_id
+    WHERE b.id = :id AND b.status = ANY(:final) AND k.webhook_url IS NOT NULL
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+    """
+)
+_BATCH_FINAL = [s.value for s in BATCH_FINAL_STATUSES]
+
+
 def delivery_id(job_id: uuid.UUID) -> str:
     return f"msg_{job_id.hex}"
 
@@ -41,7 +55,18 @@ def enqueue_final_events(session: Session, job_ids: list[uuid.UUID]) -> list[str
     """Write the outbox rows of jobs that just reached a final state and have a webhook."""
     if not job_ids:
         return []
-    ids = [row.id for row in session.execute(_ENQUEUE, {"ids": list(job_ids), "final": _FINAL})]
+    return _noted(session, session.execute(_ENQUEUE, {"ids": list(job_ids), "final": _FINAL}))
+
+
+def enqueue_batch_event(session: Session, batch_id: str) -> list[str]:
+    """Write the outbox row of a batch that just reached a final state, if its key has a
+    webhook URL; call it in the transaction that ended the batch."""
+    return _noted(session, session.execute(_ENQUEUE_BATCH, {"id": batch_id, "final": _BATCH_FINAL}))
+
+
+def _noted(session: Session, written) -> list[str]:
+    """The ids of the rows an insert wrote, listed in the session for after its commit."""
+    ids = [row.id for row in written]
     session.info.setdefault(CREATED, []).extend(ids)
     return ids
 

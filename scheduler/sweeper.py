@@ -80,7 +80,7 @@ class Sweeper:
         self._expire(report)
         self._republish_lost(report)
         report.batches_expired += batches.expire_due(self.announcer)
-        report.batches_finalized += batches.finalize_ready(self.store)
+        report.batches_finalized += batches.finalize_ready(self.store, self.announcer)
         for action, n in report.counts().items():
             if n:
                 metrics.SWEEPER_ACTIONS.labels(action).inc(n)

@@ -11,6 +11,7 @@ flooded with copies.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ import time
 import redis
 from celery import Celery, bootsteps
 
+from llmq.announce import Announcer
 from llmq.batches.finalize import finalize_batch
 from llmq.broker import held_since, waiting_task_ids
 from llmq.db import session_scope
@@ -43,11 +45,17 @@ def deliver(delivery_id: str) -> str:
     return deliver_once(delivery_id, get_settings())
 
 
+@functools.cache
+def announcer() -> Announcer:
+    settings = get_settings()
+    return Announcer.for_settings(settings, redis.Redis.from_url(settings.redis_url), app)
+
+
 @app.task(name=FINALIZE_TASK)
 def finalize(batch_id: str) -> bool:
     """Write a batch's files once its last job ended (`llmq.batches.finalize`); any number
-    of these for one batch end it once."""
-    return finalize_batch(file_store(get_settings()), batch_id)
+    of these for one batch end it once, and send its webhook once."""
+    return finalize_batch(file_store(get_settings()), batch_id, announcer())
 
 
 def sweep(celery: Celery, client: redis.Redis, settings: Settings) -> list[str]:

@@ -44,8 +44,22 @@ class AttemptResult:
     duration_ms: int
 
 
+def batch_event(delivery: WebhookDelivery) -> dict:
+    """OpenAI's thin event: the batch's id only; the receiver reads the batch itself."""
+    return {
+        "id": delivery.id,
+        "object": "event",
+        "type": delivery.event_type,
+        "created_at": int(delivery.created_at.timestamp()),
+        "data": {"id": delivery.batch_id},
+    }
+
+
 def render_payload(session, delivery: WebhookDelivery, settings: Settings) -> str:
-    """The event body: `{"type", "timestamp", "data": <final job resource>}`, fixed once."""
+    """The event body, fixed once: a batch's thin event, or a job's
+    `{"type", "timestamp", "data": <final job resource>}`."""
+    if delivery.batch_id is not None:
+        return json.dumps(batch_event(delivery), separators=(",", ":"))
     job = job_queries.get_job(session, delivery.job_id, None)
     cost = job_queries.costs(session, [job.id]).get(job.id)
     body = {

@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from api import deps
 from api.openapi import openai_responses
 from api.submission import publish, reserve
-from llmq import metrics
-from llmq.announce import Announcer
+from llmq import metrics, outbox
+from llmq.announce import Announcer, Committed
 from llmq.batches import records
 from llmq.batches.finalize import finalize_batch
 from llmq.batches.sweep import stopped_committed
@@ -85,6 +85,11 @@ def _read(batch_id: str, caller: Caller) -> BatchObject:
         return BatchObject(**_render(session, records.get_batch(session, batch_id, caller.key_id)))
 
 
+def _announcer(request: Request, settings: Settings) -> Announcer:
+    state = request.app.state
+    return Announcer(state.sync_redis, state.celery, settings.redis_prefix, state.limit_redis)
+
+
 def _jobs(
     checked: Checked, caller: Caller, catalog: Catalog, settings: Settings, window_s: int
 ) -> list[NewJob]:
@@ -132,14 +137,16 @@ def create_batch(
             completion_window=body.completion_window, window_s=window_s,
             metadata=body.metadata, checked=checked, new_jobs=new_jobs,
         )  # fmt: skip
-        batch_id = batch.id
+        batch_id, deliveries = batch.id, outbox.created_in(session)
+    announcer = _announcer(request, settings)
+    announcer.announce(Committed(deliveries=deliveries))  # a failed batch's webhook
     if ids:
         messages = [(str(i), n.model, n.priority) for i, n in zip(ids, new_jobs, strict=True)]
         publish(request.app.state.celery, messages)
         for new in new_jobs:
             metrics.JOBS_SUBMITTED.labels(new.model).inc()
     elif not checked.broken:
-        finalize_batch(store, batch_id)  # every line was refused: nothing will end it
+        finalize_batch(store, batch_id, announcer)  # every line was refused: nothing ends it
     return _read(batch_id, caller)
 
 
@@ -180,11 +187,10 @@ def cancel_batch(
         batch = records.get_batch(session, batch_id, caller.key_id, lock=True)
         stopped = records.start_cancel(session, batch)
         committed = stopped_committed(session, stopped)
-    state = request.app.state
-    announcer = Announcer(state.sync_redis, state.celery, settings.redis_prefix, state.limit_redis)
+    announcer = _announcer(request, settings)
     announcer.announce(committed)
     try:
-        finalize_batch(store, batch_id)
+        finalize_batch(store, batch_id, announcer)
     except Exception:  # the sweeper's pass finalizes it
         log.warning("could not finalize batch %s yet", batch_id, exc_info=True)
     return _read(batch_id, caller)

@@ -5,7 +5,9 @@ them all) calls `finalize_batch`, as often as it likes. Three steps: a condition
 moves the batch to `finalizing` once none of its jobs is active; the two files are written
 under ids made from the batch's id, from the job rows alone, in `custom_id` order (a
 finalizer that dies here is run again and writes the same files over the same ids); a
-second conditional UPDATE names them and ends the batch, so it ends once.
+second conditional UPDATE names them and ends the batch, so it ends once; the same
+transaction writes the batch's webhook event to the outbox (`llmq.outbox`), announced after
+the commit.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from llmq import outbox
+from llmq.announce import Announcer, Committed
 from llmq.batches.records import OPEN
 from llmq.batches.validate import CHAT
 from llmq.db import session_scope
@@ -136,7 +140,7 @@ def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-def finalize_batch(store: FileStore, batch_id: str) -> bool:
+def finalize_batch(store: FileStore, batch_id: str, announcer: Announcer) -> bool:
     """Write the batch's files and end it, once its last job ended; True when this call
     ended it. Safe to call at any time, from any process, any number of times."""
     end = begin(batch_id)
@@ -159,6 +163,8 @@ def finalize_batch(store: FileStore, batch_id: str) -> bool:
                 **{stamp: sa.func.coalesce(getattr(Batch, stamp), sa.func.now())},
             )
         ).rowcount
+        deliveries = outbox.enqueue_batch_event(session, batch_id) if ended == 1 else []
+    announcer.announce(Committed(deliveries=deliveries))
     return ended == 1
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from llmq import admission, budgets, jobs
+from llmq import admission, budgets, jobs, outbox
 from llmq.batches.validate import Checked
 from llmq.errors import BatchNotFound, InvalidField, JobStateConflict
 from llmq.keys import Caller
@@ -38,7 +38,8 @@ def create_batch(
 ) -> tuple[Batch, list[uuid.UUID]]:
     """The batch row and its jobs (`new_jobs`, one per accepted line, in order), or a failed
     batch with the file's line errors and no job. The key's budget is checked for every job
-    together, under the key's lock, before anything is written."""
+    together, under the key's lock, before anything is written. A failed batch's webhook
+    event is written with it (`outbox.created_in`)."""
     now = datetime.now(UTC)
     batch = Batch(
         id=new_batch_id(), api_key_id=caller.key_id, endpoint=endpoint,
@@ -53,6 +54,7 @@ def create_batch(
         batch.refused = []
         session.add(batch)
         session.flush()
+        outbox.enqueue_batch_event(session, batch.id)
         return batch, []
     batch.status, batch.in_progress_at = BatchStatus.IN_PROGRESS, now
     budgets.lock_key(session, caller.key_id)

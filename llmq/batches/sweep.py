@@ -51,12 +51,12 @@ def expire_due(announcer: Announcer, limit: int = 100) -> list[str]:
     return ids
 
 
-def finalize_ready(store: FileStore) -> list[str]:
+def finalize_ready(store: FileStore, announcer: Announcer) -> list[str]:
     """Finalize every open batch whose jobs have all ended; the ids this pass ended."""
     ended = []
     for batch_id in ready_batches():
         try:
-            if finalize_batch(store, batch_id):
+            if finalize_batch(store, batch_id, announcer):
                 ended.append(batch_id)
         except Exception:  # the next pass tries again; the files are written over
             log.exception("could not finalize batch %s", batch_id)

@@ -13,16 +13,20 @@ import openai
 import pytest
 import redis
 import sqlalchemy as sa
+from standardwebhooks import Webhook
 
+from llmq.announce import Announcer
+from llmq.batches.finalize import finalize_batch
 from llmq.db import session_scope
-from llmq.keys import Limits, create_key
-from llmq.models import Job, LedgerEntry
+from llmq.files import file_store
+from llmq.keys import Limits, create_key, webhook_secret
+from llmq.models import Job, LedgerEntry, WebhookDelivery
 from llmq.queues import make_celery
 from llmq.settings import get_settings
 from scheduler.sweeper import Sweeper
 from tests.api.routes import test_chat
 from tests.conftest import REDIS_URL, make_key, wait_for
-from tests.tenancy_helpers import WebhookWorker
+from tests.tenancy_helpers import Receiver, WebhookWorker
 
 CHAT = "/v1/chat/completions"
 api, echo_worker, sdk = test_chat.api, test_chat.echo_worker, test_chat.sdk  # the same fixtures
@@ -31,6 +35,11 @@ api, echo_worker, sdk = test_chat.api, test_chat.echo_worker, test_chat.sdk  # t
 def sweeper() -> Sweeper:
     settings = get_settings()
     return Sweeper(settings, redis.Redis.from_url(REDIS_URL), make_celery(settings))
+
+
+def announcer() -> Announcer:
+    settings = get_settings()
+    return Announcer.for_settings(settings, redis.Redis.from_url(REDIS_URL), make_celery(settings))
 
 
 def request(custom_id: str, url: str = CHAT, **body) -> dict:
@@ -187,3 +196,82 @@ def test_a_worker_killed_mid_batch_still_gives_one_output_line_and_ledger_row_pe
         ).all()
     assert len(rows) == 6 and all(n == 1 for _, n in rows)
     assert max(attempts for attempts, _ in rows) == 2  # some ran twice, and were charged once
+
+
+def hooked_key(url: str | None) -> tuple[str, str]:
+    """A key with a default webhook URL (or none): its plain key and its signing secret."""
+    with session_scope() as session:
+        row, plain = create_key(session, f"hook-{uuid.uuid4().hex[:6]}", webhook_url=url)
+        return plain, webhook_secret(row)
+
+
+def batch_deliveries(batch_id: str) -> list[WebhookDelivery]:
+    with session_scope() as session:
+        query = sa.select(WebhookDelivery).where(WebhookDelivery.batch_id == batch_id)
+        return list(session.scalars(query))
+
+
+@pytest.fixture
+def sender(environment):
+    worker = WebhookWorker({"LLMQ_WEBHOOK_SWEEP_S": "0.3"}).wait_ready()
+    yield worker
+    worker.stop()
+
+
+def test_a_batch_that_ends_sends_one_signed_event_to_its_keys_url(api, echo_worker, sender):
+    receiver = Receiver()
+    try:
+        key, secret = hooked_key(receiver.url)
+        client, silent = sdk(api, key), sdk(api, hooked_key(None)[0])
+        done = [
+            c.batches.create(input_file_id=upload(c, [request("a"), request("b")]),
+                             endpoint=CHAT, completion_window="24h")
+            for c in (client, silent)
+        ]  # fmt: skip
+        for c, batch in zip((client, silent), done, strict=True):
+            until_status(c, batch.id, "completed")
+        wait_for(
+            lambda: [d.status for d in batch_deliveries(done[0].id)] == ["delivered"],
+            60, "the batch's event delivered", process=sender,
+        )  # fmt: skip
+        assert finalize_batch(file_store(get_settings()), done[0].id, announcer()) is False
+        sweeper().sweep()  # a rerun finalizer writes no second event
+        received = receiver.wait_for(3)  # each job's own event goes to the key's URL too
+    finally:
+        receiver.close()
+    types = [json.loads(r.body)["type"] for r in received]
+    assert sorted(types) == ["batch.completed", "job.succeeded", "job.succeeded"]
+    got = [r for r in received if b'"batch.' in r.body]
+    assert len(got) == 1 and got[0].path == "/hook"
+    event = Webhook(secret).verify(got[0].body, got[0].headers)
+    assert event == {
+        "id": f"msg_{done[0].id}", "object": "event", "type": "batch.completed",
+        "created_at": event["created_at"], "data": {"id": done[0].id},
+    }  # fmt: skip
+    assert got[0].headers["webhook-id"] == event["id"]
+    assert abs(event["created_at"] - done[0].created_at) < 120
+    assert [(d.attempts, d.event_type) for d in batch_deliveries(done[0].id)] == [
+        (1, "batch.completed")
+    ]
+    assert batch_deliveries(done[1].id) == []  # its key has no webhook URL
+
+
+def test_cancelled_and_failed_batches_send_their_events(api, sender):
+    """No worker serves `tiny-serial`: the cancel ends every job while queued."""
+    receiver = Receiver()
+    try:
+        key, secret = hooked_key(receiver.url)
+        client = sdk(api, key)
+        file_id = upload(client, [request("c0", model="tiny-serial")])
+        batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+        assert client.batches.cancel(batch.id).status == "cancelled"
+        broken = upload(client, ["not json"])
+        failed = client.batches.create(input_file_id=broken, endpoint=CHAT, completion_window="24h")
+        assert failed.status == "failed"
+        got = receiver.wait_for(3)  # and the cancelled job's own event
+    finally:
+        receiver.close()
+    events = {e["data"]["id"]: e["type"] for e in
+              (Webhook(secret).verify(r.body, r.headers) for r in got)}  # fmt: skip
+    assert sorted(events.values()) == ["batch.cancelled", "batch.failed", "job.cancelled"]
+    assert (events[batch.id], events[failed.id]) == ("batch.cancelled", "batch.failed")
