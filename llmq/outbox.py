@@ -27,6 +27,7 @@ _ENQUEUE = sa.text(
     FROM jobs j JOIN api_keys k ON k.id = j.api_key_id
     WHERE j.id = ANY(:ids)
       AND j.status = ANY(:final)
+      AND j.batch_id IS NULL  -- a batch's jobs are announced by its one batch.* event
       AND coalesce(j.webhook_url, k.webhook_url) IS NOT NULL
     ON CONFLICT (id) DO NOTHING
     RETURNING id
