@@ -138,9 +138,11 @@ def _same(value: Any, harmless: Any) -> bool:
 
 
 def check_supported(body: BaseModel) -> None:
-    """Refuse a parameter llmq cannot honour, naming it."""
+    """Refuse a parameter llmq cannot honour, naming it. Only the parameters the client
+    gave are read: a left-out one is None, which every entry accepts."""
+    given = body.model_fields_set
     for name, harmless in UNSUPPORTED.items():
-        if not any(_same(getattr(body, name, None), ok) for ok in harmless):
+        if name in given and not any(_same(getattr(body, name), ok) for ok in harmless):
             raise UnsupportedParameter(
                 name,
                 f"llmq does not support `{name}` (other than {', '.join(map(repr, harmless))})",

@@ -107,11 +107,14 @@ def display_name(model: str) -> str:
     return f"{GENERATE_TASK}:{model}"
 
 
-def publish_generate(app: Celery, job_id: str, model: str, priority: int, producer=None) -> None:
+def publish_generate(
+    app: Celery, job_id: str, model: str, priority: int, producer=None, declare=None
+) -> None:
     """Put one job's message on its model's queue; the task id is the job id.
 
     The message carries the job id and nothing else: the prompt stays in Postgres, out of
-    Redis, Flower and every log. `shadow` only changes the name monitors show.
+    Redis, Flower and every log. `shadow` only changes the name monitors show. `declare=[]`
+    skips declaring the queue, for a caller that declared it already.
     """
     app.send_task(
         GENERATE_TASK,
@@ -121,14 +124,18 @@ def publish_generate(app: Celery, job_id: str, model: str, priority: int, produc
         priority=broker_priority(priority),
         producer=producer,
         shadow=display_name(model),
+        declare=declare,
     )
 
 
 def publish_generate_many(app: Celery, messages: list[tuple[str, str, int]]) -> None:
-    """Publish many (job id, model, priority) messages through one Redis pipeline."""
+    """Publish many (job id, model, priority) messages through one Redis pipeline, each
+    model's queue declared once rather than once a message."""
     with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
+        for model in dict.fromkeys(model for _, model, _ in messages):
+            producer.maybe_declare(app.amqp.queues[queue_name(model)])
         for job_id, model, priority in messages:
-            publish_generate(app, job_id, model, priority, producer=producer)
+            publish_generate(app, job_id, model, priority, producer=producer, declare=[])
 
 
 WEBHOOK_TASK = "llmq.webhook.deliver"

@@ -1,4 +1,4 @@
-"""A client's moves: submit creates jobs (one or many in one INSERT), cancel ends one."""
+"""A client's moves: submit creates jobs (one INSERT, or many in one COPY), cancel ends one."""
 
 from __future__ import annotations
 
@@ -66,12 +66,25 @@ def create_job(session: Session, api_key_id: uuid.UUID, new: NewJob) -> Job:
 
 
 def create_jobs(session: Session, api_key_id: uuid.UUID, new_jobs: list[NewJob]) -> list[uuid.UUID]:
-    """Insert many jobs in the caller's transaction (one multi-row INSERT); ids in order."""
+    """Insert many jobs in the caller's transaction; ids in order.
+
+    The rows go through one COPY, several times quicker than INSERTs for a batch's
+    thousands of jobs. Each value is first converted by its column's SQLAlchemy type (the
+    JSONB columns, `ParamsJSON`), as an INSERT through the ORM would convert it.
+    """
     ids = [uuid.uuid4() for _ in new_jobs]
-    if ids:
-        session.execute(
-            sa.insert(Job), [_row(i, api_key_id, n) for i, n in zip(ids, new_jobs, strict=True)]
-        )
+    if not ids:
+        return ids
+    connection = session.connection()
+    columns = [Job.__mapper__.columns[key] for key in _row(ids[0], api_key_id, new_jobs[0])]
+    dialect = connection.dialect
+    convert = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
+    names = ", ".join(dialect.identifier_preparer.quote(c.name) for c in columns)
+    cursor = connection.connection.driver_connection.cursor()
+    with cursor.copy(f"COPY {Job.__tablename__} ({names}) FROM STDIN") as copy:
+        for job_id, new in zip(ids, new_jobs, strict=True):
+            values = _row(job_id, api_key_id, new).values()
+            copy.write_row([f(v) if f else v for f, v in zip(convert, values, strict=True)])
     return ids
 
 

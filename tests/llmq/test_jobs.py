@@ -105,3 +105,34 @@ def test_release_puts_a_claimed_job_back_and_nul_text_is_stored():
     with session_scope() as session:
         assert jobs.finish_jobs(session, [_outcome(job_id, 2, "a\x00b")]) == [job_id]
         assert session.get(Job, job_id).output_text == "a\ufffdb"
+
+
+def test_create_jobs_writes_the_rows_create_job_writes():
+    """The bulk path (COPY) and the one-job path (ORM INSERT) store the same values,
+    JSON nulls, NUL-free text, decimals and server defaults included."""
+    from datetime import UTC, datetime
+
+    at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    shapes = [
+        jobs.NewJob(model="tiny", params={"max_tokens": 4}, prompt="a \\ tab\there\nline"),
+        jobs.NewJob(
+            model="tiny", params={"max_tokens": 2, "stop": ["\n"]}, priority=3,
+            messages=[{"role": "user", "content": 'quote " and \\N'}], metadata={"k": "v"},
+            webhook_url="https://example.com/h", user="u1", expires_at=at, reserved_tokens=7,
+            reserved_cost_usd=Decimal("0.000123"), custom_id="c1",
+        ),
+    ]  # fmt: skip
+    columns = [c for c in Job.__table__.columns if c.name not in ("id", "created_at")]
+    with session_scope() as session:
+        key, _ = create_key(session, "bulk")
+        one = [jobs.create_job(session, key.id, new).id for new in shapes]
+        many = jobs.create_jobs(session, key.id, shapes)
+        session.flush()
+
+        def stored(job_id):
+            return session.execute(sa.select(*columns).where(Job.id == job_id)).one()
+
+        for a, b in zip(one, many, strict=True):
+            assert stored(b) == stored(a)
+        nulls = sa.select(sa.func.count()).where(Job.id.in_(one + many), Job.messages.is_(None))
+        assert session.scalar(nulls) == 0  # JSON null, as the ORM writes it
