@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print("chat completions and /v1/jobs, in turns…")
         r["chat"] = openai_path.chat_vs_jobs(client, p.chat_requests, p.chat_threads, p.chat_pairs)
         console.print(f"a {p.batch_lines:,}-line batch…")
-        r["batch"] = batches.batch_run(client, p.batch_lines, p.batch_max_tokens)
+        r["batch"] = batches.batch_run(env, client, p.batch_lines, p.batch_max_tokens)
         e.stop()
         console.print(f"a {p.upload_bytes / 1e6:.0f} MB upload…")
         r["upload"] = uploads.upload_memory(env, p.upload_bytes)

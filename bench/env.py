@@ -143,6 +143,13 @@ def worker(
     )
 
 
+def webhook_sender(env: BenchEnv, loglevel: str = "WARNING") -> Proc:
+    """`llmq webhook-worker`: webhook deliveries, and batches finalized as their last job ends."""
+    argv = [sys.executable, "-m", "cli", "webhook-worker", "--concurrency", "8",
+            "--loglevel", loglevel]  # fmt: skip
+    return Proc(argv, env.env, env.dir / "webhook-sender.log")
+
+
 def api(env: BenchEnv, port: int, access_log: bool = False) -> Proc:
     """One uvicorn API process; with `access_log`, it logs at info as a deployment does."""
     argv = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--port", str(port),

@@ -20,9 +20,9 @@ import httpx
 import redis
 import sqlalchemy as sa
 
-from bench.env import BenchEnv, Proc, api, wait_for_worker, worker
+from bench.env import BenchEnv, Proc, api, wait_for_worker, webhook_sender, worker
 from cli.devstack import free_port
-from reliability.procs import RssSampler, webhook_sender
+from reliability.procs import RssSampler
 from reliability.receiver import CountingReceiver
 from reliability.report import Figure, SuiteResult
 

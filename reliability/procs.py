@@ -13,12 +13,6 @@ import httpx
 from bench.env import BenchEnv, Proc
 
 
-def webhook_sender(env: BenchEnv, loglevel: str = "WARNING") -> Proc:
-    argv = [sys.executable, "-m", "cli", "webhook-worker", "--concurrency", "8",
-            "--loglevel", loglevel]  # fmt: skip
-    return Proc(argv, env.env, env.dir / "webhook-sender.log")
-
-
 def flower(env: BenchEnv, port: int, auth: tuple[str, str], timeout_s: float = 60) -> Proc:
     """`llmq flower` with basic auth, once it answers."""
     argv = [sys.executable, "-m", "cli", "flower", "--port", str(port), "--loglevel", "info"]

@@ -98,12 +98,12 @@ def body_limit(path: str) -> int:
 
 
 def run(quick: bool = False) -> SuiteResult:
-    from bench.env import BenchEnv, api, wait_for_worker, worker
+    from bench.env import BenchEnv, api, wait_for_worker, webhook_sender, worker
     from cli.devstack import free_port
     from llmq.db import get_engine, session_scope
     from llmq.keys import create_key
     from llmq.settings import get_settings
-    from reliability.procs import flower, log_text, webhook_sender
+    from reliability.procs import flower, log_text
     from reliability.receiver import CountingReceiver
 
     env = BenchEnv()

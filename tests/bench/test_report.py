@@ -86,7 +86,7 @@ def test_the_how_column_follows_the_parameters_used():
     assert "(echo, 50 requests from 4 threads); 3 pairs" in how["Chat completions / jobs"]
     assert "a 50 MB file" in how["Upload memory"]
     assert "a 700-line batch" in how["Batch validate + enqueue"]
-    assert "one pass every 5 s" in how["Batch finalize"]
+    assert "(every 5 s) as the net" in how["Batch finalize"]
     verdicts = {f.name: f.verdict for f in measured(fake_results(), params)}
     assert verdicts == {
         "Pipeline efficiency": "met",
