@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
+from llmq.announce import Announcer
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.errors import Unauthorized
@@ -37,6 +38,12 @@ def catalog(request: Request) -> Catalog:
 
 def file_store(request: Request) -> FileStore:
     return request.app.state.file_store
+
+
+def announcer(request: Request) -> Announcer:
+    """What follows a route's commit, through the app's shared clients."""
+    state = request.app.state
+    return Announcer(state.sync_redis, state.celery, state.settings.redis_prefix, state.limit_redis)
 
 
 def authenticate_request(request: Request) -> Caller:

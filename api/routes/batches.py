@@ -21,7 +21,7 @@ from api import deps
 from api.openapi import openai_responses
 from api.submission import publish, reserve
 from llmq import metrics, outbox
-from llmq.announce import Announcer, Committed
+from llmq.announce import Committed
 from llmq.batches import records
 from llmq.batches.finalize import finalize_batch
 from llmq.batches.sweep import stopped_committed
@@ -85,11 +85,6 @@ def _read(batch_id: str, caller: Caller) -> BatchObject:
         return BatchObject(**_render(session, records.get_batch(session, batch_id, caller.key_id)))
 
 
-def _announcer(request: Request, settings: Settings) -> Announcer:
-    state = request.app.state
-    return Announcer(state.sync_redis, state.celery, settings.redis_prefix, state.limit_redis)
-
-
 def _jobs(
     checked: Checked, caller: Caller, catalog: Catalog, settings: Settings, window_s: int
 ) -> list[NewJob]:
@@ -138,7 +133,7 @@ def create_batch(
             metadata=body.metadata, checked=checked, new_jobs=new_jobs,
         )  # fmt: skip
         batch_id, deliveries = batch.id, outbox.created_in(session)
-    announcer = _announcer(request, settings)
+    announcer = deps.announcer(request)
     announcer.announce(Committed(deliveries=deliveries))  # a failed batch's webhook
     if ids:
         messages = [(str(i), n.model, n.priority) for i, n in zip(ids, new_jobs, strict=True)]
@@ -187,7 +182,7 @@ def cancel_batch(
         batch = records.get_batch(session, batch_id, caller.key_id, lock=True)
         stopped = records.start_cancel(session, batch)
         committed = stopped_committed(session, stopped)
-    announcer = _announcer(request, settings)
+    announcer = deps.announcer(request)
     announcer.announce(committed)
     try:
         finalize_batch(store, batch_id, announcer)

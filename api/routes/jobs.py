@@ -14,7 +14,7 @@ from api.openapi import responses
 from api.schemas import BulkCreate, JobCreate, job_resource
 from api.submission import Submission, check_total_tokens, webhook_resolver
 from llmq import job_queries, jobs, outbox
-from llmq.announce import Announcer, Committed
+from llmq.announce import Committed
 from llmq.db import session_scope
 from llmq.errors import InvalidField, InvalidFields
 from llmq.keys import Caller
@@ -166,7 +166,5 @@ def cancel_and_announce(request: Request, job_id: str, caller: Caller, settings:
             token_deltas={caller.key_id: -refund} if refund else {},
             batches=[job.batch_id] if job.batch_id else [],
         )
-    state = request.app.state
-    announcer = Announcer(state.sync_redis, state.celery, settings.redis_prefix, state.limit_redis)
-    announcer.announce(committed)
+    deps.announcer(request).announce(committed)
     return resource
