@@ -24,7 +24,7 @@ from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.errors import InvalidField
 from llmq.keys import Caller
-from llmq.queues import publish_generate, publish_generate_many
+from llmq.queues import Message, publish_generate, publish_generate_many
 from llmq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -140,8 +140,8 @@ class RateCharge:
             ratelimits.refund_tokens(self.request, self.caller, self.tokens)
 
 
-def publish(celery: Celery, messages: list[tuple[str, str, int]]) -> None:
-    """Put committed jobs' (id, model, priority) messages on their queues.
+def publish(celery: Celery, messages: list[Message]) -> None:
+    """Put committed jobs' messages on their queues.
 
     A failure here never undoes the submit. The rows are committed as queued, and the
     sweeper publishes every queued job whose message it cannot find, so the jobs run once
@@ -151,7 +151,7 @@ def publish(celery: Celery, messages: list[tuple[str, str, int]]) -> None:
     """
     try:
         if len(messages) == 1:
-            publish_generate(celery, *messages[0])
+            publish_generate(celery, messages[0])
         else:
             publish_generate_many(celery, messages)
     except Exception as exc:  # whatever kombu raises, the jobs are safe in Postgres
@@ -206,7 +206,7 @@ class Submission:
         publish(
             self.request.app.state.celery,
             [
-                (str(i), new.model, new.priority)
+                Message(str(i), new.model, new.priority)
                 for i, new in zip(admitted.ids, new_jobs, strict=True)
             ],
         )

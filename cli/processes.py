@@ -25,13 +25,13 @@ def worker(
     """Run one worker process for MODEL: Celery threads pool on the model's queue."""
     require_secret_key()
     from llmq.catalog import get_catalog
-    from llmq.queues import queue_name
+    from llmq.queues import worker_queues
 
     spec = get_catalog().get(model)
     node = node or f"{model}-{os.getpid()}@%h"
     argv = [
         "worker", "--model", model, "-P", "threads", "-c", str(concurrency or spec.max_batch_size),
-        "--prefetch-multiplier", "1", "-Q", queue_name(model), "-n", node, "-E",
+        "--prefetch-multiplier", "1", "-Q", ",".join(worker_queues(model)), "-n", node, "-E",
         "--without-mingle", "--without-gossip", "-l", loglevel,
     ]  # fmt: skip
     from workers.app import run_worker

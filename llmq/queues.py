@@ -6,6 +6,7 @@ The API only *sends* tasks by name through this app; it never imports `workers/`
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 import redis
 from celery import Celery
@@ -15,12 +16,40 @@ from llmq.settings import Settings, get_settings
 
 GENERATE_TASK = "llmq.generate"
 QUEUE_PREFIX = "llmq.model."
+BATCH_QUEUE_PREFIX = "llmq.batch."
 PRIORITY_STEPS = list(range(10))
 PRIORITY_SEP = ":"
+BATCH_BROKER_PRIORITY = PRIORITY_STEPS[-1]
 
 
 def queue_name(model: str) -> str:
+    """The model's interactive queue: jobs from `/v1/jobs` and the OpenAI routes."""
     return f"{QUEUE_PREFIX}{model}"
+
+
+def batch_queue_name(model: str) -> str:
+    """The model's batch lane: jobs made from a batch's lines."""
+    return f"{BATCH_QUEUE_PREFIX}{model}"
+
+
+def worker_queues(model: str) -> list[str]:
+    """The queues a model's workers consume, in the order they read them.
+
+    kombu's Redis transport BRPOPs every (queue, priority step) list in one call, priority
+    step first and, within a step, queues in the order the worker consumes them
+    (`queue_order_strategy=priority`). Batch lines wait on the last step of the second
+    queue, so a worker takes them only when no interactive message is waiting.
+    """
+    return [queue_name(model), batch_queue_name(model)]
+
+
+class Message(NamedTuple):
+    """What a job's message needs: its id, its model, its priority and its lane."""
+
+    job_id: str
+    model: str
+    priority: int  # the API's 0 … 9; a batch line always waits on the last step
+    batch: bool = False
 
 
 def broker_priority(priority: int) -> int:
@@ -34,12 +63,12 @@ def priority_keys(queue: str, prefix: str) -> list[str]:
 
 
 def queue_keys(model: str, prefix: str) -> list[str]:
-    """Every Redis list that holds the model's waiting messages."""
-    return priority_keys(queue_name(model), prefix)
+    """Every Redis list that holds the model's waiting messages, both lanes."""
+    return [key for queue in worker_queues(model) for key in priority_keys(queue, prefix)]
 
 
 def waiting_count(client: redis.Redis, model: str, prefix: str) -> int:
-    """Messages waiting in a model's queue, all priority lists counted."""
+    """Messages waiting for a model, all priority lists of both lanes counted."""
     with client.pipeline(transaction=False) as pipe:
         for key in queue_keys(model, prefix):
             pipe.llen(key)
@@ -107,35 +136,36 @@ def display_name(model: str) -> str:
     return f"{GENERATE_TASK}:{model}"
 
 
-def publish_generate(
-    app: Celery, job_id: str, model: str, priority: int, producer=None, declare=None
-) -> None:
-    """Put one job's message on its model's queue; the task id is the job id.
+def publish_generate(app: Celery, message: Message, producer=None, declare=None) -> None:
+    """Put one job's message on its model's queue (a batch line: on its batch lane); the
+    task id is the job id.
 
     The message carries the job id and nothing else: the prompt stays in Postgres, out of
     Redis, Flower and every log. `shadow` only changes the name monitors show. `declare=[]`
     skips declaring the queue, for a caller that declared it already.
     """
+    job_id, model, priority, batch = message
     app.send_task(
         GENERATE_TASK,
         args=[job_id],
         task_id=job_id,
-        queue=queue_name(model),
-        priority=broker_priority(priority),
+        queue=batch_queue_name(model) if batch else queue_name(model),
+        priority=BATCH_BROKER_PRIORITY if batch else broker_priority(priority),
         producer=producer,
         shadow=display_name(model),
         declare=declare,
     )
 
 
-def publish_generate_many(app: Celery, messages: list[tuple[str, str, int]]) -> None:
-    """Publish many (job id, model, priority) messages through one Redis pipeline, each
-    model's queue declared once rather than once a message."""
+def publish_generate_many(app: Celery, messages: list[Message]) -> None:
+    """Publish many messages through one Redis pipeline, each queue declared once rather
+    than once a message."""
     with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
-        for model in dict.fromkeys(model for _, model, _ in messages):
-            producer.maybe_declare(app.amqp.queues[queue_name(model)])
-        for job_id, model, priority in messages:
-            publish_generate(app, job_id, model, priority, producer=producer, declare=[])
+        for model in dict.fromkeys(m.model for m in messages):
+            for queue in worker_queues(model):
+                producer.maybe_declare(app.amqp.queues[queue])
+        for message in messages:
+            publish_generate(app, message, producer=producer, declare=[])
 
 
 WEBHOOK_TASK = "llmq.webhook.deliver"
@@ -174,12 +204,12 @@ def publish_finalize(app: Celery, batch_ids: list[str]) -> None:
 
 
 def declare_queue(app: Celery, model: str) -> None:
-    """(Re)create the queue's routing in Redis, bypassing kombu's per-connection cache.
+    """(Re)create the routing of the model's queues in Redis, past kombu's connection cache.
 
     kombu routes a message through a binding set it writes once per connection; if Redis
     lost its data, publishes would be dropped until every process restarts. The sweeper
     calls this before it publishes again.
     """
-    queue = app.amqp.queues[queue_name(model)]
     with app.connection_for_write() as conn:
-        queue.bind(conn.default_channel).declare()
+        for name in worker_queues(model):
+            app.amqp.queues[name].bind(conn.default_channel).declare()

@@ -83,13 +83,6 @@ class Settings(BaseSettings):
         ge=1,
         description="Longest line of a batch's input file; a longer one fails the batch.",
     )
-    batch_priority: int = Field(
-        0,
-        ge=0,
-        le=9,
-        description="Priority (0 normal … 9 most urgent) of a batch's jobs, for jobs made "
-        "from a batch's lines.",
-    )
     batch_completion_window_s: int = Field(
         86_400, gt=0, description="How long a batch may run (OpenAI's `24h`) before it expires."
     )

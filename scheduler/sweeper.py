@@ -95,7 +95,7 @@ class Sweeper:
                 log.exception("could not declare the queue of %s", model)
         for job in moved:
             try:
-                publish_generate(self.celery, str(job.id), job.model, job.priority)
+                publish_generate(self.celery, job.message())
             except Exception:  # the next sweep publishes it: it is queued and stale
                 log.exception("could not publish job %s again", job.id)
 

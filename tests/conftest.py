@@ -95,6 +95,11 @@ max_batch_size = 4
 max_batch_wait_ms = 100
 echo_delay_ms = 1500
 
+[models.echo-lanes]  # one job at a time, so the order a worker reads its queues shows
+engine = "echo"
+max_batch_size = 1
+max_batch_wait_ms = 0
+
 [models.echo-priced]
 engine = "echo"
 max_batch_size = 16

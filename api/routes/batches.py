@@ -4,8 +4,9 @@ Create reads the whole input file from the store and checks every line
 (`llmq.batches.validate`) before any job exists; a broken file makes a `failed` batch with
 line-numbered errors. Then, in one transaction, the key's budget is checked for every job
 together (402 with the estimate), and the batch and its jobs are written; the jobs are
-published after the commit (a lost publish is the sweeper's to redo). Batch jobs are not
-charged to the key's per-minute rates: the queue paces them. Every route sees only the
+published after the commit (a lost publish is the sweeper's to redo), on the model's batch
+lane, which workers read only when no interactive job waits. Batch jobs are not charged to
+the key's per-minute rates: the queue paces them. Every route sees only the
 calling key's batches.
 """
 
@@ -33,6 +34,7 @@ from llmq.files import records as files
 from llmq.files.store import FileStore
 from llmq.jobs import NewJob
 from llmq.keys import Caller
+from llmq.queues import Message
 from llmq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,6 @@ def _jobs(
             )
             continue
         new.reserved_tokens = None  # not charged to the rates: nothing to reconcile
-        new.priority = settings.batch_priority
         kept.append(line)
         new_jobs.append(new)
     checked.accepted = kept
@@ -136,7 +137,10 @@ def create_batch(
     announcer = deps.announcer(request)
     announcer.announce(Committed(deliveries=deliveries))  # a failed batch's webhook
     if ids:
-        messages = [(str(i), n.model, n.priority) for i, n in zip(ids, new_jobs, strict=True)]
+        messages = [
+            Message(str(i), n.model, n.priority, batch=True)
+            for i, n in zip(ids, new_jobs, strict=True)
+        ]
         publish(request.app.state.celery, messages)
         for new in new_jobs:
             metrics.JOBS_SUBMITTED.labels(new.model).inc()

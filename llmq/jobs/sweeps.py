@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from llmq import outbox
 from llmq.job_queries import of_models, unpublished_for
 from llmq.models import Job, JobStatus
+from llmq.queues import Message
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,13 @@ class Moved:
     id: uuid.UUID
     model: str
     priority: int
+    batch: bool = False  # a batch's line: its message goes on the model's batch lane
+
+    def message(self) -> Message:
+        return Message(str(self.id), self.model, self.priority, self.batch)
+
+
+MOVED_COLUMNS = (Job.id, Job.model, Job.priority, Job.batch_id.is_not(None).label("batch"))
 
 
 def requeue_orphans(
@@ -39,7 +47,7 @@ def requeue_orphans(
     """
     orphaned = Job.lease_expires_at < sa.func.now()
     rows = session.execute(
-        sa.select(Job.id, Job.model, Job.priority, Job.attempts)
+        sa.select(*MOVED_COLUMNS, Job.attempts)
         .where(Job.status == JobStatus.RUNNING, orphaned, of_models(models))
         .order_by(Job.created_at)
         .limit(limit)
@@ -76,8 +84,8 @@ def requeue_orphans(
             .execution_options(synchronize_session=False)
         )
     outbox.enqueue_final_events(session, [r.id for r in spent])
-    return [Moved(r.id, r.model, r.priority) for r in again], [
-        Moved(r.id, r.model, r.priority) for r in spent
+    return [Moved(r.id, r.model, r.priority, r.batch) for r in again], [
+        Moved(r.id, r.model, r.priority, r.batch) for r in spent
     ]
 
 
@@ -99,11 +107,11 @@ def expire_queued(
             finished_at=sa.func.now(),
             error={"code": "expired", "message": "the job's deadline passed before it ran"},
         )
-        .returning(Job.id, Job.model, Job.priority)
+        .returning(*MOVED_COLUMNS)
         .execution_options(synchronize_session=False)
     ).all()
     outbox.enqueue_final_events(session, [r.id for r in rows])
-    return [Moved(r.id, r.model, r.priority) for r in rows]
+    return [Moved(r.id, r.model, r.priority, r.batch) for r in rows]
 
 
 def mark_republished(
@@ -125,7 +133,7 @@ def mark_republished(
         sa.update(Job)
         .where(Job.id.in_(ids.scalar_subquery()))
         .values(published_at=sa.func.now())
-        .returning(Job.id, Job.model, Job.priority)
+        .returning(*MOVED_COLUMNS)
         .execution_options(synchronize_session=False)
     ).all()
-    return [Moved(r.id, r.model, r.priority) for r in rows]
+    return [Moved(r.id, r.model, r.priority, r.batch) for r in rows]

@@ -34,7 +34,7 @@ from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.models import Job, JobStatus
 from llmq.processes import send_signal, stop_process
-from llmq.queues import queue_name
+from llmq.queues import worker_queues
 from llmq.settings import Settings
 
 log = logging.getLogger("llmq.scheduler")
@@ -209,7 +209,8 @@ class LocalBackend:
         worker.draining_since = time.monotonic()
         log.info("draining worker %s", worker.node)
         try:
-            self.celery.control.cancel_consumer(queue_name(worker.model), destination=[worker.node])
+            for queue in worker_queues(worker.model):
+                self.celery.control.cancel_consumer(queue, destination=[worker.node])
         except Exception:  # SIGTERM below drains as well (Celery's warm shutdown)
             log.exception("could not cancel %s's consumer", worker.node)
 

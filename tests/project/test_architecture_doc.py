@@ -108,7 +108,7 @@ def test_the_processes_are_the_long_running_llmq_commands(diagram):
 def test_the_queues_and_task_names_are_those_of_llmq_queues(diagram):
     named = vars(queues)
     real_queues = {v for k, v in named.items() if k.endswith("_QUEUE")}
-    real_queues.add(queues.queue_name("{model}"))
+    real_queues |= {queues.queue_name("{model}"), queues.batch_queue_name("{model}")}
     tasks = {v for k, v in named.items() if k.endswith("_TASK")}
     assert set(diagram.of_class("queue").values()) == real_queues
     labels = " ".join(label for _, label, _ in diagram.edges)

@@ -117,9 +117,9 @@ def test_lost_messages_are_found_and_two_sweepers_publish_each_once(redis_client
     lost = _jobs(20, created_at=stale)
     present = _jobs(1, created_at=stale)
     celery = make_celery(get_settings())
-    from llmq.queues import publish_generate
+    from llmq.queues import Message, publish_generate
 
-    publish_generate(celery, str(present[0]), MODEL, 0)  # its message is in the queue
+    publish_generate(celery, Message(str(present[0]), MODEL, 0))  # its message is in the queue
     fresh = _jobs(1)  # just committed: its API may still be publishing
 
     reports = []
@@ -145,17 +145,52 @@ def test_lost_messages_are_found_and_two_sweepers_publish_each_once(redis_client
         session.execute(sa.delete(Job).where(Job.id.in_(lost + present + fresh)))
 
 
+def test_a_lost_batch_line_is_published_again_on_its_batch_lane(redis_client):
+    from llmq.models import Batch
+    from llmq.queues import batch_queue_name, priority_keys
+
+    _clear_queue(redis_client)
+    stale = datetime.now(UTC) - timedelta(minutes=5)
+    [line] = _jobs(1, created_at=stale)
+    batch_id = f"batch_{uuid.uuid4().hex}"
+    with session_scope() as session:
+        key_id = session.scalar(sa.select(Job.api_key_id).where(Job.id == line))
+        session.add(
+            Batch(
+                id=batch_id,
+                api_key_id=key_id,
+                endpoint="/v1/completions",
+                input_file_id="f",
+                completion_window="24h",
+                status="in_progress",
+                expires_at=stale + timedelta(days=1),
+            )
+        )
+        session.flush()
+        session.execute(sa.update(Job).where(Job.id == line).values(batch_id=batch_id))
+
+    report = _sweeper([MODEL], republish_after_s=30).sweep()
+
+    assert report.republished == [str(line)]
+    lane = priority_keys(batch_queue_name(MODEL), REDIS_PREFIX)
+    assert sum(redis_client.llen(k) for k in lane) == 1
+    _clear_queue(redis_client)
+    with session_scope() as session:
+        session.execute(sa.delete(Job).where(Job.id == line))
+        session.execute(sa.delete(Batch).where(Batch.id == batch_id))
+
+
 def test_a_message_counts_for_the_job_it_carries_not_the_jobs_it_mentions(redis_client):
     """Queued and held messages are recognised by their task id; a message whose body merely
     mentions another job's id is not that job's message."""
     import json
 
-    from llmq.queues import publish_generate, queue_keys
+    from llmq.queues import Message, publish_generate, queue_keys
 
     _clear_queue(redis_client)
     stale = datetime.now(UTC) - timedelta(minutes=5)
     queued, mentioned, held = (str(i) for i in _jobs(3, created_at=stale))
-    publish_generate(make_celery(get_settings()), queued, MODEL, 0)
+    publish_generate(make_celery(get_settings()), Message(queued, MODEL, 0))
     [key] = [k for k in queue_keys(MODEL, REDIS_PREFIX) if redis_client.llen(k)]
     message = json.loads(redis_client.lpop(key))
     message["headers"]["argsrepr"] = f"['{queued}', 'see {mentioned}']"

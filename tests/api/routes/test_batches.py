@@ -9,6 +9,7 @@ import signal
 import uuid
 from decimal import Decimal
 
+import httpx
 import openai
 import pytest
 import redis
@@ -21,11 +22,11 @@ from llmq.db import session_scope
 from llmq.files import file_store
 from llmq.keys import Limits, create_key, webhook_secret
 from llmq.models import Job, LedgerEntry, WebhookDelivery
-from llmq.queues import make_celery
+from llmq.queues import make_celery, waiting_count
 from llmq.settings import get_settings
 from scheduler.sweeper import Sweeper
 from tests.api.routes import test_chat
-from tests.conftest import REDIS_URL, make_key, wait_for
+from tests.conftest import REDIS_PREFIX, REDIS_URL, make_key, wait_for
 from tests.tenancy_helpers import Receiver, WebhookWorker
 
 CHAT = "/v1/chat/completions"
@@ -101,6 +102,34 @@ def test_a_batch_of_good_and_bad_lines_completes_with_both_files(api, echo_worke
     assert [b.id for b in client.batches.list(limit=1)][:1] == [batch.id]
     with pytest.raises(openai.NotFoundError):
         sdk(api, make_key("other")).batches.retrieve(batch.id)
+
+
+def test_a_worker_takes_batch_lines_only_when_no_interactive_job_waits(api, start_worker):
+    """Batch lines wait on their model's batch lane: interactive jobs submitted after them,
+    at the lowest interactive priority, still run first."""
+    key = make_key("lanes")
+    client = sdk(api, key)
+    file_id = upload(client, [request(f"b{i}", model="echo-lanes") for i in range(6)])
+    batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": "echo-lanes", "prompt": "now", "max_tokens": 1, "priority": 0}
+    interactive = [
+        httpx.post(f"{api.url}/v1/jobs", json=body, headers=headers, timeout=10).json()["id"]
+        for _ in range(3)
+    ]
+    assert waiting_count(redis.Redis.from_url(REDIS_URL), "echo-lanes", REDIS_PREFIX) == 9
+
+    start_worker("echo-lanes")
+    until_status(client, batch.id, "completed")
+    with session_scope() as session:
+        started = dict(
+            session.execute(
+                sa.select(Job.id, Job.started_at).where(Job.model == "echo-lanes")
+            ).all()
+        )
+    batch_lines = [t for i, t in started.items() if str(i) not in interactive]
+    assert len(batch_lines) == 6
+    assert max(started[uuid.UUID(i)] for i in interactive) < min(batch_lines)
 
 
 def test_a_broken_file_fails_the_batch_with_line_numbered_errors(api):

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from llmq.db import session_scope
 from llmq.models import LedgerEntry
-from llmq.queues import get_celery, publish_generate, waiting_count
+from llmq.queues import Message, get_celery, publish_generate, waiting_count
 from tests.conftest import REDIS_PREFIX, WorkerProcess, wait_final, wait_for
 
 
@@ -197,9 +197,11 @@ def test_models_show_live_queue(client, auth, tiny_worker, redis_client):
 
 def test_duplicate_delivery_writes_one_result_and_one_ledger_row(client, auth, tiny_worker):
     job = submit(client, auth, prompt="only once", max_tokens=4)
-    publish_generate(get_celery(), job["id"], "tiny", 0)  # the same message, delivered again
+    publish_generate(
+        get_celery(), Message(job["id"], "tiny", 0)
+    )  # the same message, delivered again
     done = wait_final(client, auth, job["id"])
-    publish_generate(get_celery(), job["id"], "tiny", 0)  # and once more after it finished
+    publish_generate(get_celery(), Message(job["id"], "tiny", 0))  # and once more after it finished
     wait_for(lambda: task_ends(tiny_worker, job["id"]) == 3, 20, "all three deliveries to end")
     final = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
     assert final["status"] == "succeeded" and final["attempts"] == 1
