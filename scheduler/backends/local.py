@@ -41,7 +41,7 @@ log = logging.getLogger("llmq.scheduler")
 
 NODE_MARK = "-pool-"
 SETTLE_S = 1.0  # after cancelling the consumer, let held messages reach their claim
-HEALTHY_AFTER_S = 30.0  # a worker alive this long resets its pool's crash backoff
+HEALTHY_AFTER_S = 30.0  # a worker serving this long resets its pool's crash backoff
 MAX_BACKOFF_S = 60.0
 
 
@@ -151,7 +151,7 @@ class LocalBackend:
                     self._crashes[worker.model] = (crashes, time.monotonic() + delay)
                     killed += 1
                 continue
-            if time.monotonic() - worker.started_s > HEALTHY_AFTER_S:
+            if worker.model in self._crashes and self._healthy(worker):
                 self._crashes.pop(worker.model, None)
             if worker.draining_since is not None:
                 killed += self._progress_drain(worker)
@@ -257,6 +257,16 @@ class LocalBackend:
             self.redis.delete(
                 events.worker_key(self.settings.redis_prefix, worker.model, worker.node)
             )
+
+    def _healthy(self, worker: LocalWorker) -> bool:
+        """Alive for a while *and* serving (its heartbeat is up): a worker that takes long
+        to crash while loading, as on a loaded machine, is not a healthy one."""
+        if time.monotonic() - worker.started_s <= HEALTHY_AFTER_S:
+            return False
+        key = events.worker_key(self.settings.redis_prefix, worker.model, worker.node)
+        with contextlib.suppress(redis.RedisError):
+            return bool(self.redis.exists(key))
+        return False
 
     def _adopt(self) -> None:
         """Take over live pool workers on this host that no scheduler here is tracking."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 from pathlib import Path
 
@@ -96,6 +97,33 @@ def test_a_pool_whose_workers_keep_dying_backs_off(environment):
         wait_for(lambda: backend.scale(model, 1) or backend.current(model) == 1, 30, "a retry")
     finally:
         backend.close()
+
+
+def test_only_a_worker_that_serves_ends_its_pools_crash_backoff(redis_client):
+    """A worker still loading after HEALTHY_AFTER_S (a loaded machine) is not proof the pool
+    works again; one whose heartbeat is up is."""
+    from llmq import events
+    from scheduler.backends.local import HEALTHY_AFTER_S, LocalWorker
+
+    model = "pool-broken"
+    backend = local_backend([model], "slow-crash")
+    proc = subprocess.Popen(["sleep", "120"])
+    node = f"{model}-pool-slow@test"
+    started_s = time.monotonic() - HEALTHY_AFTER_S - 1
+    backend.workers.append(LocalWorker(model, node, proc.pid, proc, None, started_s))
+    backend._crashes[model] = (2, time.monotonic() + 60)
+    heartbeat = events.worker_key(get_settings().redis_prefix, model, node)
+    try:
+        backend.tick()
+        assert backend._crashes[model][0] == 2  # alive, but never served
+        redis_client.set(heartbeat, "{}", ex=30)
+        backend.tick()
+        assert model not in backend._crashes
+    finally:
+        redis_client.delete(heartbeat)
+        proc.kill()
+        proc.wait()
+        backend.workers.clear()
 
 
 def _visible_gpus(pid: int) -> str | None:
