@@ -133,6 +133,12 @@ def live_worker_records(client: redis.Redis, prefix: str) -> list[dict]:
     return records
 
 
+def at_risk_key(prefix: str, batch_id: str) -> str:
+    """Redis key the scheduler leader keeps while a batch cannot meet its deadline even at
+    its pool's `max_replicas`; it expires unless the leader renews it."""
+    return f"{prefix}scheduler:at_risk:{batch_id}"
+
+
 def pools_key(prefix: str) -> str:
     """Redis hash the scheduler leader writes: model -> its pool's last observed state."""
     return f"{prefix}scheduler:pools"

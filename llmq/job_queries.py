@@ -164,3 +164,57 @@ def activity_by_model(session: Session, models: list[str] | None = None) -> dict
         )
         for r in rows
     }
+
+
+def due_work(
+    session: Session, models: list[str] | None = None
+) -> dict[str, list[tuple[str | None, float, int]]]:
+    """Each model's unfinished work by deadline: (batch id, seconds left, estimated tokens),
+    one entry per batch and per minute of `expires_at` for other jobs. Tokens are estimated as
+    the job's `max_tokens` plus a quarter of its prompt's characters."""
+    prompt_chars = sa.func.coalesce(
+        sa.func.length(Job.prompt), sa.func.length(sa.cast(Job.messages, sa.Text)), 0
+    )
+    tokens = sa.func.coalesce(Job.params["max_tokens"].as_integer(), 0) + prompt_chars / 4
+    due = sa.func.coalesce(Job.batch_id, "") + sa.cast(
+        sa.func.date_trunc("minute", Job.expires_at), sa.Text
+    )
+    rows = session.execute(
+        sa.select(
+            Job.model,
+            sa.func.min(Job.batch_id).label("batch_id"),
+            sa.func.extract("epoch", sa.func.min(Job.expires_at) - sa.func.now()).label("left_s"),
+            sa.func.sum(tokens).label("tokens"),
+        )
+        .where(Job.status.in_(ACTIVE_STATUSES), Job.expires_at.is_not(None), of_models(models))
+        .group_by(Job.model, due)
+    ).all()
+    out: dict[str, list[tuple[str | None, float, int]]] = {}
+    for r in rows:
+        out.setdefault(r.model, []).append((r.batch_id, float(r.left_s), int(r.tokens)))
+    return out
+
+
+def tokens_per_s_per_replica(
+    session: Session, models: list[str] | None, window: timedelta
+) -> dict[str, float]:
+    """What one worker of each model has done lately: tokens of its jobs finished within
+    `window`, over the engine time they took (a batch's time shared by its jobs)."""
+    engine_s = sa.func.sum(
+        sa.cast(Job.inference_ms, sa.Float) / sa.func.greatest(Job.batch_size, 1) / 1000
+    )
+    rows = session.execute(
+        sa.select(
+            LedgerEntry.model,
+            sa.func.sum(LedgerEntry.prompt_tokens + LedgerEntry.completion_tokens).label("tokens"),
+            engine_s.label("engine_s"),
+        )
+        .join(Job, Job.id == LedgerEntry.job_id)
+        .where(
+            LedgerEntry.created_at > sa.func.now() - window,
+            Job.inference_ms.is_not(None),
+            sa.true() if models is None else LedgerEntry.model.in_(models),
+        )
+        .group_by(LedgerEntry.model)
+    ).all()
+    return {r.model: float(r.tokens) / r.engine_s for r in rows if r.engine_s}

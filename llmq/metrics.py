@@ -219,4 +219,12 @@ DESIRED_REPLICAS = Gauge("llmq_pool_desired_replicas", "Replicas the scheduler w
 ACTUAL_REPLICAS = Gauge("llmq_pool_actual_replicas", "Replicas the backend runs", ["model"])
 POOL_WAITING = Gauge("llmq_pool_waiting", "Messages waiting in the model's queue", ["model"])
 POOL_IN_FLIGHT = Gauge("llmq_pool_in_flight", "Jobs running on the model's pool", ["model"])
+POOL_DEADLINE_REPLICAS = Gauge(
+    "llmq_pool_deadline_replicas", "Replicas the model's deadlines need", ["model"]
+)
+BATCHES_AT_RISK = Gauge(
+    "llmq_batches_at_risk",
+    "Batches that cannot meet their deadline even at the pool's max_replicas",
+    ["model"],
+)
 IS_LEADER = Gauge("llmq_scheduler_is_leader", "1 while this scheduler holds the leader lock")

@@ -184,6 +184,12 @@ class Settings(BaseSettings):
     max_scale_step: int = Field(
         4, ge=1, description="Most replicas one pool may gain or lose in one decision."
     )
+    throughput_window_s: float = Field(
+        900.0,
+        gt=0,
+        description="Jobs finished within this window measure a pool's tokens/s per replica, "
+        "which sizes pools for their deadlines (none until a job has finished).",
+    )
     gpu_count: int | None = Field(
         None,
         description="GPUs the local backend may hand out (one per GPU worker); unset: "

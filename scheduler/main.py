@@ -1,9 +1,11 @@
-"""The scheduler loop: observe every pool, decide, act through the backend, sweep.
+"""The scheduler loop: observe every pool and its deadlines, decide, act through the backend,
+sweep.
 
 Every scheduler process runs this loop, but only the holder of the leader lock acts; the
 others wait to take over. Each step the leader writes what it saw and decided to a Redis hash
 (read by `GET /v1/models` and `llmq status`) and every change of a pool's size to
-`scaling_events`.
+`scaling_events`. A batch whose deadline its pool cannot meet even at `max_replicas` gets an
+expiring Redis key (`events.at_risk_key`) the batch object reports.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ import os
 import socket
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import redis
 from celery import Celery
 
-from llmq import events, metrics
+from llmq import events, job_queries, metrics
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.models import ScalingEvent
@@ -27,7 +29,17 @@ from llmq.pools import PoolObservation, observe_pools
 from llmq.settings import Settings
 from scheduler.backends import Backend
 from scheduler.leader import LeaderLock, lock_key
-from scheduler.policy import Decision, Knobs, Memory, Pool, decide, share_gpus
+from scheduler.policy import (
+    DeadlineWork,
+    Decision,
+    Knobs,
+    Memory,
+    Pool,
+    at_risk,
+    deadline_replicas,
+    decide,
+    share_gpus,
+)
 from scheduler.sweeper import Sweeper
 
 log = logging.getLogger("llmq.scheduler")
@@ -68,13 +80,20 @@ class Scheduler:
     def step(self) -> list[Decision]:
         """One round as leader: tidy the backend, observe, decide, act, record, sweep."""
         killed = self.backend.tick()
+        window = timedelta(seconds=self.settings.throughput_window_s)
         with session_scope() as session:
             seen = observe_pools(session, self.redis, self.settings.redis_prefix, self.models)
+            due = job_queries.due_work(session, self.models)
+            rates = job_queries.tokens_per_s_per_replica(session, self.models, window)
+        work = {m: [DeadlineWork(left, tokens, b) for b, left, tokens in due.get(m, [])]
+                for m in self.models}  # fmt: skip
         now = time.monotonic()
         pools = []
         for model in self.models:
             try:
-                pools.append(self._pool(seen[model]))
+                pools.append(
+                    self._pool(seen[model], deadline_replicas(work[model], rates.get(model)))
+                )
             except Exception:  # one broken pool (say, a missing Deployment) skips a round
                 log.exception("cannot read the pool of %s", model)
         decisions = [decide(p, self.memory.get(p.model, Memory()), now, self.knobs) for p in pools]
@@ -92,12 +111,13 @@ class Scheduler:
             if self.backend.current(pool.model) != decision.current:
                 self._record(pool, decision)  # a backend that held back records nothing
         self._publish(seen, decisions)
+        self._mark_at_risk(pools, work, rates)
         if killed or now - self._last_sweep >= self.settings.sweeper_interval_s:
             self._last_sweep = now
             self.sweeper.sweep()
         return decisions
 
-    def _pool(self, seen: PoolObservation) -> Pool:
+    def _pool(self, seen: PoolObservation, for_deadlines: int) -> Pool:
         spec = self.catalog.get(seen.model)
         return Pool(
             model=seen.model,
@@ -108,7 +128,25 @@ class Scheduler:
             max_replicas=spec.max_replicas,
             target_backlog_per_replica=spec.target_backlog_per_replica,
             uses_gpu=self.uses_gpu(seen.model),
+            deadline_replicas=for_deadlines,
         )
+
+    def _mark_at_risk(
+        self, pools: list[Pool], work: dict[str, list[DeadlineWork]], rates: dict[str, float]
+    ) -> None:
+        """Renew the at-risk key of each batch its pool cannot finish in time, and the gauges."""
+        ttl_s = max(30, int(self.settings.scheduler_interval_s * 5))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for pool in pools:
+                batches = at_risk(work[pool.model], rates.get(pool.model), pool.max_replicas)
+                for batch_id in batches:
+                    record = {"model": pool.model, "replicas_needed": pool.deadline_replicas,
+                              "max_replicas": pool.max_replicas}  # fmt: skip
+                    key = events.at_risk_key(self.settings.redis_prefix, batch_id)
+                    pipe.set(key, json.dumps(record), ex=ttl_s)
+                metrics.BATCHES_AT_RISK.labels(pool.model).set(len(batches))
+                metrics.POOL_DEADLINE_REPLICAS.labels(pool.model).set(pool.deadline_replicas)
+            pipe.execute()
 
     def _record(self, pool: Pool, decision: Decision) -> None:
         log.info(

@@ -1,7 +1,8 @@
 """How many replicas each pool should have: pure functions, table-tested.
 
 The rule is Kubernetes HPA's on the queue (KEDA's Redis-list scaler does the same):
-desired = clamp(ceil((waiting + in_flight) / target_backlog_per_replica), min, max).
+desired = clamp(ceil((waiting + in_flight) / target_backlog_per_replica), min, max), raised to
+what the pool's deadlines need (`deadline_replicas`) when that is more.
 Growth is immediate; shrinking waits for a stabilization window (the pool shrinks only to the
 largest size recommended over the window), and the last replica goes only after an idle
 period. Every step changes a pool by at most `max_step` replicas, and GPU pools share the
@@ -26,6 +27,7 @@ class Pool:
     max_replicas: int
     target_backlog_per_replica: int
     uses_gpu: bool = False
+    deadline_replicas: int = 0  # what finishing every deadline in time takes (unclamped)
 
     @property
     def backlog(self) -> int:
@@ -61,9 +63,58 @@ class Decision:
 
 
 def recommended(pool: Pool) -> int:
-    """clamp(ceil(backlog / target), min, max): the size the backlog asks for right now."""
-    raw = math.ceil(pool.backlog / pool.target_backlog_per_replica)
+    """clamp(max(ceil(backlog / target), deadline replicas), min, max): the size the backlog
+    and its deadlines ask for right now."""
+    raw = max(math.ceil(pool.backlog / pool.target_backlog_per_replica), pool.deadline_replicas)
     return max(pool.min_replicas, min(pool.max_replicas, raw))
+
+
+def _for_deadlines(pool: Pool) -> bool:
+    """The deadlines, not the queue, set this size."""
+    return pool.deadline_replicas > math.ceil(pool.backlog / pool.target_backlog_per_replica)
+
+
+@dataclass(frozen=True)
+class DeadlineWork:
+    """Unfinished work that must end by a deadline: a batch's lines, or jobs' `expires_at`."""
+
+    seconds_left: float
+    tokens: int  # estimated: prompt estimate + max_tokens of each job
+    batch_id: str | None = None
+
+
+def replicas_by_deadline(work: list[DeadlineWork], tokens_per_s_per_replica: float) -> list[int]:
+    """For each item of `work`, the replicas that finish it and everything due before it in
+    time, earliest deadline first (EDF: a set of deadlines can be met iff, for every deadline,
+    the work due by then fits in the time left). A deadline already past needs what its work
+    would take in one second: more than any pool has, so it reads as at risk."""
+    order = sorted(range(len(work)), key=lambda i: work[i].seconds_left)
+    needed = [0] * len(work)
+    due_tokens = 0
+    for i in order:
+        due_tokens += work[i].tokens
+        seconds = max(work[i].seconds_left, 1.0)
+        needed[i] = math.ceil(due_tokens / (tokens_per_s_per_replica * seconds))
+    return needed
+
+
+def deadline_replicas(work: list[DeadlineWork], tokens_per_s_per_replica: float | None) -> int:
+    """The replicas every deadline needs (0 until a throughput is measured)."""
+    if not work or not tokens_per_s_per_replica:
+        return 0
+    return max(replicas_by_deadline(work, tokens_per_s_per_replica))
+
+
+def at_risk(
+    work: list[DeadlineWork], tokens_per_s_per_replica: float | None, max_replicas: int
+) -> list[str]:
+    """Batches whose deadline cannot be met even at `max_replicas`."""
+    if not work or not tokens_per_s_per_replica:
+        return []
+    needed = replicas_by_deadline(work, tokens_per_s_per_replica)
+    return sorted(
+        {w.batch_id for w, n in zip(work, needed, strict=True) if w.batch_id and n > max_replicas}
+    )
 
 
 def decide(pool: Pool, memory: Memory, now_s: float, knobs: Knobs) -> Decision:
@@ -84,6 +135,8 @@ def decide(pool: Pool, memory: Memory, now_s: float, knobs: Knobs) -> Decision:
 
     if raw > pool.current:
         reason = "scale_up_from_zero" if pool.current == 0 else "scale_up"
+        if _for_deadlines(pool):
+            reason = "deadline"
         if pool.current < pool.min_replicas and pool.backlog == 0:
             reason = "min_replicas"
         return result(min(raw, pool.current + knobs.max_step), reason)

@@ -100,6 +100,14 @@ engine = "echo"
 max_batch_size = 1
 max_batch_wait_ms = 0
 
+[models.deadline-pool]  # its queue alone never asks for a second replica
+engine = "echo"
+max_batch_size = 2
+max_batch_wait_ms = 20
+echo_delay_ms = 500
+max_replicas = 2
+target_backlog_per_replica = 1000
+
 [models.echo-priced]
 engine = "echo"
 max_batch_size = 16

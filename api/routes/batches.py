@@ -12,16 +12,18 @@ calling key's batches.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated, Any, Literal
 
+import redis
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from api import deps
 from api.openapi import openai_responses
 from api.submission import publish, reserve
-from llmq import metrics, outbox
+from llmq import events, metrics, outbox
 from llmq.announce import Committed
 from llmq.batches import records
 from llmq.batches.finalize import finalize_batch
@@ -77,14 +79,29 @@ class BatchList(BaseModel):
     has_more: bool
 
 
-def _render(session, batch) -> dict[str, Any]:
+def _render(session, batch, at_risk: dict | None = None) -> dict[str, Any]:
+    """OpenAI's batch object, plus llmq's `llmq_deadline_at_risk`: the scheduler found that
+    the batch's pool cannot finish it by `expires_at` even at its `max_replicas`."""
     counts = records.progress(session, batch) if batch.status != "failed" else None
-    return records.batch_object(batch, counts)
+    return records.batch_object(batch, counts) | {"llmq_deadline_at_risk": at_risk}
 
 
-def _read(batch_id: str, caller: Caller) -> BatchObject:
+def _at_risk(request: Request, batch_ids: list[str]) -> list[dict | None]:
+    """What the scheduler's leader last said of each batch's deadline (None: not at risk)."""
+    prefix = request.app.state.settings.redis_prefix
+    keys = [events.at_risk_key(prefix, batch_id) for batch_id in batch_ids]
+    try:
+        raw = request.app.state.sync_redis.mget(keys) if keys else []
+    except redis.RedisError:  # the batch itself is in Postgres; this is a hint
+        return [None] * len(batch_ids)
+    return [json.loads(r) if r else None for r in raw]
+
+
+def _read(batch_id: str, caller: Caller, request: Request) -> BatchObject:
+    [at_risk] = _at_risk(request, [batch_id])
     with session_scope() as session:
-        return BatchObject(**_render(session, records.get_batch(session, batch_id, caller.key_id)))
+        batch = records.get_batch(session, batch_id, caller.key_id)
+        return BatchObject(**_render(session, batch, at_risk))
 
 
 def _jobs(
@@ -146,11 +163,12 @@ def create_batch(
             metrics.JOBS_SUBMITTED.labels(new.model).inc()
     elif not checked.broken:
         finalize_batch(store, batch_id, announcer)  # every line was refused: nothing ends it
-    return _read(batch_id, caller)
+    return _read(batch_id, caller, request)
 
 
 @router.get("")
 def list_batches(
+    request: Request,
     after: str | None = Query(None, max_length=200, pattern=NO_NUL),
     limit: int = Query(20, ge=1, le=100),
     caller: Caller = Depends(deps.caller),
@@ -158,7 +176,8 @@ def list_batches(
     """The key's batches, newest first; page on with `after`."""
     with session_scope() as session:
         rows, has_more = records.list_batches(session, caller.key_id, after, limit)
-        data = [_render(session, row) for row in rows]
+        risks = _at_risk(request, [row.id for row in rows])
+        data = [_render(session, row, risk) for row, risk in zip(rows, risks, strict=True)]
     return BatchList(
         data=data,
         first_id=data[0]["id"] if data else None,
@@ -168,8 +187,10 @@ def list_batches(
 
 
 @router.get("/{batch_id}", responses=openai_responses(404))
-def get_batch(batch_id: BatchId, caller: Caller = Depends(deps.caller)) -> BatchObject:
-    return _read(batch_id, caller)
+def get_batch(
+    batch_id: BatchId, request: Request, caller: Caller = Depends(deps.caller)
+) -> BatchObject:
+    return _read(batch_id, caller, request)
 
 
 @router.post("/{batch_id}/cancel", responses=openai_responses(404, 409))
@@ -192,4 +213,4 @@ def cancel_batch(
         finalize_batch(store, batch_id, announcer)
     except Exception:  # the sweeper's pass finalizes it
         log.warning("could not finalize batch %s yet", batch_id, exc_info=True)
-    return _read(batch_id, caller)
+    return _read(batch_id, caller, request)

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.policy import Decision, Knobs, Memory, Pool, decide, recommended, share_gpus
+from scheduler.policy import (
+    DeadlineWork,
+    Decision,
+    Knobs,
+    Memory,
+    Pool,
+    at_risk,
+    deadline_replicas,
+    decide,
+    recommended,
+    replicas_by_deadline,
+    share_gpus,
+)
 
 KNOBS = Knobs(scale_down_stabilization_s=60, scale_to_zero_idle_s=120, max_step=4)
 
@@ -112,3 +124,48 @@ def test_share_gpus(spec, budget, expected):
     for before, after in zip(decisions, out, strict=True):
         if after.desired < before.desired:
             assert after.reason == "gpu_budget"
+
+
+def work(seconds_left: float, tokens: int, batch_id: str | None = None) -> DeadlineWork:
+    return DeadlineWork(seconds_left, tokens, batch_id)
+
+
+# (work, tokens/s per replica, replicas each item needs, earliest deadline first)
+DEADLINE_CASES = [
+    ([], 100.0, []),
+    ([work(100, 10_000)], 100.0, [1]),  # 100 s of one replica's work, 100 s left
+    ([work(100, 10_001)], 100.0, [2]),  # a token more: two
+    ([work(50, 20_000)], 100.0, [4]),  # 200 replica-seconds in 50 s
+    # the later deadline carries the earlier one's work too (EDF)
+    ([work(100, 10_000), work(200, 10_000)], 100.0, [1, 1]),
+    ([work(200, 10_000), work(100, 10_000)], 100.0, [1, 1]),
+    ([work(100, 10_000), work(150, 10_000)], 100.0, [1, 2]),
+    # a deadline already past asks for its work in one second
+    ([work(-5, 300)], 100.0, [3]),
+]
+
+
+@pytest.mark.parametrize(("items", "rate", "needed"), DEADLINE_CASES)
+def test_replicas_by_deadline_fit_every_deadline_earliest_first(items, rate, needed):
+    assert replicas_by_deadline(items, rate) == needed
+    assert deadline_replicas(items, rate) == max(needed, default=0)
+
+
+def test_no_throughput_measured_yet_asks_for_nothing_and_risks_nothing():
+    assert deadline_replicas([work(10, 10**9, "b")], None) == 0
+    assert at_risk([work(10, 10**9, "b")], None, 1) == []
+
+
+def test_a_batch_is_at_risk_when_even_max_replicas_miss_its_deadline():
+    items = [work(100, 10_000, "soon"), work(1000, 50_000, "later"), work(50, 1_000_000)]
+    assert at_risk(items, 100.0, max_replicas=2) == ["later", "soon"]  # the unnamed work first
+    assert at_risk(items, 100.0, max_replicas=200) == []
+
+
+def test_deadlines_raise_the_queue_size_and_say_so():
+    slow = Pool("m", 2, 0, 1, 0, 8, 64, deadline_replicas=3)  # the queue asks for one
+    assert recommended(slow) == 3
+    decision = decide(slow, Memory(), 0, KNOBS)
+    assert (decision.desired, decision.reason) == (3, "deadline")
+    capped = Pool("m", 2, 0, 1, 0, 2, 64, deadline_replicas=30)
+    assert recommended(capped) == 2
