@@ -39,13 +39,20 @@ class Capabilities:
     """What a model honours for every job, whichever engine a worker picks for it."""
 
     per_job_seed: bool  # a sampled job's `seed` makes its sampling reproducible
+    no_seed_reason: str = ""  # why not, for the client, when it does not
 
 
 ENGINE_CAPABILITIES: dict[RunEngine, Capabilities] = {
     "hf": Capabilities(per_job_seed=True),
-    "hf-continuous": Capabilities(per_job_seed=False),  # one sampler for the running batch
+    "hf-continuous": Capabilities(
+        per_job_seed=False,  # one sampler for the running batch
+        no_seed_reason="it may run continuous batching, which cannot seed one job's sampling",
+    ),
     "echo": Capabilities(per_job_seed=True),  # deterministic: the seed changes nothing
-    "openai": Capabilities(per_job_seed=False),  # the seed is sent; whether it binds is upstream's
+    "openai": Capabilities(
+        per_job_seed=False,  # the seed is sent on; whether it binds is the remote server's
+        no_seed_reason="a remote server answers it, and llmq cannot hold that server to a seed",
+    ),
 }
 
 
@@ -60,7 +67,8 @@ def resolve_engine(engine: Engine, device: str, cuda_available: bool) -> RunEngi
 def common_capabilities(engines: Iterable[RunEngine]) -> Capabilities:
     """What all of these engines honour: a model gets only what every engine it may run has."""
     caps = [ENGINE_CAPABILITIES[engine] for engine in engines]
-    return Capabilities(per_job_seed=all(c.per_job_seed for c in caps))
+    reasons = [c.no_seed_reason for c in caps if not c.per_job_seed]
+    return Capabilities(per_job_seed=not reasons, no_seed_reason=reasons[0] if reasons else "")
 
 
 class Source(BaseModel):

@@ -23,10 +23,13 @@ import pytest
 import sqlalchemy as sa
 
 from cli.devstack import free_port
+from llmq.catalog import ModelSpec
 from llmq.db import session_scope
+from llmq.errors import CatalogError
 from llmq.models import LedgerEntry
 from tests.conftest import CATALOG, ROOT, WorkerProcess, make_key, wait_final, wait_for
 from tests.tenancy_helpers import Process
+from workers.engines.remote import RemoteEngine
 
 UPSTREAM_KEY_ENV = "LLMQ_TEST_UPSTREAM_KEY"
 FLAKY_USAGE = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
@@ -341,3 +344,15 @@ def test_cancelling_a_job_closes_its_upstream_stream(stack):
     job = wait_final(stack["http"], _auth(stack), job_id)
     assert job["status"] == "cancelled"
     assert Script.tries[run] == 1  # a cancelled job is not tried again
+
+
+def test_a_worker_without_its_key_refuses_to_start(monkeypatch):
+    monkeypatch.delenv("LLMQ_TEST_NO_SUCH_KEY", raising=False)
+    spec = ModelSpec(
+        name="r",
+        engine="openai",
+        base_url="http://127.0.0.1:1/v1",
+        api_key_env="LLMQ_TEST_NO_SUCH_KEY",
+    )
+    with pytest.raises(CatalogError, match="LLMQ_TEST_NO_SUCH_KEY"):
+        RemoteEngine(spec)
