@@ -154,7 +154,11 @@ class ModelSpec(BaseModel):
         None, description="`openai` engine: the model name sent upstream (default: this name)."
     )
     max_concurrency: int | None = Field(
-        None, ge=1, le=1024, description="`openai` engine: upstream requests in flight per worker."
+        None,
+        ge=1,
+        le=1024,
+        description="`openai` engine: upstream requests in flight per worker "
+        "(default max_batch_size, which also bounds it: a worker runs one batch at a time).",
     )
     request_timeout_s: float | None = Field(
         None, gt=0, description="`openai` engine: one upstream request's time limit."
@@ -207,7 +211,7 @@ class ModelSpec(BaseModel):
             base_url=str(self.base_url),
             api_key_env=self.api_key_env,
             upstream_model=self.upstream_model or self.name,
-            max_concurrency=self.max_concurrency or 8,
+            max_concurrency=self.max_concurrency or self.max_batch_size,
             request_timeout_s=self.request_timeout_s or 60.0,
             max_attempts=self.max_attempts or 3,
         )
