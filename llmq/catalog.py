@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,8 +16,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from llmq.errors import CatalogError
 
-Engine = Literal["hf", "hf-continuous", "echo", "auto"]
-RunEngine = Literal["hf", "hf-continuous", "echo"]  # what a worker runs, `auto` resolved
+Engine = Literal["hf", "hf-continuous", "echo", "openai", "auto"]
+RunEngine = Literal["hf", "hf-continuous", "echo", "openai"]  # what a worker runs, `auto` resolved
+# Engines that load no weights: they need no `source` and no device.
+WEIGHTLESS_ENGINES = frozenset({"echo", "openai"})
+# Fields only an `openai` model (a remote OpenAI-compatible server) may set.
+REMOTE_FIELDS = (
+    "base_url",
+    "api_key_env",
+    "upstream_model",
+    "max_concurrency",
+    "request_timeout_s",
+    "max_attempts",
+)
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 Quantization = Literal["none", "8bit", "4bit"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -26,12 +39,20 @@ class Capabilities:
     """What a model honours for every job, whichever engine a worker picks for it."""
 
     per_job_seed: bool  # a sampled job's `seed` makes its sampling reproducible
+    no_seed_reason: str = ""  # why not, for the client, when it does not
 
 
 ENGINE_CAPABILITIES: dict[RunEngine, Capabilities] = {
     "hf": Capabilities(per_job_seed=True),
-    "hf-continuous": Capabilities(per_job_seed=False),  # one sampler for the running batch
+    "hf-continuous": Capabilities(
+        per_job_seed=False,  # one sampler for the running batch
+        no_seed_reason="it may run continuous batching, which cannot seed one job's sampling",
+    ),
     "echo": Capabilities(per_job_seed=True),  # deterministic: the seed changes nothing
+    "openai": Capabilities(
+        per_job_seed=False,  # the seed is sent on; whether it binds is the remote server's
+        no_seed_reason="a remote server answers it, and llmq cannot hold that server to a seed",
+    ),
 }
 
 
@@ -46,7 +67,8 @@ def resolve_engine(engine: Engine, device: str, cuda_available: bool) -> RunEngi
 def common_capabilities(engines: Iterable[RunEngine]) -> Capabilities:
     """What all of these engines honour: a model gets only what every engine it may run has."""
     caps = [ENGINE_CAPABILITIES[engine] for engine in engines]
-    return Capabilities(per_job_seed=all(c.per_job_seed for c in caps))
+    reasons = [c.no_seed_reason for c in caps if not c.per_job_seed]
+    return Capabilities(per_job_seed=not reasons, no_seed_reason=reasons[0] if reasons else "")
 
 
 class Source(BaseModel):
@@ -76,6 +98,18 @@ class ResolvedSource:
     @property
     def cache_key(self) -> str:
         return f"{self.directory.resolve()}::{self.gguf_file or ''}"
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    """Where an `openai` model's jobs go, and how hard a worker tries."""
+
+    base_url: str
+    api_key_env: str | None
+    upstream_model: str
+    max_concurrency: int
+    request_timeout_s: float
+    max_attempts: int
 
 
 class ModelSpec(BaseModel):
@@ -110,6 +144,28 @@ class ModelSpec(BaseModel):
     max_replicas: int = Field(1, ge=0)
     target_backlog_per_replica: int = Field(32, ge=1)
     echo_delay_ms: int = Field(0, ge=0, description="`echo` engine: fixed delay per batch.")
+    base_url: str | None = Field(
+        None, description="`openai` engine: the server's OpenAI base URL, e.g. http://host/v1."
+    )
+    api_key_env: str | None = Field(
+        None, description="`openai` engine: the NAME of the environment variable with the key."
+    )
+    upstream_model: str | None = Field(
+        None, description="`openai` engine: the model name sent upstream (default: this name)."
+    )
+    max_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="`openai` engine: upstream requests in flight per worker "
+        "(default max_batch_size, which also bounds it: a worker runs one batch at a time).",
+    )
+    request_timeout_s: float | None = Field(
+        None, gt=0, description="`openai` engine: one upstream request's time limit."
+    )
+    max_attempts: int | None = Field(
+        None, ge=1, le=10, description="`openai` engine: tries per job on 429, 5xx and timeouts."
+    )
     base_dir: Path = Path(".")
 
     @field_validator("device")
@@ -121,13 +177,44 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
-        if self.engine != "echo" and self.source is None:
+        if self.engine not in WEIGHTLESS_ENGINES and self.source is None:
             raise ValueError(f"engine {self.engine!r} needs a `source`")
+        self._check_remote()
         if self.default_max_tokens > self.max_new_tokens:
             raise ValueError("default_max_tokens exceeds max_new_tokens")
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas exceeds max_replicas")
         return self
+
+    def _check_remote(self) -> None:
+        remote = [name for name in REMOTE_FIELDS if getattr(self, name) is not None]
+        if self.engine != "openai":
+            if remote:
+                raise ValueError(f"{', '.join(remote)}: only for engine 'openai'")
+            return
+        if not self.base_url or not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("engine 'openai' needs `base_url` (http:// or https://)")
+        if self.source is not None:
+            raise ValueError("engine 'openai' serves a remote model and takes no `source`")
+        if self.api_key_env is not None and not ENV_NAME.match(self.api_key_env):
+            raise ValueError("`api_key_env` names an environment variable, e.g. VLLM_API_KEY")
+
+    @property
+    def loads_weights(self) -> bool:
+        """Whether a worker of this model loads weights onto a device (else: echo or remote)."""
+        return self.engine not in WEIGHTLESS_ENGINES
+
+    @property
+    def remote(self) -> RemoteSpec:
+        """The `openai` engine's settings, defaults filled in."""
+        return RemoteSpec(
+            base_url=str(self.base_url),
+            api_key_env=self.api_key_env,
+            upstream_model=self.upstream_model or self.name,
+            max_concurrency=self.max_concurrency or self.max_batch_size,
+            request_timeout_s=self.request_timeout_s or 60.0,
+            max_attempts=self.max_attempts or 3,
+        )
 
     def runnable_engines(self) -> tuple[RunEngine, ...]:
         """Every engine a worker may pick for this model, on machines with and without CUDA."""

@@ -45,10 +45,11 @@ def check_job(
     max_tokens = new.params.max_tokens or spec.default_max_tokens
     if max_tokens > spec.max_new_tokens:
         raise InvalidField(max_tokens_field, f"{new.model} allows at most {spec.max_new_tokens}")
-    if new.params.seed is not None and not new.params.greedy and not spec.capabilities.per_job_seed:
+    caps = spec.capabilities
+    if new.params.seed is not None and not new.params.greedy and not caps.per_job_seed:
         raise InvalidField(
             "seed",
-            f"{new.model} may run continuous batching, which cannot seed one job's sampling; "
+            f"{new.model} cannot honour a seed: {caps.no_seed_reason}; "
             "leave out `seed` or use temperature 0",
         )
     new.params = new.params.model_copy(update={"max_tokens": max_tokens})

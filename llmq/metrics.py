@@ -74,6 +74,12 @@ TIME_TO_FIRST_TOKEN = Histogram(
     buckets=SECONDS_BUCKETS,
 )
 ENGINE_ERRORS = Counter("llmq_engine_errors_total", "Engine failures on a batch", ["model"])
+UPSTREAM_REQUESTS = Counter(
+    "llmq_upstream_requests_total",
+    "Requests a remote (`openai`) worker sent upstream, by result: ok, upstream_timeout, "
+    "upstream_rate_limited, upstream_error, upstream_rejected",
+    ["model", "status"],
+)
 DEVICE_MEMORY = "llmq_device_memory_used_bytes"
 DEVICE_MEMORY_TOTAL = "llmq_device_memory_total_bytes"
 GPU_UTILIZATION = "llmq_gpu_utilization_ratio"

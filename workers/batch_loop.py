@@ -114,10 +114,17 @@ class BatchLoop:
             metrics.QUEUE_WAIT.labels(self.spec.name).observe((job.queue_ms or 0) / 1000)
         deadline = time.monotonic() + self.runner.settings.max_generation_s
         outcomes: list[jobs.Outcome] = []
-        for group in group_by_key(claimed, lambda job: sampling_key(job.params)):
+        for group in group_by_key(claimed, self._group_key):
             metrics.BATCH_SIZE.labels(self.spec.name).observe(len(group))
             outcomes.extend(self._generate(group, deadline, claimed_at))
         return self.writer.write(claimed, outcomes)
+
+    def _group_key(self, job: Job) -> object:
+        """Jobs that may share one `generate` call: an engine that sends each job on its own
+        (a remote one) takes the whole batch at once."""
+        if not getattr(self.engine, "groups_by_sampling", True):
+            return None
+        return sampling_key(job.params)
 
     def _generate(self, group: list[Job], deadline: float, claimed_at: float) -> list[jobs.Outcome]:
         requests = [GenerationRequest.for_job(job, self.spec.default_max_tokens) for job in group]

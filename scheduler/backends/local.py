@@ -110,7 +110,7 @@ class LocalBackend:
         spec = self.catalog.get(model)
         if spec.device.startswith("cuda"):
             return True
-        return spec.device == "auto" and spec.engine != "echo" and self.gpu_count > 0
+        return spec.device == "auto" and spec.loads_weights and self.gpu_count > 0
 
     # -- the Backend interface --------------------------------------------------------------
 

@@ -11,6 +11,12 @@ from llmq.errors import InvalidField
 from llmq.settings import get_settings
 
 SOURCE = {"path": "."}
+REMOTE = {"base_url": "http://upstream:8000/v1"}
+
+
+def _spec(engine: str, device: str) -> ModelSpec:
+    where = REMOTE if engine == "openai" else {"source": SOURCE}
+    return ModelSpec(name="m", engine=engine, device=device, **where)
 
 
 @pytest.mark.parametrize(
@@ -19,6 +25,7 @@ SOURCE = {"path": "."}
         ("hf", "auto", True, "hf"),
         ("hf-continuous", "cpu", False, "hf-continuous"),
         ("echo", "cuda", True, "echo"),
+        ("openai", "auto", True, "openai"),
         ("auto", "auto", True, "hf-continuous"),
         ("auto", "auto", False, "hf"),
         ("auto", "cuda:1", True, "hf-continuous"),
@@ -38,12 +45,13 @@ def test_the_engine_a_worker_runs(engine, device, cuda, runs):
         ("auto", "auto", ("hf", "hf-continuous"), False),  # a CUDA worker would drop the seed
         ("auto", "cuda", ("hf", "hf-continuous"), False),
         ("auto", "cpu", ("hf",), True),
+        ("openai", "auto", ("openai",), False),  # a remote server may ignore the seed
     ],
 )
 def test_a_model_promises_only_what_every_engine_it_may_run_keeps(
     engine, device, engines, per_job_seed
 ):
-    spec = ModelSpec(name="m", engine=engine, device=device, source=SOURCE)
+    spec = _spec(engine, device)
     assert spec.runnable_engines() == engines
     assert spec.capabilities.per_job_seed is per_job_seed
 
@@ -56,13 +64,16 @@ def test_a_model_promises_only_what_every_engine_it_may_run_keeps(
         ("auto", "auto", {"seed": 7, "temperature": 0}, False),  # greedy: the seed is moot
         ("auto", "cpu", {"seed": 7, "temperature": 0.8}, False),
         ("hf", "auto", {"seed": 7, "temperature": 0.8}, False),
+        ("openai", "auto", {"seed": 7, "temperature": 0.8}, "remote server"),
+        ("openai", "auto", {"seed": 7, "temperature": 0}, False),
     ],
 )
 def test_the_api_refuses_a_seed_the_worker_could_drop(engine, device, body, refused):
-    spec = ModelSpec(name="m", engine=engine, device=device, source=SOURCE)
+    spec = _spec(engine, device)
     submit = JobCreate(model="m", prompt="hi", **body)
     if refused:
-        with pytest.raises(InvalidField, match="seed"):
+        reason = refused if isinstance(refused, str) else "continuous batching"
+        with pytest.raises(InvalidField, match=reason):
             validate_submit(submit, Catalog({"m": spec}), get_settings())
     else:
         assert (

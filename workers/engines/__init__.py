@@ -16,6 +16,10 @@ def build_engine(spec: ModelSpec, settings: Settings) -> Engine | ContinuousEngi
         from workers.engines.echo import EchoEngine
 
         return EchoEngine(spec)
+    if engine == "openai":
+        from workers.engines.remote import RemoteEngine
+
+        return RemoteEngine(spec)
     if engine == "hf-continuous":
         from workers.engines.continuous import HFContinuousEngine
 
