@@ -19,7 +19,7 @@ def status() -> None:
     with client() as api:
         models = check(api.get("/v1/models"))["data"]
     table = Table("model", "desired", "actual", "waiting", "in flight", "oldest wait", "workers")
-    for m in models:
+    for m in (m for m in models if "live" in m):  # aliases have no pool of their own
         live, pool = m["live"], m["pool"]
         oldest = live.get("oldest_wait_s")
         table.add_row(
