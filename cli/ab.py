@@ -30,17 +30,22 @@ def report(
     start: Annotated[str | None, typer.Option(help="ISO-8601 start (included).")] = None,
     end: Annotated[str | None, typer.Option(help="ISO-8601 end (excluded).")] = None,
 ) -> None:
-    """Each variant (and rule) of the alias as a column: jobs, failures, tokens, cost and
-    latency of the jobs that ended, for the CLI's key (every key's for an admin key)."""
+    """Each variant (then each rule) of the alias as a column, in the catalog's order: jobs,
+    failures, tokens, cost and latency of the jobs that ended, for the CLI's key (every
+    key's for an admin key)."""
     from rich.table import Table
 
     params = {"group_by": "variant", "alias": alias}
     params |= ({"start": start} if start else {}) | ({"end": end} if end else {})
     with client() as api:
-        check(api.get(f"/v1/models/{alias}"))  # an unknown name fails here, by name
+        spec = check(api.get(f"/v1/models/{alias}")).get("llmq") or {}  # unknown: fails, by name
         rows = check(api.get("/v1/usage", params=params))["data"]
     if not rows:
         fail(f"no ended jobs of alias {alias!r} yet")
+    order = [v["name"] for v in spec.get("variants", []) + spec.get("rules", [])]
+    rows.sort(
+        key=lambda row: order.index(row["variant"]) if row["variant"] in order else len(order)
+    )
     table = Table(alias, *(row["variant"] for row in rows), title=f"A/B report: {alias}")
     for label, field in ROWS:
         table.add_row(label, *(_cell(row[field]) for row in rows))
