@@ -18,20 +18,11 @@ from llmq.catalog import get_catalog
 from llmq.db import session_scope
 from llmq.models import Job, LedgerEntry
 from llmq.routing import Facts, route
+from tests.api.routes import test_chat
 from tests.conftest import WorkerProcess, make_key, serving, wait_final
 from tests.tenancy_helpers import ApiServer
 
-
-@pytest.fixture(scope="module")
-def api(environment) -> Iterator[ApiServer]:
-    server = ApiServer().wait_ready()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def echo_worker(environment) -> Iterator[WorkerProcess]:
-    yield from serving("echo")
+api, echo_worker = test_chat.api, test_chat.echo_worker  # the same fixtures
 
 
 @pytest.fixture(scope="module")
