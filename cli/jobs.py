@@ -39,7 +39,9 @@ def _dash(value) -> str:
 
 
 def usage(
-    group_by: Annotated[str, typer.Option(help="model, day or key.")] = "model",
+    group_by: Annotated[
+        str, typer.Option(help="model, day, key or variant (see also `llmq ab report`).")
+    ] = "model",
     start: Annotated[str | None, typer.Option(help="ISO-8601 start (included).")] = None,
     end: Annotated[str | None, typer.Option(help="ISO-8601 end (excluded).")] = None,
 ) -> None:
