@@ -44,6 +44,9 @@ class JobCreate(GenerationParams):
     expires_in_s: int | None = Field(
         None, ge=1, description="Expire the job if no worker has taken it within N seconds"
     )
+    user: Annotated[str, StringConstraints(max_length=256, pattern=NO_NUL)] | None = Field(
+        None, description="The end user (OpenAI's `user`); an alias with sticky = user keys on it"
+    )
 
     def params(self, max_tokens: int) -> GenerationParams:
         return GenerationParams.pick(self, max_tokens=max_tokens)
@@ -57,6 +60,7 @@ class JobCreate(GenerationParams):
             priority=self.priority,
             metadata=self.metadata,
             webhook_url=str(self.webhook_url) if self.webhook_url else None,
+            user=self.user,
         )
 
 

@@ -36,12 +36,17 @@ class Prepared:
     reserved_tokens: int
 
 
-def validate_submit(body: JobCreate, catalog: Catalog, settings: Settings) -> jobs.NewJob:
-    """Checks only the catalog and settings can make; returns the job, `max_tokens` resolved."""
+def validate_submit(
+    body: JobCreate, catalog: Catalog, settings: Settings, key_id: str = ""
+) -> jobs.NewJob:
+    """Checks only the catalog and settings can make; returns the job, an alias and
+    `max_tokens` resolved (`key_id`: whose job, for an alias sticky per key)."""
     job_checks.check_model(body.model, catalog)
     if (body.prompt is None) == (body.messages is None):
         raise InvalidField("prompt", "give exactly one of `prompt` or `messages`")
-    new = job_checks.check_job(body.to_new_job(body.max_tokens), catalog, settings.max_prompt_chars)
+    new = job_checks.check_job(
+        body.to_new_job(body.max_tokens), catalog, settings.max_prompt_chars, key_id=key_id
+    )
     if body.expires_in_s is not None and body.expires_in_s > settings.max_expires_in_s:
         raise InvalidField("expires_in_s", f"at most {settings.max_expires_in_s} seconds")
     return new
@@ -66,7 +71,7 @@ def prepare(
 ) -> Prepared:
     """Validate one body and work out what it reserves: worst-case tokens and cost. `resolve`
     answers for the webhook's host (see `webhook_resolver`)."""
-    new = validate_submit(body, catalog, settings)
+    new = validate_submit(body, catalog, settings, str(caller.key_id))
     if body.webhook_url is not None:
         try:
             ssrf.check_url(

@@ -19,7 +19,7 @@ def status() -> None:
     with client() as api:
         models = check(api.get("/v1/models"))["data"]
     table = Table("model", "desired", "actual", "waiting", "in flight", "oldest wait", "workers")
-    for m in models:
+    for m in (m for m in models if "live" in m):  # aliases have no pool of their own
         live, pool = m["live"], m["pool"]
         oldest = live.get("oldest_wait_s")
         table.add_row(
@@ -39,7 +39,9 @@ def _dash(value) -> str:
 
 
 def usage(
-    group_by: Annotated[str, typer.Option(help="model, day or key.")] = "model",
+    group_by: Annotated[
+        str, typer.Option(help="model, day, key or variant (see also `llmq ab report`).")
+    ] = "model",
     start: Annotated[str | None, typer.Option(help="ISO-8601 start (included).")] = None,
     end: Annotated[str | None, typer.Option(help="ISO-8601 end (excluded).")] = None,
 ) -> None:

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llmq.errors import CatalogError
+from llmq.routing import Alias
 
 Engine = Literal["hf", "hf-continuous", "echo", "openai", "auto"]
 RunEngine = Literal["hf", "hf-continuous", "echo", "openai"]  # what a worker runs, `auto` resolved
@@ -258,8 +259,9 @@ def _is_gguf(name: str | None) -> bool:
 
 
 class Catalog:
-    def __init__(self, models: dict[str, ModelSpec]):
+    def __init__(self, models: dict[str, ModelSpec], aliases: dict[str, Alias] | None = None):
         self.models = models
+        self.aliases = aliases or {}
 
     def get(self, name: str) -> ModelSpec:
         try:
@@ -272,6 +274,10 @@ class Catalog:
 
     def names(self) -> list[str]:
         return sorted(self.models)
+
+    def knows(self, name: str) -> bool:
+        """A model or an alias a client may name."""
+        return name in self.models or name in self.aliases
 
 
 def load_catalog(path: Path) -> Catalog:
@@ -290,7 +296,26 @@ def load_catalog(path: Path) -> Catalog:
             raise CatalogError(f"catalog {path}, model {name!r}: {exc}") from None
     if not models:
         raise CatalogError(f"catalog {path} defines no [models.<name>] table")
-    return Catalog(models)
+    return Catalog(models, _aliases(path, data.get("aliases") or {}, models))
+
+
+def _aliases(path: Path, tables: dict, models: dict[str, ModelSpec]) -> dict[str, Alias]:
+    """The `[aliases.<name>]` tables: no alias shares a model's name, and every model an
+    alias may pick is in the catalog (an alias never names another alias)."""
+    aliases: dict[str, Alias] = {}
+    for name, entry in tables.items():
+        where = f"catalog {path}, alias {name!r}"
+        if name in models:
+            raise CatalogError(f"{where}: a model has this name; aliases need their own")
+        try:
+            alias = Alias(name=name, **entry)
+        except (TypeError, ValueError) as exc:
+            raise CatalogError(f"{where}: {exc}") from None
+        unknown = [m for m in alias.models() if m not in models]
+        if unknown:
+            raise CatalogError(f"{where}: unknown model(s) {', '.join(map(repr, unknown))}")
+        aliases[name] = alias
+    return aliases
 
 
 @lru_cache

@@ -7,6 +7,7 @@ each refuses the same jobs. A request may name a field its own way (OpenAI's
 
 from __future__ import annotations
 
+from llmq import routing
 from llmq.catalog import Catalog
 from llmq.errors import InvalidField, UnknownModel
 from llmq.jobs import NewJob
@@ -22,6 +23,12 @@ def input_chars(new: NewJob) -> int:
     return sum(len(str(m.get("content", ""))) for m in new.messages or [])
 
 
+def input_text(new: NewJob) -> str:
+    if new.prompt is not None:
+        return new.prompt
+    return "\n".join(str(m.get("content", "")) for m in new.messages or [])
+
+
 def input_bytes(new: NewJob) -> int:
     if new.prompt is not None:
         return len(new.prompt.encode())
@@ -29,16 +36,42 @@ def input_bytes(new: NewJob) -> int:
 
 
 def check_model(model: str, catalog: Catalog) -> None:
-    if model not in catalog:
+    """A model or an alias the catalog knows."""
+    if not catalog.knows(model):
         raise UnknownModel("model", f"unknown model {model!r}; see GET /v1/models")
 
 
+def resolve_alias(new: NewJob, catalog: Catalog, key_id: str) -> NewJob:
+    """A job that names an alias gets the model the alias picks for it (`llmq.routing`),
+    and keeps the alias and the variant; a job that names a model is left as it is."""
+    alias = catalog.aliases.get(new.model)
+    if alias is None:
+        return new
+    facts = routing.Facts(
+        key_id=key_id,
+        user=new.user,
+        text=input_text(new),
+        text_bytes=input_bytes(new),
+        max_tokens=new.params.max_tokens,
+        metadata=new.metadata,
+    )
+    choice = routing.route(alias, facts)
+    new.model, new.alias, new.variant = choice.model, alias.name, choice.variant
+    return new
+
+
 def check_job(
-    new: NewJob, catalog: Catalog, max_prompt_chars: int, max_tokens_field: str = "max_tokens"
+    new: NewJob,
+    catalog: Catalog,
+    max_prompt_chars: int,
+    max_tokens_field: str = "max_tokens",
+    key_id: str = "",
 ) -> NewJob:
-    """Refuse what no worker could run as asked; return the job with its `max_tokens`
-    resolved to the model's default when the request left it out."""
+    """Refuse what no worker could run as asked; return the job with an alias resolved to
+    its model (sticky per `key_id` or the job's `user`) and its `max_tokens` resolved to
+    the model's default when the request left it out."""
     check_model(new.model, catalog)
+    new = resolve_alias(new, catalog, key_id)
     if input_chars(new) > max_prompt_chars:
         raise InvalidField(input_field(new), f"input exceeds {max_prompt_chars} characters")
     spec = catalog.get(new.model)

@@ -120,6 +120,7 @@ class Job(Base):
         Index("ix_jobs_queued_created", "created_at", postgresql_where=text("status = 'queued'")),
         Index("ix_jobs_queued_expires", "expires_at", postgresql_where=text("status = 'queued'")),
         Index("ix_jobs_batch", "batch_id", "status", postgresql_where=text("batch_id IS NOT NULL")),
+        Index("ix_jobs_alias", "alias", "created_at", postgresql_where=text("alias IS NOT NULL")),
     )
     # The INSERT returns the server's defaults (created_at, attempts, ...): no second query.
     __mapper_args__ = {"eager_defaults": True}
@@ -163,6 +164,10 @@ class Job(Base):
         Text, ForeignKey("batches.id", ondelete="RESTRICT")
     )
     custom_id: Mapped[str | None] = mapped_column(Text)
+    # A job whose request named an alias: the alias and the variant (or rule) that picked
+    # `model`.
+    alias: Mapped[str | None] = mapped_column(Text)
+    variant: Mapped[str | None] = mapped_column(Text)
 
 
 class LedgerEntry(Base):
@@ -185,6 +190,8 @@ class LedgerEntry(Base):
     cost_usd: Mapped[Decimal] = mapped_column(MONEY)
     gpu_cost_usd: Mapped[Decimal] = mapped_column(MONEY, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    alias: Mapped[str | None] = mapped_column(Text)  # copied from the job
+    variant: Mapped[str | None] = mapped_column(Text)
 
 
 class IdempotencyKey(Base):

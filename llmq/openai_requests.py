@@ -167,10 +167,11 @@ def _choices(jobs: list[NewJob], n: int) -> list[NewJob]:
 
 
 def chat_request_to_jobs(
-    body: ChatCompletionRequest, catalog: Catalog, max_prompt_chars: int
+    body: ChatCompletionRequest, catalog: Catalog, max_prompt_chars: int, key_id: str = ""
 ) -> list[NewJob]:
     """The `n` jobs of a chat completion request, in choice order, each checked as a submit
-    is (`job_checks.check_job`); raises domain errors naming the param at fault."""
+    is (`job_checks.check_job`, an alias routed for `key_id`); raises domain errors naming
+    the param at fault."""
     check_supported(body)
     job_checks.check_model(body.model, catalog)
     field = max_tokens_field(body)
@@ -183,11 +184,11 @@ def chat_request_to_jobs(
         )
     new = _base_job(body, body.max_completion_tokens or body.max_tokens)
     new.messages = [m.as_job_message() for m in body.messages]
-    return _choices([job_checks.check_job(new, catalog, max_prompt_chars, field)], body.n)
+    return _choices([job_checks.check_job(new, catalog, max_prompt_chars, field, key_id)], body.n)
 
 
 def completion_request_to_jobs(
-    body: CompletionRequest, catalog: Catalog, max_prompt_chars: int
+    body: CompletionRequest, catalog: Catalog, max_prompt_chars: int, key_id: str = ""
 ) -> list[NewJob]:
     """The jobs of a completion request: for each prompt, `n` jobs; choice `i * n + j` is
     prompt `i`'s `j`-th, as OpenAI orders them."""
@@ -200,7 +201,7 @@ def completion_request_to_jobs(
     for prompt in prompts:
         new = _base_job(body, body.max_tokens)
         new.prompt = prompt
-        jobs.append(job_checks.check_job(new, catalog, max_prompt_chars))
+        jobs.append(job_checks.check_job(new, catalog, max_prompt_chars, key_id=key_id))
     return _choices(jobs, body.n)
 
 

@@ -26,6 +26,8 @@ def job_resource(job: Job, cost: tuple[Decimal, Decimal] | None, flower_url: str
         "id": str(job.id),
         "object": "job",
         "model": job.model,
+        "alias": job.alias,
+        "variant": job.variant,
         "status": job.status,
         "priority": job.priority,
         "created_at": _iso(job.created_at),

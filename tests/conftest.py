@@ -207,6 +207,38 @@ default_max_tokens = 32
 context_length = 2048
 price_input_per_mtok_usd = "0.02"
 price_output_per_mtok_usd = "0.06"
+
+# Never served: the alias tests read which model and variant each job got.
+[models.split-a]
+engine = "echo"
+
+[models.split-b]
+engine = "echo"
+
+[aliases.ab-split]
+sticky = "user"
+variants = [
+  {{ name = "control", model = "split-a", weight = 70 }},
+  {{ name = "candidate", model = "split-b", weight = 30 }},
+]
+rules = [
+  {{ when = {{ keyword = "escalate" }}, model = "split-b", name = "escalated" }},
+  {{ when = {{ prompt_tokens_over = 200 }}, model = "split-b", name = "long" }},
+  {{ when = {{ metadata = {{ tier = "gold" }} }}, model = "split-a" }},
+]
+
+[aliases.ab-key]  # sticky per key
+variants = [
+  {{ name = "control", model = "split-a", weight = 1 }},
+  {{ name = "candidate", model = "split-b", weight = 1 }},
+]
+
+[aliases.ab-echo]
+sticky = "user"
+variants = [
+  {{ name = "control", model = "echo", weight = 1 }},
+  {{ name = "candidate", model = "echo-priced", weight = 1 }},
+]
 """
 
 

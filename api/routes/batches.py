@@ -140,8 +140,9 @@ def create_batch(
         files.get_file(session, body.input_file_id, caller.key_id)
     lines = store.lines(body.input_file_id, settings.max_batch_line_bytes)
     checked = check_lines(
-        lines, body.endpoint, catalog, settings.max_prompt_chars, settings.max_batch_lines
-    )
+        lines, body.endpoint, catalog, settings.max_prompt_chars, settings.max_batch_lines,
+        str(caller.key_id),
+    )  # fmt: skip
     window_s = min(WINDOWS_S[body.completion_window], settings.batch_completion_window_s)
     new_jobs = [] if checked.broken else _jobs(checked, caller, catalog, settings, window_s)
     with session_scope() as session:

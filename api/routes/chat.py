@@ -64,7 +64,7 @@ ANSWER = {
                                  "schema": {"type": "string"}}},
     }
 }  # fmt: skip
-Convert = Callable[[OpenAIRequest, Catalog, int], list[NewJob]]
+Convert = Callable[[OpenAIRequest, Catalog, int, str], list[NewJob]]
 
 
 def cancel_unfinished(request: Request, ids: list[str], caller: Caller, settings: Settings) -> None:
@@ -87,7 +87,9 @@ async def disconnected(request: Request) -> None:
 
 def _admit(body: OpenAIRequest, convert: Convert, submission: Submission) -> list[str]:
     settings = submission.settings
-    new_jobs = convert(body, submission.catalog, settings.max_prompt_chars)
+    new_jobs = convert(
+        body, submission.catalog, settings.max_prompt_chars, str(submission.caller.key_id)
+    )
     prepared = [submission.reserve(new, max_tokens_field(body)) for new in new_jobs]
     check_total_tokens(prepared, submission.caller, "n")
     admitted = submission.admit(prepared, submission.claim(body))

@@ -1,5 +1,6 @@
 """/v1/models: the catalog in OpenAI's list shape (`id`, `object`, `created`, `owned_by`), each
-model with its live queue and its pool as the scheduler sees it.
+model with its live queue and its pool as the scheduler sees it, then each alias with its
+variants and rules (under `llmq`), so a client listing models sees every name it may send.
 
 `created` is when the catalog file last changed (OpenAI's is when the model was made): every
 replica serving the same catalog says the same. Errors here are in OpenAI's envelope.
@@ -20,6 +21,7 @@ from llmq.db import session_scope
 from llmq.keys import Caller
 from llmq.pools import observe_pools
 from llmq.queues import queue_name
+from llmq.routing import Alias
 from llmq.settings import Settings
 
 router = APIRouter(
@@ -89,6 +91,29 @@ def model_object(spec: ModelSpec, live, pool: dict, created: int) -> dict:
     }
 
 
+def alias_object(alias: Alias, created: int) -> dict:
+    total = sum(v.weight for v in alias.variants)
+    return {
+        "id": alias.name,
+        "object": "model",
+        "created": created,
+        "owned_by": OWNED_BY,
+        "description": alias.description,
+        "llmq": {
+            "kind": "alias",
+            "sticky": alias.sticky,
+            "variants": [
+                {"name": v.name, "model": v.model, "weight": v.weight, "share": v.weight / total}
+                for v in alias.variants
+            ],
+            "rules": [
+                {"name": r.name, "model": r.model, "when": r.when.model_dump(exclude_none=True)}
+                for r in alias.rules
+            ],
+        },
+    }
+
+
 @router.get("")
 async def list_models(
     request: Request,
@@ -97,6 +122,8 @@ async def list_models(
     settings: Settings = Depends(deps.settings),
 ) -> dict:
     data = await run_in_threadpool(gather, request, catalog, settings, catalog.names())
+    created = catalog_created(settings)
+    data += [alias_object(catalog.aliases[name], created) for name in sorted(catalog.aliases)]
     return {"object": "list", "data": data}
 
 
@@ -109,4 +136,6 @@ async def get_model(
     settings: Settings = Depends(deps.settings),
 ) -> dict:
     job_checks.check_model(model_id, catalog)
+    if model_id in catalog.aliases:
+        return alias_object(catalog.aliases[model_id], catalog_created(settings))
     return (await run_in_threadpool(gather, request, catalog, settings, [model_id]))[0]

@@ -98,15 +98,16 @@ def _param(exc: ValidationError) -> str | None:
 
 
 def check_body(
-    body: Any, endpoint: str, catalog: Catalog, max_prompt_chars: int
+    body: Any, endpoint: str, catalog: Catalog, max_prompt_chars: int, key_id: str = ""
 ) -> NewJob | tuple[str, str, str | None]:
-    """The line's job, or why it is refused: (code, message, param)."""
+    """The line's job, or why it is refused: (code, message, param). `key_id`: whose
+    batch, for an alias sticky per key."""
     model, convert = ENDPOINTS[endpoint]
     try:
         request = model.model_validate(body)
         if getattr(request, "stream", False):
             raise InvalidField("stream", "a batch line cannot stream")
-        jobs = convert(request, catalog, max_prompt_chars)
+        jobs = convert(request, catalog, max_prompt_chars, key_id)
     except ValidationError as exc:
         return "invalid_request", str(exc.errors()[0].get("msg")), _param(exc)
     except UnknownModel as exc:
@@ -165,6 +166,7 @@ def check_lines(
     catalog: Catalog,
     max_prompt_chars: int,
     max_lines: int,
+    key_id: str = "",
 ) -> Checked:
     """Every line of the input file, in order (blank lines skipped). `lines` may raise
     `LineTooLong`, which breaks the file at that line."""
@@ -172,7 +174,7 @@ def check_lines(
     count = 0
 
     def convert(body: Any) -> NewJob | tuple[str, str, str | None]:
-        return check_body(body, endpoint, catalog, max_prompt_chars)
+        return check_body(body, endpoint, catalog, max_prompt_chars, key_id)
 
     try:
         for number, raw in enumerate(lines, 1):

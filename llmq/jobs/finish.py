@@ -118,14 +118,14 @@ def finish_jobs(session: Session, outcomes: list[Outcome]) -> list[uuid.UUID]:
         sa.update(Job)
         .where(fenced, Job.status == JobStatus.RUNNING)
         .values(status=results.c.status, finished_at=sa.func.now(), **recorded)
-        .returning(Job.id, Job.api_key_id, Job.model)
+        .returning(Job.id, Job.api_key_id, Job.model, Job.alias, Job.variant)
         .execution_options(synchronize_session=False)
     ).all()
     cancelled = session.execute(
         sa.update(Job)
         .where(fenced, Job.status == JobStatus.CANCELLED, Job.completion_tokens.is_(None))
         .values(**recorded)
-        .returning(Job.id, Job.api_key_id, Job.model)
+        .returning(Job.id, Job.api_key_id, Job.model, Job.alias, Job.variant)
         .execution_options(synchronize_session=False)
     ).all()
     by_id = {out.job_id: out for out in outcomes}
@@ -142,6 +142,8 @@ def finish_jobs(session: Session, outcomes: list[Outcome]) -> list[uuid.UUID]:
                     "completion_tokens": by_id[row.id].completion_tokens,
                     "cost_usd": by_id[row.id].cost_usd,
                     "gpu_cost_usd": by_id[row.id].gpu_cost_usd,
+                    "alias": row.alias,
+                    "variant": row.variant,
                 }
                 for row in rows
             ],

@@ -33,6 +33,8 @@ class NewJob:
     reserved_cost_usd: Decimal | None = None
     batch_id: str | None = None  # a batch's job: its batch and its line's `custom_id`
     custom_id: str | None = None
+    alias: str | None = None  # the alias the client named, and the variant it picked
+    variant: str | None = None
 
 
 def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any]:
@@ -54,6 +56,8 @@ def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any
         "reserved_cost_usd": new.reserved_cost_usd,
         "batch_id": new.batch_id,
         "custom_id": new.custom_id,
+        "alias": new.alias,
+        "variant": new.variant,
     }
 
 

@@ -11,6 +11,7 @@ from llmq.batches.validate import CHAT, TEXT, check_lines
 from llmq.catalog import Catalog, ModelSpec
 from llmq.errors import LineTooLong
 from llmq.files.store import iter_lines
+from llmq.routing import Alias
 
 CATALOG = Catalog(
     {"m": ModelSpec(name="m", engine="echo", max_new_tokens=100, default_max_tokens=7)}
@@ -100,3 +101,22 @@ def test_a_refused_body_goes_to_the_error_file_and_the_rest_run(body, code, para
 def test_a_field_name_with_nul_is_kept_without_it():
     [refused] = check([line("z", **{"x\x00": 1})]).refused
     assert "\x00" not in str(refused.as_dict()) and refused.as_dict()["param"] == "x\ufffd"
+
+
+def test_a_line_may_name_an_alias_sticky_per_batch_key():
+    alias = Alias(
+        name="al",
+        variants=[{"name": "only", "model": "m", "weight": 1}],
+        rules=[{"when": {"keyword": "big"}, "model": "m", "name": "big"}],
+    )
+    catalog = Catalog(CATALOG.models, {"al": alias})
+    lines = [
+        line("a", model="al"),
+        line("b", model="al", messages=[{"role": "user", "content": "BIG"}]),
+    ]
+    checked = check_lines(lines, CHAT, catalog, 1000, 10, key_id="k")
+    assert not checked.refused
+    assert [(a.job.model, a.job.alias, a.job.variant) for a in checked.accepted] == [
+        ("m", "al", "only"),
+        ("m", "al", "big"),
+    ]
