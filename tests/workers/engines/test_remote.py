@@ -52,7 +52,7 @@ engine = "openai"
 base_url = "{flaky}/v1"
 max_batch_size = 8
 max_batch_wait_ms = 20
-request_timeout_s = 1
+request_timeout_s = 3
 max_attempts = 3
 price_input_per_mtok_usd = "1000"
 price_output_per_mtok_usd = "2000"
@@ -109,7 +109,7 @@ class Script(BaseHTTPRequestHandler):
         self.connection.close()  # no answer at all: a reset connection
 
     def _slow(self, body) -> None:
-        time.sleep(3)  # longer than request_timeout_s: the worker times this try out
+        time.sleep(6)  # longer than request_timeout_s: the worker times this try out
         self._ok(body)
 
     def _start(self) -> None:
@@ -142,7 +142,7 @@ class Script(BaseHTTPRequestHandler):
         self._start()
         self._event(body, None)
         self._event(body, None, usage={"prompt_tokens": 100, "completion_tokens": 100})
-        time.sleep(3)
+        time.sleep(6)
 
     def _hang(self, body) -> None:
         """Sends its first words, then keeps the stream open (until the worker closes it)."""
