@@ -44,6 +44,9 @@ class JobCreate(GenerationParams):
     expires_in_s: int | None = Field(
         None, ge=1, description="Expire the job if no worker has taken it within N seconds"
     )
+    cache: bool = Field(
+        True, description="false: the exact cache neither answers this job nor keeps its answer"
+    )
 
     def params(self, max_tokens: int) -> GenerationParams:
         return GenerationParams.pick(self, max_tokens=max_tokens)

@@ -163,10 +163,14 @@ class Job(Base):
         Text, ForeignKey("batches.id", ondelete="RESTRICT")
     )
     custom_id: Mapped[str | None] = mapped_column(Text)
+    # The exact cache (`llmq.cache`): the key a determined job's answer is stored under (None:
+    # the job is not cached), and whether the cache answered it at submit.
+    cache_key: Mapped[str | None] = mapped_column(Text)
+    cached: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
 
 class LedgerEntry(Base):
-    """Exactly one row per finished job that ran: tokens and what they cost."""
+    """Exactly one row per finished job that ran or the cache answered: tokens and cost."""
 
     __tablename__ = "usage_ledger"
     __table_args__ = (
@@ -184,6 +188,7 @@ class LedgerEntry(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer)
     cost_usd: Mapped[Decimal] = mapped_column(MONEY)
     gpu_cost_usd: Mapped[Decimal] = mapped_column(MONEY, server_default=text("0"))
+    cached: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))  # a cache hit
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

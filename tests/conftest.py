@@ -103,6 +103,15 @@ context_length = 4096
 price_input_per_mtok_usd = "1000"
 price_output_per_mtok_usd = "2000"
 
+[models.echo-cache]  # the exact cache's tests: answers priced apart from runs
+engine = "echo"
+max_batch_size = 16
+max_batch_wait_ms = 20
+context_length = 4096
+price_input_per_mtok_usd = "1000"
+price_output_per_mtok_usd = "2000"
+price_cache_hit_per_mtok_usd = "100"
+
 [models.echo-long]  # runs longer than the lease the lease tests give their worker
 engine = "echo"
 max_batch_size = 2
