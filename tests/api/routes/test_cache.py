@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from llmq import metrics
 from llmq.cache import AnswerCache
 from llmq.db import session_scope
+from llmq.keys import Limits, create_key
 from llmq.models import Job, LedgerEntry
 from tests.conftest import REDIS_PREFIX, serving, wait_final, wait_for
 from tests.tenancy_helpers import Receiver, WebhookWorker
@@ -205,3 +206,30 @@ def test_openai_routes_and_bulk_use_the_cache(client, auth, redis_client, worker
     run(client, auth, redis_client, job)
     bulk = client.post("/v1/jobs/bulk", json={"jobs": [job, job, body()]}, headers=auth).json()
     assert [row(i).cached for i in bulk["ids"]] == [True, True, False]
+
+
+def limited_key(**limits) -> dict[str, str]:
+    with session_scope() as session:
+        _, plain = create_key(session, f"cache-{uuid.uuid4().hex[:6]}", limits=Limits(**limits))
+    return {"Authorization": f"Bearer {plain}"}
+
+
+# Reserved at submit: 24 prompt tokens (16 bytes + chat overhead) at $1000/Mtok and 4 at
+# $2000/Mtok, $0.032; run, it costs 3 + 3 tokens, $0.009; a hit, 6 tokens at $100/Mtok.
+PRICED = {"model": MODEL, "prompt": "alpha beta gamma", "max_tokens": 4, "temperature": 0}
+
+
+def test_a_hit_is_admitted_at_its_cache_price(client, redis_client, worker):
+    auth = limited_key(budget_usd=Decimal("0.04"), budget_period="day")
+    run(client, auth, redis_client, PRICED)  # $0.009 spent: another run's $0.032 no longer fits
+    refused = client.post("/v1/jobs", json=PRICED | {"cache": False}, headers=auth)
+    assert refused.status_code == 402
+    hit = client.post("/v1/jobs", json=PRICED, headers=auth).json()
+    assert hit["cached"] is True and hit["usage"]["cost_usd"] == "0.0006"
+
+
+def test_a_hit_counts_against_the_request_rate(client, redis_client, worker):
+    auth = limited_key(rpm=2)
+    run(client, auth, redis_client, PRICED)
+    assert client.post("/v1/jobs", json=PRICED, headers=auth).json()["cached"] is True
+    assert client.post("/v1/jobs", json=PRICED, headers=auth).status_code == 429
