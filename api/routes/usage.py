@@ -42,6 +42,7 @@ def usage(
         sa.select(
             group.label("group"),
             sa.func.count().label("jobs"),
+            sa.func.count().filter(LedgerEntry.cached).label("cached_jobs"),
             sa.func.coalesce(sa.func.sum(LedgerEntry.prompt_tokens), 0).label("prompt_tokens"),
             sa.func.coalesce(sa.func.sum(LedgerEntry.completion_tokens), 0).label(
                 "completion_tokens"
@@ -65,6 +66,7 @@ def usage(
         {
             group_by: r.group,
             "jobs": r.jobs,
+            "cached_jobs": r.cached_jobs,
             "prompt_tokens": int(r.prompt_tokens),
             "completion_tokens": int(r.completion_tokens),
             "cost_usd": f"{r.cost_usd.normalize():f}",
@@ -74,6 +76,7 @@ def usage(
     ]
     total = {
         "jobs": sum(r.jobs for r in rows),
+        "cached_jobs": sum(r.cached_jobs for r in rows),
         "prompt_tokens": sum(int(r.prompt_tokens) for r in rows),
         "completion_tokens": sum(int(r.completion_tokens) for r in rows),
         "cost_usd": f"{sum((r.cost_usd for r in rows), Decimal(0)).normalize():f}",
@@ -87,7 +90,15 @@ def usage(
 def _csv(group_by: str, data: list[dict]) -> str:
     """One row per group; amounts exactly as in JSON (decimal strings, never floats)."""
     out = io.StringIO()
-    columns = [group_by, "jobs", "prompt_tokens", "completion_tokens", "cost_usd", "gpu_cost_usd"]
+    columns = [
+        group_by,
+        "jobs",
+        "cached_jobs",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "gpu_cost_usd",
+    ]
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(data)

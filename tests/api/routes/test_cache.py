@@ -226,6 +226,9 @@ def test_a_hit_is_admitted_at_its_cache_price(client, redis_client, worker):
     assert refused.status_code == 402
     hit = client.post("/v1/jobs", json=PRICED, headers=auth).json()
     assert hit["cached"] is True and hit["usage"]["cost_usd"] == "0.0006"
+    total = client.get("/v1/usage", headers=auth).json()["total"]
+    assert (total["jobs"], total["cached_jobs"], total["cost_usd"]) == (2, 1, "0.0096")
+    assert (total["prompt_tokens"], total["completion_tokens"]) == (6, 6)
 
 
 def test_a_hit_counts_against_the_request_rate(client, redis_client, worker):
