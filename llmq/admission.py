@@ -4,7 +4,9 @@ All of it happens in one transaction. A request with an Idempotency-Key first lo
 key and looks it up: a replay answers before any limit is charged or checked. Keys with a
 concurrency limit or a budget then take a per-key advisory lock, so the count of jobs in
 flight and the spend are read and reserved atomically across API replicas. A request that
-does not become jobs after it was charged gets its charge back here.
+does not become jobs after it was charged gets its charge back here. A job the exact cache
+answered (`NewJob.answer`) is never in flight; its row is created final, and its ledger and
+webhook outbox rows are written in the same transaction.
 """
 
 from __future__ import annotations
