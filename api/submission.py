@@ -259,6 +259,7 @@ class Submission:
             if answer is not None:
                 price = self.catalog.get(new.model).price_cache_hit_per_mtok_usd
                 new.answer, new.reserved_tokens = answer, answer.tokens
+                new.finished_at = datetime.now(UTC)
                 new.reserved_cost_usd = token_cost_usd(
                     answer.prompt_tokens, answer.completion_tokens, price, price
                 )

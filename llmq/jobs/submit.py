@@ -38,7 +38,8 @@ class NewJob:
     batch_id: str | None = None  # a batch's job: its batch and its line's `custom_id`
     custom_id: str | None = None
     cache_key: str | None = None  # where a worker stores its answer (None: not cached)
-    answer: Answer | None = None  # the exact cache's answer: the job is created succeeded
+    answer: Answer | None = None  # the exact cache's answer: the job is created succeeded,
+    finished_at: datetime | None = None  # at this time (its ledger row's time too)
 
 
 def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any
         "finish_reason": answer.finish_reason if answer else None,
         "prompt_tokens": answer.prompt_tokens if answer else None,
         "completion_tokens": answer.completion_tokens if answer else None,
-        "finished_at": datetime.now(UTC) if answer else None,
+        "finished_at": new.finished_at if answer else None,
     }
 
 
@@ -90,6 +91,7 @@ def record_answers(
             cost_usd=new.reserved_cost_usd or Decimal(0),
             gpu_cost_usd=Decimal(0),
             cached=True,
+            created_at=new.finished_at or datetime.now(UTC),
         )
         for job_id, new in answered
         if new.answer

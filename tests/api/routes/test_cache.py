@@ -88,6 +88,7 @@ def test_a_repeated_greedy_job_is_answered_at_submit(client, auth, redis_client,
     assert hits() == before + 1
     entry = ledger(hit["id"])
     assert entry.cached and entry.cost_usd == Decimal("0.0006") and entry.prompt_tokens == 3
+    assert entry.created_at.isoformat() == hit["finished_at"]  # one finish, one time
     assert ledger(original["id"]).cached is False
     assert row(hit["id"]).worker is None
     again = client.get(f"/v1/jobs/{hit['id']}", params={"wait": 5}, headers=auth).json()
