@@ -47,6 +47,9 @@ class JobCreate(GenerationParams):
     user: Annotated[str, StringConstraints(max_length=256, pattern=NO_NUL)] | None = Field(
         None, description="The end user (OpenAI's `user`); an alias with sticky = user keys on it"
     )
+    cache: bool = Field(
+        True, description="false: the exact cache neither answers this job nor keeps its answer"
+    )
 
     def params(self, max_tokens: int) -> GenerationParams:
         return GenerationParams.pick(self, max_tokens=max_tokens)

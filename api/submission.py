@@ -1,14 +1,17 @@
 """Turning a submit body into an admitted job: checks, estimates, limits, budget, idempotency.
 
-Shared by `POST /v1/jobs` and `POST /v1/jobs/bulk` (`Submission` is what both routes depend
-on). Order: validation (catalog, sizes, the webhook URL), the token estimate, then one
-transaction for the idempotency key (a replay stops here, charged nothing), the Redis rate
-limits, the concurrency limit, the budget reservation and the rows; then the messages are
-published, and a failed publish leaves the committed jobs to the sweeper.
+Shared by `POST /v1/jobs`, `POST /v1/jobs/bulk` and the OpenAI routes (`Submission` is what
+they depend on). Order: validation (catalog, sizes, the webhook URL), the token estimate, the
+exact cache (`llmq.cache`: a determined job's answer, if one is stored), then one transaction
+for the idempotency key (a replay stops here, charged nothing), the Redis rate limits, the
+concurrency limit, the budget reservation and the rows; then the messages are published, and a
+failed publish leaves the committed jobs to the sweeper. A job the cache answered is created
+final and is not published; what follows its commit is announced as for any job that ended.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,14 +19,17 @@ from datetime import UTC, datetime, timedelta
 from celery import Celery
 from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel
+from redis.exceptions import RedisError
 
 from api import deps, ratelimits
 from api.schemas import JobCreate
-from llmq import admission, budgets, idempotency, job_checks, jobs, metrics, ssrf
+from llmq import admission, budgets, cache, events, idempotency, job_checks, jobs, metrics, ssrf
+from llmq.announce import Committed
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.errors import InvalidField
 from llmq.keys import Caller
+from llmq.ledger import token_cost_usd
 from llmq.queues import Message, publish_generate, publish_generate_many
 from llmq.settings import Settings
 
@@ -34,6 +40,7 @@ log = logging.getLogger(__name__)
 class Prepared:
     new: jobs.NewJob
     reserved_tokens: int
+    cache: bool = True  # the body's `cache`: false keeps the job out of the exact cache
 
 
 def validate_submit(
@@ -79,7 +86,8 @@ def prepare(
             )
         except ssrf.UnsafeUrl as exc:
             raise InvalidField("webhook_url", str(exc)) from None
-    return reserve(new, caller, catalog, settings, body.expires_in_s)
+    prepared = reserve(new, caller, catalog, settings, body.expires_in_s)
+    return dataclasses.replace(prepared, cache=body.cache)
 
 
 def reserve(
@@ -175,11 +183,15 @@ class Submission:
         request: Request,
         response: Response,
         idempotency_key: str | None = Header(None, alias=idempotency.HEADER),
+        cache_control: str | None = Header(
+            None, description="`no-store`: the exact cache neither answers nor keeps these jobs"
+        ),
         caller: Caller = Depends(deps.caller),
         catalog: Catalog = Depends(deps.catalog),
         settings: Settings = Depends(deps.settings),
     ) -> None:
         self.request, self.response, self.idempotency_key = request, response, idempotency_key
+        self.cache_control = cache_control
         self.caller, self.catalog, self.settings = caller, catalog, settings
 
     def prepare(self, body: JobCreate, resolve: ssrf.Resolver | None = None) -> Prepared:
@@ -198,10 +210,16 @@ class Submission:
     def admit(
         self, prepared: list[Prepared], claim: idempotency.Claim | None
     ) -> admission.Admitted:
-        """Charge the key's rates, admit the jobs (admission refunds the charge if they are
-        not made), set the response's rate and replay headers, and publish new jobs."""
+        """Look the jobs up in the exact cache, charge the key's rates, admit the jobs
+        (admission refunds the charge if they are not made), set the response's rate and
+        replay headers, publish the new jobs the cache did not answer and announce those it
+        did."""
         new_jobs = [p.new for p in prepared]
-        charge = RateCharge(self.request, self.caller, sum(p.reserved_tokens for p in prepared))
+        self.consult_cache(prepared)
+        # A cache hit is charged its answer's real tokens, a job to run its worst case.
+        charge = RateCharge(
+            self.request, self.caller, sum(n.reserved_tokens or 0 for n in new_jobs)
+        )
         retention = timedelta(hours=self.settings.idempotency_retention_h)
         admitted = admission.admit(session_scope, self.caller, new_jobs, claim, retention, charge)
         self.response.headers.update(charge.headers)
@@ -213,8 +231,71 @@ class Submission:
             [
                 Message(str(i), new.model, new.priority)
                 for i, new in zip(admitted.ids, new_jobs, strict=True)
+                if new.answer is None
             ],
         )
         for new in new_jobs:
             metrics.JOBS_SUBMITTED.labels(new.model).inc()
+            if new.cache_key is not None:
+                counter = metrics.CACHE_MISSES if new.answer is None else metrics.CACHE_HITS
+                counter.labels(new.model).inc()
+        if admitted.answered:
+            self.announce_answered(admitted, new_jobs)
         return admitted
+
+    def consult_cache(self, prepared: list[Prepared]) -> None:
+        """Give each determined job that may use the exact cache its key, and the stored
+        answer if there is one: the job then reserves the answer's tokens at the model's
+        cache-hit price. Without Redis every job is a miss."""
+        store = cache.AnswerCache.for_settings(self.settings, self.request.app.state.sync_redis)
+        if not store.enabled or cache.no_store(self.cache_control):
+            return
+        keys = cache.usable([self.cache_key(p) for p in prepared], [p.new.params for p in prepared])
+        wanted = sorted({k for k in keys if k is not None})
+        try:
+            answers = dict(zip(wanted, store.get_many(wanted), strict=True))
+        except RedisError:
+            log.warning("the exact cache could not be read; %d job(s) run", len(wanted))
+            answers = {}
+        for p, key in zip(prepared, keys, strict=True):
+            new = p.new
+            new.cache_key = key
+            answer = answers.get(key) if key is not None else None
+            if answer is not None:
+                price = self.catalog.get(new.model).price_cache_hit_per_mtok_usd
+                new.answer, new.reserved_tokens = answer, answer.tokens
+                new.finished_at = datetime.now(UTC)
+                new.reserved_cost_usd = token_cost_usd(
+                    answer.prompt_tokens, answer.completion_tokens, price, price
+                )
+
+    def cache_key(self, prepared: Prepared) -> str | None:
+        """The job's exact-cache key; None when it is not determined or its body said
+        `cache: false`."""
+        new = prepared.new
+        if not prepared.cache or not cache.is_deterministic(new.params):
+            return None
+        spec = self.catalog.get(new.model)
+        params = new.params.model_copy(
+            update={"max_tokens": new.params.max_tokens or spec.default_max_tokens}
+        )
+        scope = cache.scope(self.caller.key_id, self.settings.cache_shared_across_keys)
+        revision = cache.model_revision(spec)
+        return cache.cache_key(new.model, revision, scope, new.prompt, new.messages, params)
+
+    def announce_answered(self, admitted: admission.Admitted, new_jobs: list[jobs.NewJob]) -> None:
+        """What follows the commit of jobs the cache answered: their text on their streams,
+        then the done events (long-poll, SSE, OpenAI waits) and their webhooks."""
+        texts = {
+            str(i): new.answer.text
+            for i, new in zip(admitted.ids, new_jobs, strict=True)
+            if new.answer and new.answer.text
+        }
+        state = self.request.app.state
+        try:
+            events.append_text(state.sync_redis, self.settings.redis_prefix, texts)
+        except RedisError:
+            log.warning("could not put cached answers on their streams", exc_info=True)
+        deps.announcer(self.request).announce(
+            Committed(ended=[str(i) for i in admitted.answered], deliveries=admitted.deliveries)
+        )

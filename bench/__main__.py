@@ -21,7 +21,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from bench import batches, openai_path, overhead, pipeline, report, uploads
+from bench import batches, cache, openai_path, overhead, pipeline, report, uploads
 from bench.env import ROOT, BenchEnv, api, wait_for_worker, worker
 from bench.report import Figure, Goal
 from cli.devstack import free_port
@@ -49,6 +49,7 @@ class Params:
     chat_requests: int = 200  # per side of each chat/jobs pair
     chat_threads: int = 16
     chat_pairs: int = 3
+    cache_hits: int = 500  # submits of one job the exact cache answers
     upload_bytes: int = 200_000_000  # one file to POST /v1/files
     batch_lines: int = 10_000  # one OpenAI batch through the echo engine
     batch_max_tokens: int = 4
@@ -107,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     env.setup()
     port = free_port()
     api_proc = api(env, port)
+    auth = {"Authorization": f"Bearer {env.key()}"}
+    # Every figure but the cache's measures jobs that run, so the exact cache is kept out.
     client = httpx.Client(
         base_url=f"http://127.0.0.1:{port}",
-        headers={"Authorization": f"Bearer {env.key()}"},
+        headers=auth | {"Cache-Control": "no-store"},
         timeout=300,
     )
     r: dict = {}
@@ -161,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         console.print("chat completions and /v1/jobs, in turns…")
         r["chat"] = openai_path.chat_vs_jobs(client, p.chat_requests, p.chat_threads, p.chat_pairs)
+        console.print("exact cache hits…")
+        with httpx.Client(base_url=client.base_url, headers=auth, timeout=300) as cached:
+            r["cache"] = cache.hit_latency_ms(cached, p.cache_hits)
         console.print(f"a {p.batch_lines:,}-line batch…")
         r["batch"] = batches.batch_run(env, client, p.batch_lines, p.batch_max_tokens)
         e.stop()
@@ -210,6 +216,7 @@ def measured(r: dict, p: Params) -> list[Figure]:
         Figure("Memory", r["rss_mb"], f"{r['rss_mb']:.0f} MB",
                f"peak resident memory of the SmolLM2 worker after batches of {p.batch}"),
         chat_figure(r["chat"], p),
+        cache.figure(r["cache"]),
         uploads.figure(r["upload"], p.upload_bytes),
         *batches.figures(r["batch"]),
     ]  # fmt: skip

@@ -128,9 +128,10 @@ def _print_usage(job: dict) -> None:
         console.print(f"[red]{job['status']}[/red] {json.dumps(job.get('error'))}")
         return
     usage = job["usage"]
+    ran = "from the cache" if job.get("cached") else f"batch of {job['timings']['batch_size']}"
     console.print(
         f"[dim]{usage['prompt_tokens']}+{usage['completion_tokens']} tokens, "
-        f"${usage['cost_usd']}, batch of {job['timings']['batch_size']}[/dim]"
+        f"${usage['cost_usd']}, {ran}[/dim]"
     )
 
 

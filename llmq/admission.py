@@ -4,20 +4,22 @@ All of it happens in one transaction. A request with an Idempotency-Key first lo
 key and looks it up: a replay answers before any limit is charged or checked. Keys with a
 concurrency limit or a budget then take a per-key advisory lock, so the count of jobs in
 flight and the spend are read and reserved atomically across API replicas. A request that
-does not become jobs after it was charged gets its charge back here.
+does not become jobs after it was charged gets its charge back here. A job the exact cache
+answered (`NewJob.answer`) is never in flight; its row is created final, and its ledger and
+webhook outbox rows are written in the same transaction.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
 from sqlalchemy.orm import Session
 
-from llmq import budgets, idempotency, jobs
+from llmq import budgets, idempotency, jobs, outbox
 from llmq.errors import BudgetExceeded, JobStateConflict, RateLimited
 from llmq.keys import Caller
 from llmq.ledger import usd
@@ -48,6 +50,8 @@ class Admitted:
     ids: list[uuid.UUID]  # in the order of the new jobs
     replayed: bool  # an identical earlier request made them; nothing new was written
     job: Job | None = None  # the row of a single new job, whole (None: many, or a replay)
+    answered: list[uuid.UUID] = field(default_factory=list)  # jobs the cache answered, final
+    deliveries: list[str] = field(default_factory=list)  # their webhook outbox rows
 
 
 def _check_limits(session: Session, caller: Caller, new_jobs: list[jobs.NewJob]) -> None:
@@ -57,7 +61,8 @@ def _check_limits(session: Session, caller: Caller, new_jobs: list[jobs.NewJob])
     budgets.lock_key(session, caller.key_id)
     if limits.max_concurrent is not None:
         running = budgets.in_flight(session, caller.key_id)
-        if running + len(new_jobs) > limits.max_concurrent:
+        starting = sum(1 for new in new_jobs if new.answer is None)  # answered: never in flight
+        if running + starting > limits.max_concurrent:
             policy = f'"concurrent";q={limits.max_concurrent};qu="concurrent-requests"'
             raise RateLimited(
                 f"{running} jobs in flight; this key allows {limits.max_concurrent}",
@@ -141,6 +146,11 @@ def _admit(
         charge()
         _check_limits(session, caller, new_jobs)
         admitted = _create(session, caller, new_jobs)
+        answered = jobs.record_answers(session, caller.key_id, admitted.ids, new_jobs)
+        if answered:
+            admitted = Admitted(
+                admitted.ids, False, admitted.job, answered, outbox.created_in(session)
+            )
         # Under the lock no twin can have recorded the key since `find`; a writer that does not
         # take the lock is the only way here.
         if claim is not None and not idempotency.record(

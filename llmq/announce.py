@@ -5,11 +5,13 @@ expiring jobs) commits first and then hands what it committed to `Announcer.anno
 workers are told to stop cancelled jobs, waiters (long-poll, SSE) that the jobs ended, the
 webhook sender which outbox rows to deliver now, batches whose jobs ended to finalize
 if that was their last, each key's token rate is corrected by what
-its jobs really used, and the finished jobs are counted.
+its jobs really used, determined jobs' answers are kept in the exact cache (`llmq.cache`), and
+the finished jobs are counted.
 
 Every effect comes after the commit and none may undo it, so each is best-effort: a failure
 is logged and the next effect still runs. What is lost is recovered elsewhere: the outbox
-sweep delivers webhooks, waiters re-read the job row, a token rate heals within its window.
+sweep delivers webhooks, waiters re-read the job row, a token rate heals within its window, a
+lost cache entry is a later miss.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import redis
 from celery import Celery
 
 from llmq import events, metrics, ratelimit
+from llmq.cache import Answer, AnswerCache
 from llmq.jobs import Outcome
 from llmq.queues import publish_finalize, publish_webhooks
 from llmq.settings import Settings
@@ -41,6 +44,7 @@ class Committed:
     outcomes: list[Outcome] = field(default_factory=list)  # written results, to be counted
     model: str = ""  # the model of `outcomes`
     batches: list[str] = field(default_factory=list)  # batches whose jobs these ended
+    answers: dict[str, Answer] = field(default_factory=dict)  # exact-cache key: answer to keep
 
 
 def token_deltas(jobs: Iterable[tuple[uuid.UUID, int | None, int]]) -> dict[uuid.UUID, int]:
@@ -57,11 +61,18 @@ class Announcer:
     """The after-commit effects, over the clients of the process that committed."""
 
     def __init__(
-        self, client: redis.Redis, celery: Celery, prefix: str, limits: redis.Redis | None = None
+        self,
+        client: redis.Redis,
+        celery: Celery,
+        prefix: str,
+        limits: redis.Redis | None = None,
+        cache: AnswerCache | None = None,
     ) -> None:
-        """`limits`: the Redis holding the rate-limit counters (default: `client`)."""
+        """`limits`: the Redis holding the rate-limit counters (default: `client`); `cache`:
+        where answers are kept (None: nothing this process commits is kept)."""
         self.client, self.celery, self.prefix = client, celery, prefix
         self.limits = limits if limits is not None else client
+        self.cache = cache
 
     @classmethod
     def for_settings(cls, settings: Settings, client: redis.Redis, celery: Celery) -> Announcer:
@@ -70,7 +81,8 @@ class Announcer:
             if settings.rate_limit_redis_url
             else client
         )
-        return cls(client, celery, settings.redis_prefix, limits)
+        cache = AnswerCache.for_settings(settings, client)
+        return cls(client, celery, settings.redis_prefix, limits, cache)
 
     def announce(self, committed: Committed) -> None:
         if committed.stop:
@@ -90,6 +102,9 @@ class Announcer:
                 ratelimit.reconcile_tokens, self.limits, self.prefix, key_id, delta,
             ):  # fmt: skip
                 metrics.RATE_LIMIT_ERRORS.inc()
+        if self.cache is not None:
+            for key, answer in committed.answers.items():
+                self._try("keep an answer in the exact cache", self.cache.put, key, answer)
         for out in committed.outcomes:
             metrics.record_outcome(committed.model, out)
 

@@ -140,6 +140,11 @@ class ModelSpec(BaseModel):
     context_length: int = Field(2048, ge=8)
     price_input_per_mtok_usd: Decimal = Decimal("0")
     price_output_per_mtok_usd: Decimal = Decimal("0")
+    price_cache_hit_per_mtok_usd: Decimal = Field(
+        Decimal("0"),
+        description="Price per million tokens (prompt and completion) of a job the exact "
+        "cache answers.",
+    )
     gpu_hour_usd: Decimal = Decimal("0")
     min_replicas: int = Field(0, ge=0)
     max_replicas: int = Field(1, ge=0)

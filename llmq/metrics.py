@@ -31,6 +31,14 @@ HTTP_LATENCY = Histogram(
     "llmq_http_request_duration_seconds", "HTTP request latency", ["route", "method"]
 )
 JOBS_SUBMITTED = Counter("llmq_jobs_submitted_total", "Jobs accepted by the API", ["model"])
+CACHE_HITS = Counter(
+    "llmq_cache_hits_total", "Determined jobs the exact cache answered at submit", ["model"]
+)
+CACHE_MISSES = Counter(
+    "llmq_cache_misses_total",
+    "Determined jobs the exact cache had no answer for (they run, and their answer is kept)",
+    ["model"],
+)
 REJECTIONS = Counter(
     "llmq_rejections_total",
     "Requests refused, by reason: validation, auth, too_large, queue_unavailable, "
@@ -44,6 +52,7 @@ QUEUE_WAITING = "llmq_queue_waiting_jobs"
 QUEUE_IN_FLIGHT = "llmq_queue_in_flight_jobs"
 QUEUE_OLDEST_AGE = "llmq_queue_oldest_waiting_age_seconds"
 WORKERS_LIVE = "llmq_workers_live"
+CACHE_BYTES = "llmq_cache_bytes"
 QUEUE_WAIT = Histogram(
     "llmq_queue_wait_seconds",
     "Time from submit to the claim that started the job",
@@ -108,6 +117,7 @@ COLLECTED = {
     QUEUE_IN_FLIGHT: "Jobs running now (from Postgres)",
     QUEUE_OLDEST_AGE: "Age of the oldest queued job; 0 when none waits (from Postgres)",
     WORKERS_LIVE: "Workers with a live heartbeat",
+    CACHE_BYTES: "Bytes the exact cache's entries hold in Redis (from Redis)",
     DEVICE_MEMORY: "Memory the worker holds on its device: CUDA reserved, or resident on CPU",
     DEVICE_MEMORY_TOTAL: "Memory of the worker's device (CUDA only)",
     GPU_UTILIZATION: "GPU busy fraction over the last sample period (NVML, when present)",
@@ -128,6 +138,9 @@ API_SERIES = {
     "llmq_http_request_duration_seconds",
     "llmq_jobs_submitted",
     "llmq_rejections",
+    "llmq_cache_hits",
+    "llmq_cache_misses",
+    CACHE_BYTES,
     QUEUE_WAITING,
     QUEUE_IN_FLIGHT,
     QUEUE_OLDEST_AGE,
@@ -170,6 +183,7 @@ def metrics_table() -> str:
         QUEUE_IN_FLIGHT: "model",
         QUEUE_OLDEST_AGE: "model",
         WORKERS_LIVE: "model",
+        CACHE_BYTES: "-",
         DEVICE_MEMORY: "model, device",
         DEVICE_MEMORY_TOTAL: "model, device",
         GPU_UTILIZATION: "model, device",

@@ -168,10 +168,14 @@ class Job(Base):
     # `model`.
     alias: Mapped[str | None] = mapped_column(Text)
     variant: Mapped[str | None] = mapped_column(Text)
+    # The exact cache (`llmq.cache`): the key a determined job's answer is stored under (None:
+    # the job is not cached), and whether the cache answered it at submit.
+    cache_key: Mapped[str | None] = mapped_column(Text)
+    cached: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
 
 class LedgerEntry(Base):
-    """Exactly one row per finished job that ran: tokens and what they cost."""
+    """Exactly one row per finished job that ran or the cache answered: tokens and cost."""
 
     __tablename__ = "usage_ledger"
     __table_args__ = (
@@ -189,6 +193,7 @@ class LedgerEntry(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer)
     cost_usd: Mapped[Decimal] = mapped_column(MONEY)
     gpu_cost_usd: Mapped[Decimal] = mapped_column(MONEY, server_default=text("0"))
+    cached: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))  # a cache hit
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     alias: Mapped[str | None] = mapped_column(Text)  # copied from the job
     variant: Mapped[str | None] = mapped_column(Text)

@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from llmq import events, metrics
+from llmq.cache import cache_bytes_key
 from llmq.db import session_scope
 from llmq.job_queries import IDLE, activity_by_model
 from llmq.pools import backlogs
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class QueueCollector(Collector):
-    """Waiting and in-flight jobs, oldest waiting age and live workers, per catalog model."""
+    """Waiting and in-flight jobs, oldest waiting age and live workers, per catalog model;
+    and the bytes the exact cache holds."""
 
     def __init__(self, models: Callable[[], list[str]], client: redis.Redis, prefix: str):
         self.models, self.client, self.prefix = models, client, prefix
@@ -41,8 +43,11 @@ class QueueCollector(Collector):
             for name, backlog in backlogs(self.client, self.prefix, names).items():
                 waiting.add_metric([name], backlog.waiting)
                 live.add_metric([name], backlog.workers)
+            stored = GaugeMetricFamily(metrics.CACHE_BYTES, metrics.COLLECTED[metrics.CACHE_BYTES])
+            stored.add_metric([], int(self.client.get(cache_bytes_key(self.prefix)) or 0))
             yield waiting
             yield live
+            yield stored
         except redis.RedisError as exc:
             log.warning("queue metrics: Redis unavailable (%s)", exc.__class__.__name__)
         try:

@@ -37,6 +37,7 @@ def job_resource(job: Job, cost: tuple[Decimal, Decimal] | None, flower_url: str
         "usage": usage,
         "error": job.error,
         "attempts": job.attempts,
+        "cached": job.cached,
         "expires_at": _iso(job.expires_at),
         "metadata": job.meta or {},
         "user": job.user,

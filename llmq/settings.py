@@ -300,6 +300,25 @@ class Settings(BaseSettings):
         "of this many, then the steady rate); over it the API answers 429 with `Retry-After`.",
     )
 
+    cache_ttl_s: int = Field(
+        3600,
+        ge=0,
+        description="How long a determined job's answer is kept in the exact cache (0: no cache).",
+    )
+    cache_max_entry_bytes: int = Field(
+        262_144, ge=1, description="Largest answer the exact cache stores (bytes of its entry)."
+    )
+    cache_max_bytes: int = Field(
+        268_435_456,
+        ge=0,
+        description="Bytes all exact-cache entries may hold together; past it the oldest go.",
+    )
+    cache_shared_across_keys: bool = Field(
+        False,
+        description="Let every API key hit the exact cache entries of every other key "
+        "(default: each key sees only answers to its own jobs).",
+    )
+
     @model_validator(mode="after")
     def _timeouts_fit(self) -> Settings:
         # A message waits behind at most one batch, then runs in the next; Redis must not

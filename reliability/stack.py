@@ -54,6 +54,9 @@ ENV = {
     "LLMQ_WEBHOOK_RETRY_DELAYS_S": "1,2,4,8,15,30",
     "LLMQ_WEBHOOK_JITTER": "0.1",
     "LLMQ_LOG_LEVEL": "INFO",
+    # The invariants price every ledger row at the model's token prices and expect a worker's
+    # finish; a job the exact cache answers is priced and finished at submit.
+    "LLMQ_CACHE_TTL_S": "0",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "PYTHONUNBUFFERED": "1",

@@ -47,6 +47,9 @@ os.environ.update(
     LLMQ_SECRET_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
     # The suite's webhook receivers listen on loopback; production allows public hosts only.
     LLMQ_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
+    # The exact cache would answer one test's greedy job from another's, and most tests are
+    # about the worker that runs it; the cache's own tests turn it on (`cache_on`).
+    LLMQ_CACHE_TTL_S="0",
 )
 os.environ.pop("LLMQ_API_KEY", None)
 
@@ -115,6 +118,15 @@ max_batch_wait_ms = 20
 context_length = 4096
 price_input_per_mtok_usd = "1000"
 price_output_per_mtok_usd = "2000"
+
+[models.echo-cache]  # the exact cache's tests: answers priced apart from runs
+engine = "echo"
+max_batch_size = 16
+max_batch_wait_ms = 20
+context_length = 4096
+price_input_per_mtok_usd = "1000"
+price_output_per_mtok_usd = "2000"
+price_cache_hit_per_mtok_usd = "100"
 
 [models.echo-long]  # runs longer than the lease the lease tests give their worker
 engine = "echo"
@@ -479,6 +491,19 @@ def wait_for(
             log = f"\n{process.output()[-4000:]}" if process is not None else ""
             raise TimeoutError(f"{what} not reached within {timeout_s}s{log}")
         time.sleep(interval_s)
+
+
+CACHE_ON = {"LLMQ_CACHE_TTL_S": "3600"}  # a worker's env that keeps answers
+
+
+@pytest.fixture
+def cache_on(client) -> Iterator[None]:
+    """The in-process API with the exact cache on, for one test."""
+    state = client.app.state
+    settings = state.settings
+    state.settings = settings.model_copy(update={"cache_ttl_s": int(CACHE_ON["LLMQ_CACHE_TTL_S"])})
+    yield
+    state.settings = settings
 
 
 def wait_final(client, auth, job_id: str, timeout_s: float = 60) -> dict:

@@ -9,12 +9,14 @@ hands what was committed to `llmq.announce` (done events, webhooks, token rates,
 from __future__ import annotations
 
 import logging
+import uuid
 from decimal import Decimal
 
 import redis
 
 from llmq import events, jobs, outbox
 from llmq.announce import Announcer, Committed, token_deltas
+from llmq.cache import Answer, is_whole_answer
 from llmq.catalog import ModelSpec
 from llmq.db import session_scope
 from llmq.ledger import token_cost_usd
@@ -75,6 +77,7 @@ class ResultWriter:
         self.stream_rest(written)
         used = {o.job_id: o.prompt_tokens + o.completion_tokens for o in written}
         ended = [job for job in claimed if job.id in used]
+        outcome_of = {out.job_id: out for out in written}
         self.announcer.announce(
             Committed(
                 ended=[str(out.job_id) for out in written],
@@ -85,6 +88,7 @@ class ResultWriter:
                 outcomes=written,
                 model=self.spec.name,
                 batches=sorted({job.batch_id for job in ended if job.batch_id}),
+                answers=answers_to_keep(ended, outcome_of, self.spec.default_max_tokens),
             )
         )
         reports = {}
@@ -137,3 +141,23 @@ class ResultWriter:
             if out.text and out.text.startswith(sent) and len(out.text) > len(sent):
                 rest[str(out.job_id)] = out.text[len(sent) :]
         self.stream(rest)
+
+
+def answers_to_keep(
+    ended: list[Job], outcome_of: dict[uuid.UUID, jobs.Outcome], default_max_tokens: int
+) -> dict[str, Answer]:
+    """The exact-cache entries of the ended jobs that were given a cache key and answered
+    whole (`llmq.cache.is_whole_answer`): never a cancelled or time-bound one."""
+    answers = {}
+    for job in ended:
+        out = outcome_of[job.id]
+        max_tokens = job.params.max_tokens or default_max_tokens
+        if (
+            job.cache_key
+            and out.succeeded
+            and is_whole_answer(out.finish_reason, out.completion_tokens, max_tokens)
+        ):
+            answers[job.cache_key] = Answer(
+                out.text or "", out.finish_reason, out.prompt_tokens, out.completion_tokens
+            )
+    return answers

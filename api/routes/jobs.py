@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Query, Request
@@ -48,7 +49,9 @@ def submit(body: JobCreate, submission: Submission = Depends()) -> dict:
         with session_scope() as session:
             job = job_queries.get_job(session, job_id, submission.caller.key_id)
             return _render(session, job, settings)
-    return job_resource(admitted.job, None, settings.flower_url)
+    job = admitted.job  # a cache hit is final: its cost is what it reserved
+    cost = (job.reserved_cost_usd or Decimal(0), Decimal(0)) if job.cached else None
+    return job_resource(job, cost, settings.flower_url)
 
 
 @router.post("/bulk", status_code=202, responses=SUBMIT_ERRORS)

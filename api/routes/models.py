@@ -69,6 +69,7 @@ def model_object(spec: ModelSpec, live, pool: dict, created: int) -> dict:
         "pricing": {
             "input_per_mtok_usd": str(spec.price_input_per_mtok_usd),
             "output_per_mtok_usd": str(spec.price_output_per_mtok_usd),
+            "cache_hit_per_mtok_usd": str(spec.price_cache_hit_per_mtok_usd),
             "gpu_hour_usd": str(spec.gpu_hour_usd),
         },
         "pool": {

@@ -87,14 +87,24 @@ def usage(
         "key": ApiKey.name,
     }[group_by]
     query = (
-        sa.select(group.label("group"), sa.func.count().label("jobs"), *_sums())
+        sa.select(
+            group.label("group"),
+            sa.func.count().label("jobs"),
+            sa.func.count().filter(LedgerEntry.cached).label("cached_jobs"),
+            *_sums(),
+        )
         .join(ApiKey, ApiKey.id == LedgerEntry.api_key_id)
         .group_by(group)
         .order_by(group)
     )
     rows = _run(query, LedgerEntry.api_key_id, LedgerEntry.created_at, caller, start, end)
-    data = [{group_by: r.group, "jobs": r.jobs, **_amounts(r)} for r in rows]
-    return _answer(group_by, [group_by, "jobs", *SUMS], data, rows, format)
+    data = [
+        {group_by: r.group, "jobs": r.jobs, "cached_jobs": r.cached_jobs, **_amounts(r)}
+        for r in rows
+    ]
+    cached_jobs = sum(r.cached_jobs for r in rows)
+    columns = [group_by, "jobs", "cached_jobs", *SUMS]
+    return _answer(group_by, columns, data, rows, format, cached_jobs=cached_jobs)
 
 
 # Jobs an A/B report counts: those that ended by themselves (a cancel is the client's doing).

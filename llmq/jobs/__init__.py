@@ -19,6 +19,7 @@ from llmq.jobs.submit import (
     cancel_job,
     create_job,
     create_jobs,
+    record_answers,
     tokens_to_refund,
 )
 from llmq.jobs.sweeps import Moved, expire_queued, mark_republished, requeue_orphans
@@ -37,6 +38,7 @@ __all__ = [
     "expire_queued",
     "finish_jobs",
     "mark_republished",
+    "record_answers",
     "release_jobs",
     "renew_leases",
     "requeue_orphans",

@@ -1,10 +1,13 @@
-"""A client's moves: submit creates jobs (one INSERT, or many in one COPY), cancel ends one."""
+"""A client's moves: submit creates jobs (one INSERT, or many in one COPY), cancel ends one.
+
+A job the exact cache answers (`NewJob.answer`) is created final, succeeded, and gets its
+ledger row and webhook outbox row in the same transaction (`record_answers`)."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -12,10 +15,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from llmq import outbox
+from llmq.cache import Answer
 from llmq.errors import JobStateConflict
 from llmq.generation import GenerationParams
 from llmq.job_queries import get_job
-from llmq.models import ACTIVE_STATUSES, Job, JobStatus
+from llmq.models import ACTIVE_STATUSES, Job, JobStatus, LedgerEntry
 
 
 @dataclass
@@ -35,15 +39,19 @@ class NewJob:
     custom_id: str | None = None
     alias: str | None = None  # the alias the client named, and the variant it picked
     variant: str | None = None
+    cache_key: str | None = None  # where a worker stores its answer (None: not cached)
+    answer: Answer | None = None  # the exact cache's answer: the job is created succeeded,
+    finished_at: datetime | None = None  # at this time (its ledger row's time too)
 
 
 def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any]:
     """A new job's row: the one mapping from `NewJob` to the `jobs` table."""
+    answer = new.answer
     return {
         "id": job_id,
         "api_key_id": api_key_id,
         "model": new.model,
-        "status": JobStatus.QUEUED,
+        "status": JobStatus.SUCCEEDED if answer else JobStatus.QUEUED,
         "prompt": new.prompt,
         "messages": new.messages,
         "params": new.params,
@@ -58,7 +66,46 @@ def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any
         "custom_id": new.custom_id,
         "alias": new.alias,
         "variant": new.variant,
+        "cache_key": new.cache_key,
+        "cached": answer is not None,
+        "output_text": answer.text if answer else None,
+        "finish_reason": answer.finish_reason if answer else None,
+        "prompt_tokens": answer.prompt_tokens if answer else None,
+        "completion_tokens": answer.completion_tokens if answer else None,
+        "finished_at": new.finished_at if answer else None,
     }
+
+
+def record_answers(
+    session: Session, api_key_id: uuid.UUID, ids: list[uuid.UUID], new_jobs: list[NewJob]
+) -> list[uuid.UUID]:
+    """The ledger and webhook outbox rows of the jobs the cache answered, which were created
+    final; returns their ids. The ledger charges what submit reserved for them: the answer's
+    tokens at the model's cache-hit price."""
+    answered = [(i, new) for i, new in zip(ids, new_jobs, strict=True) if new.answer]
+    if not answered:
+        return []
+    session.add_all(
+        LedgerEntry(
+            job_id=job_id,
+            api_key_id=api_key_id,
+            model=new.model,
+            alias=new.alias,
+            variant=new.variant,
+            prompt_tokens=new.answer.prompt_tokens,
+            completion_tokens=new.answer.completion_tokens,
+            cost_usd=new.reserved_cost_usd or Decimal(0),
+            gpu_cost_usd=Decimal(0),
+            cached=True,
+            created_at=new.finished_at or datetime.now(UTC),
+        )
+        for job_id, new in answered
+        if new.answer
+    )
+    session.flush()
+    job_ids = [job_id for job_id, _ in answered]
+    outbox.enqueue_final_events(session, job_ids)
+    return job_ids
 
 
 def create_job(session: Session, api_key_id: uuid.UUID, new: NewJob) -> Job:

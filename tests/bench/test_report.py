@@ -56,6 +56,7 @@ def fake_results() -> dict:
         "cold": (20.0, 3.5, [3.4, 3.5, 3.6]),
         "rss_mb": 1200.0,
         "chat": {"chat_per_s": 60.0, "jobs_per_s": 55.0, "ratios": [1.1, 1.05, 0.85]},
+        "cache": {"hits": 300, "p50_ms": 4.2, "p99_ms": 11.0},
         "upload": {"idle_mb": 100.0, "above_idle_mb": 140.0, "mb_per_s": 120.0},
         "batch": {
             "lines": 700,
@@ -84,6 +85,7 @@ def test_the_how_column_follows_the_parameters_used():
     assert "(700 per request)" in how["Submit rate"]
     assert "batches of 8" in how["Memory"]
     assert "(echo, 50 requests from 4 threads); 3 pairs" in how["Chat completions / jobs"]
+    assert "300 in a row" in how["Cache hit submit → result"]
     assert "a 50 MB file" in how["Upload memory"]
     assert "a 700-line batch" in how["Batch validate + enqueue"]
     assert "(every 5 s) as the net" in how["Batch finalize"]
@@ -98,6 +100,7 @@ def test_the_how_column_follows_the_parameters_used():
         "Cold start": "met",
         "Memory": "",
         "Chat completions / jobs": "met",  # the median of 1.1, 1.05, 0.85
+        "Cache hit submit → result": "met",  # p50 4.2 ms
         "Upload memory": "MISSED",  # 140 MB above idle, over 100
         "Batch validate + enqueue": "MISSED",  # 5.5 s, over 5
         "Batch finish": "",
