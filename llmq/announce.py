@@ -4,7 +4,7 @@ Whoever ends jobs (a worker writing a batch, the cancel route, the sweeper faili
 expiring jobs) commits first and then hands what it committed to `Announcer.announce`:
 workers are told to stop cancelled jobs, waiters (long-poll, SSE) that the jobs ended, the
 webhook sender which outbox rows to deliver now, batches whose jobs ended to finalize
-if that was their last, each key's token rate is corrected by what
+if that was their last, jobs moved to a fallback model are published on its queue, each key's token rate is corrected by what
 its jobs really used, and the finished jobs are counted.
 
 Every effect comes after the commit and none may undo it, so each is best-effort: a failure
@@ -24,7 +24,7 @@ from celery import Celery
 
 from llmq import events, metrics, ratelimit
 from llmq.jobs import Outcome
-from llmq.queues import publish_finalize, publish_webhooks
+from llmq.queues import publish_finalize, publish_generate_many, publish_webhooks
 from llmq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ class Committed:
     outcomes: list[Outcome] = field(default_factory=list)  # written results, to be counted
     model: str = ""  # the model of `outcomes`
     batches: list[str] = field(default_factory=list)  # batches whose jobs these ended
+    moved: list[tuple[str, str, int]] = field(default_factory=list)  # (id, model, priority)
+    # of jobs queued again on a fallback model, whose messages are to be published
 
 
 def token_deltas(jobs: Iterable[tuple[uuid.UUID, int | None, int]]) -> dict[uuid.UUID, int]:
@@ -73,6 +75,9 @@ class Announcer:
         return cls(client, celery, settings.redis_prefix, limits)
 
     def announce(self, committed: Committed) -> None:
+        if committed.moved:
+            self._try("publish jobs moved to a fallback", publish_generate_many, self.celery,
+                      committed.moved)  # fmt: skip
         if committed.stop:
             self._try("tell workers of cancels", self._publish_cancels, committed.stop)
         if committed.ended:

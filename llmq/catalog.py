@@ -110,6 +110,17 @@ class ModelSpec(BaseModel):
     max_replicas: int = Field(1, ge=0)
     target_backlog_per_replica: int = Field(32, ge=1)
     echo_delay_ms: int = Field(0, ge=0, description="`echo` engine: fixed delay per batch.")
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Models a job moves to, in order, when this one fails it or cannot take it.",
+    )
+    fallback_after_queue_s: float | None = Field(
+        None, gt=0, description="Route new jobs to a fallback while the oldest queued job is older."
+    )
+    breaker_failures: int = Field(5, ge=1, description="Failures within the window that open.")
+    breaker_window_s: float = Field(60.0, gt=0)
+    breaker_open_s: float = Field(30.0, gt=0, description="How long open before probes pass.")
+    breaker_probes: int = Field(1, ge=1, description="Jobs let through while half-open.")
     base_dir: Path = Path(".")
 
     @field_validator("device")
@@ -203,7 +214,30 @@ def load_catalog(path: Path) -> Catalog:
             raise CatalogError(f"catalog {path}, model {name!r}: {exc}") from None
     if not models:
         raise CatalogError(f"catalog {path} defines no [models.<name>] table")
+    check_fallbacks(models, path)
     return Catalog(models)
+
+
+def check_fallbacks(models: dict[str, ModelSpec], path: Path) -> None:
+    """Every fallback is a catalog model other than its own, and no chain leads back to
+    where it started (a job would move in a circle)."""
+    for name, spec in models.items():
+        for other in spec.fallbacks:
+            if other == name:
+                raise CatalogError(f"catalog {path}, model {name!r}: falls back to itself")
+            if other not in models:
+                raise CatalogError(f"catalog {path}, model {name!r}: unknown fallback {other!r}")
+        if len(set(spec.fallbacks)) != len(spec.fallbacks):
+            raise CatalogError(f"catalog {path}, model {name!r}: a fallback is named twice")
+    for name in models:
+        seen, todo = set(), list(models[name].fallbacks)
+        while todo:
+            other = todo.pop()
+            if other == name:
+                raise CatalogError(f"catalog {path}, model {name!r}: its fallbacks lead back to it")
+            if other not in seen:
+                seen.add(other)
+                todo.extend(models[other].fallbacks)
 
 
 @lru_cache

@@ -163,6 +163,8 @@ class Job(Base):
         Text, ForeignKey("batches.id", ondelete="RESTRICT")
     )
     custom_id: Mapped[str | None] = mapped_column(Text)
+    # The models the job moved away from: [{model, to, reason, at}], oldest first.
+    hops: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'"))
 
 
 class LedgerEntry(Base):

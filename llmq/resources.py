@@ -35,6 +35,7 @@ def job_resource(job: Job, cost: tuple[Decimal, Decimal] | None, flower_url: str
         "usage": usage,
         "error": job.error,
         "attempts": job.attempts,
+        "hops": job.hops or [],
         "expires_at": _iso(job.expires_at),
         "metadata": job.meta or {},
         "user": job.user,
