@@ -96,7 +96,7 @@ SCALING_EVENTS = Counter(
 )
 SWEEPER_ACTIONS = Counter(
     "llmq_sweeper_actions_total",
-    "Jobs the sweeper acted on, by action (republished, requeued, expired, failed)",
+    "Jobs the sweeper acted on, by action (republished, requeued, expired, failed, fell_back)",
     ["action"],
 )
 
@@ -158,6 +158,8 @@ def served_by(name: str) -> str:
         return "api"
     if name == "llmq_webhook_attempts":
         return "webhook worker"
+    if name in ("llmq_circuit_opened", "llmq_fallbacks"):
+        return "worker, api"
     return "scheduler" if name in SCHEDULER_SERIES else "worker"
 
 

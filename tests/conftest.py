@@ -228,6 +228,12 @@ max_batch_wait_ms = 50
 default_max_tokens = 4
 context_length = 128
 
+[models.stranded]  # never served: its queued jobs wait until its circuit opens
+engine = "echo"
+fallbacks = ["fallback-echo"]
+breaker_failures = 1
+breaker_open_s = 600
+
 [models.fallback-echo]
 engine = "echo"
 max_batch_size = 8

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -76,14 +77,21 @@ def move_failed(session: Session, hops: list[Hop]) -> list[Moved]:
 
 
 def move_queued(
-    session: Session, model: str, to: str, reason: str, limit: int = 500
+    session: Session,
+    model: str,
+    to: str,
+    reason: str,
+    older_than: timedelta | None = None,
+    limit: int = 500,
 ) -> list[Moved]:
-    """Move jobs still queued for `model` to `to` (its circuit opened, or its queue waits too
-    long). Their old messages stay behind; a claim on the old queue skips them (a claim
-    takes only its own model's jobs). SKIP LOCKED: two sweepers never move the same job."""
+    """Move jobs still queued for `model` to `to` (its circuit opened: all of them; its queue
+    waits too long: those queued longer than `older_than`). Their old messages stay behind;
+    a claim on the old queue skips them (a claim takes only its own model's jobs). SKIP
+    LOCKED: two sweepers never move the same job."""
+    waited = sa.true() if older_than is None else Job.created_at < sa.func.now() - older_than
     ids = (
         sa.select(Job.id)
-        .where(Job.model == model, Job.status == JobStatus.QUEUED)
+        .where(Job.model == model, Job.status == JobStatus.QUEUED, waited)
         .order_by(Job.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -129,3 +129,25 @@ def test_a_job_whose_chain_is_exhausted_fails_with_the_last_error(client, auth, 
     assert job["error"]["code"] == "engine_error"
     assert [(h["model"], h["to"]) for h in job["hops"]] == [("mismatched-first", "mismatched-last")]
     assert [m for _, m, _ in ledger([job["id"]])] == ["mismatched-last"]  # one row
+
+
+def test_jobs_queued_when_the_circuit_opens_are_moved_by_the_sweeper(
+    client, auth, redis_client, fallback_echo
+):
+    from llmq import breakers
+    from llmq.catalog import get_catalog
+    from llmq.queues import get_celery
+    from llmq.settings import get_settings
+    from scheduler.sweeper import Sweeper
+    from tests.conftest import REDIS_PREFIX
+
+    job = submit(client, auth, "stranded", ANSWERED)  # closed: it queues where it was sent
+    assert job["model"] == "stranded" and job["hops"] == []
+    # What a worker of the model reports when a job fails for the model's sake.
+    breakers.record_outcomes(redis_client, REDIS_PREFIX, get_catalog().get("stranded"), [False])
+    assert circuit(client, auth, "stranded") == "open"
+    report = Sweeper(get_settings(), redis_client, get_celery(), ["stranded"]).sweep()
+    assert report.fell_back == [job["id"]]
+    done = wait_final(client, auth, job["id"], 60)
+    assert done["status"] == "succeeded" and done["model"] == "fallback-echo"
+    assert [(h["model"], h["reason"]) for h in done["hops"]] == [("stranded", "circuit_open")]
