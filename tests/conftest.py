@@ -191,10 +191,6 @@ max_replicas = 1
 [models.mismatched]
 source = {{ path = "{mismatched}" }}
 device = "cpu"
-max_batch_size = 4
-max_batch_wait_ms = 50
-default_max_tokens = 4
-context_length = 128
 fallbacks = ["fallback-echo"]
 breaker_failures = 2
 breaker_window_s = 600
@@ -203,10 +199,7 @@ breaker_open_s = 600
 [models.mismatched-probe]
 source = {{ path = "{mismatched}" }}
 device = "cpu"
-max_batch_size = 4
-max_batch_wait_ms = 50
 default_max_tokens = 4
-context_length = 128
 fallbacks = ["fallback-echo"]
 breaker_failures = 1
 breaker_open_s = 2
@@ -214,19 +207,11 @@ breaker_open_s = 2
 [models.mismatched-first]
 source = {{ path = "{mismatched}" }}
 device = "cpu"
-max_batch_size = 4
-max_batch_wait_ms = 50
-default_max_tokens = 4
-context_length = 128
 fallbacks = ["mismatched-last"]
 
 [models.mismatched-last]
 source = {{ path = "{mismatched}" }}
 device = "cpu"
-max_batch_size = 4
-max_batch_wait_ms = 50
-default_max_tokens = 4
-context_length = 128
 
 [models.stranded]  # never served: its queued jobs wait until its circuit opens
 engine = "echo"
