@@ -80,3 +80,35 @@ def test_a_good_chain_loads(tmp_path):
     catalog = load_catalog(path)
     assert fallbacks.chain(catalog, "a") == ["a", "b", "c"]
     assert catalog.get("a").breaker_failures == 5  # the defaults
+
+
+def test_a_move_is_fenced_by_attempt_and_a_claim_by_model(environment):
+    """A stale worker moves nothing; a moved job is claimed only by its new model's worker
+    (its old message, still on the old queue, finds nothing to claim)."""
+    from datetime import timedelta
+
+    from llmq import jobs
+    from llmq.db import session_scope
+    from llmq.keys import create_key
+    from llmq.models import Job
+
+    lease = timedelta(minutes=5)
+    with session_scope() as session:
+        key, _ = create_key(session, "fallback-moves")
+        job_id = jobs.create_job(session, key.id, jobs.NewJob("parked", {}, "a b")).id
+        (claimed,) = jobs.claim_jobs(session, [job_id], "w", lease, "parked")
+    error = {"code": "engine_error", "message": "boom"}
+    with session_scope() as session:
+        stale = jobs.Hop(job_id, claimed.attempts - 1, "unserved", "engine_error", error)
+        assert jobs.move_failed(session, [stale]) == []
+        hop = jobs.Hop(job_id, claimed.attempts, "unserved", "engine_error", error)
+        (moved,) = jobs.move_failed(session, [hop])
+    assert moved.model == "unserved"
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.model, job.worker) == ("queued", "unserved", None)
+        (entry,) = job.hops
+        assert entry["model"] == "parked" and entry["to"] == "unserved"
+        assert entry["reason"] == "engine_error" and entry["error"] == error and entry["at"]
+        assert jobs.claim_jobs(session, [job_id], "old", lease, "parked") == []
+        assert jobs.claim_jobs(session, [job_id], "new", lease, "unserved")
