@@ -126,10 +126,9 @@ class ResultWriter:
         catalog = get_catalog()
         by_id = {job.id: job for job in claimed}
         chains = {
-            o.job_id: fallbacks.chain(catalog, fallbacks.origin(by_id[o.job_id].model,
-                                                                by_id[o.job_id].hops))
-            for o in failed
-        }  # fmt: skip
+            job.id: fallbacks.chain(catalog, fallbacks.origin(job.model, job.hops))
+            for job in (by_id[o.job_id] for o in failed)
+        }
         names = sorted({m for c in chains.values() for m in c if m in catalog})
         try:
             states = breakers.read_states(
