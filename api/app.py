@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.catalog.names,
             redis.Redis.from_url(settings.redis_url),
             settings.redis_prefix,
+            app.state.catalog,
         )
     )
     errors.install(app)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import redis
 from celery import Celery
 from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel
@@ -23,11 +25,24 @@ from redis.exceptions import RedisError
 
 from api import deps, ratelimits
 from api.schemas import JobCreate
-from llmq import admission, budgets, cache, events, idempotency, job_checks, jobs, metrics, ssrf
+from llmq import (
+    admission,
+    breakers,
+    budgets,
+    cache,
+    events,
+    fallbacks,
+    idempotency,
+    job_checks,
+    jobs,
+    metrics,
+    ssrf,
+)
 from llmq.announce import Committed
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.errors import InvalidField
+from llmq.job_queries import IDLE, activity_by_model
 from llmq.keys import Caller
 from llmq.ledger import token_cost_usd
 from llmq.queues import Message, publish_generate, publish_generate_many
@@ -75,9 +90,11 @@ def prepare(
     catalog: Catalog,
     settings: Settings,
     resolve: ssrf.Resolver | None = None,
+    route: Callable[[jobs.NewJob], None] | None = None,
 ) -> Prepared:
     """Validate one body and work out what it reserves: worst-case tokens and cost. `resolve`
-    answers for the webhook's host (see `webhook_resolver`)."""
+    answers for the webhook's host (see `webhook_resolver`); `route` may move the job to a
+    fallback model (`steer`) before its reservation is priced."""
     new = validate_submit(body, catalog, settings, str(caller.key_id))
     if body.webhook_url is not None:
         try:
@@ -86,6 +103,8 @@ def prepare(
             )
         except ssrf.UnsafeUrl as exc:
             raise InvalidField("webhook_url", str(exc)) from None
+    if route is not None:
+        route(new)
     prepared = reserve(new, caller, catalog, settings, body.expires_in_s)
     return dataclasses.replace(prepared, cache=body.cache)
 
@@ -121,6 +140,36 @@ def reserve(
         prompt_tokens, max_tokens, spec.price_input_per_mtok_usd, spec.price_output_per_mtok_usd
     )
     return Prepared(new, reserved_tokens)
+
+
+def steer(new: jobs.NewJob, catalog: Catalog, client: redis.Redis, settings: Settings) -> None:
+    """Send a job whose model cannot take it now (its circuit is open, or its queue has
+    waited past `fallback_after_queue_s`) to the first fallback that can, recording the hop.
+    Only models with `fallbacks` pay for the look-up; a half-open model's probe slot is
+    taken here, when the job is let through to it."""
+    spec = catalog.get(new.model)
+    if not spec.fallbacks:
+        return
+    chain = fallbacks.chain(catalog, new.model)
+    oldest = None
+    if spec.fallback_after_queue_s is not None:
+        with session_scope() as session:
+            oldest = activity_by_model(session, [new.model]).get(new.model, IDLE).oldest_queued_s
+    crowded = oldest is not None and oldest > (spec.fallback_after_queue_s or 0)
+    admitted = crowded or breakers.admit(client, settings.redis_prefix, spec)
+    try:
+        states = breakers.read_states(
+            client, settings.redis_prefix, [catalog.get(name) for name in spec.fallbacks]
+        )
+    except redis.RedisError:
+        states = {}
+    to, reason = fallbacks.at_submit(chain, admitted, oldest, spec.fallback_after_queue_s, states)
+    if reason is not None:
+        new.hops = [
+            {"model": new.model, "to": to, "reason": reason, "at": datetime.now(UTC).isoformat()}
+        ]
+        metrics.FALLBACKS.labels(new.model, to, reason).inc()
+        new.model = to
 
 
 def check_total_tokens(prepared: list[Prepared], caller: Caller, field: str) -> None:
@@ -195,10 +244,14 @@ class Submission:
         self.caller, self.catalog, self.settings = caller, catalog, settings
 
     def prepare(self, body: JobCreate, resolve: ssrf.Resolver | None = None) -> Prepared:
-        return prepare(body, self.caller, self.catalog, self.settings, resolve)
+        return prepare(body, self.caller, self.catalog, self.settings, resolve, self.steer)
 
     def reserve(self, new: jobs.NewJob, max_tokens_field: str = "max_tokens") -> Prepared:
+        self.steer(new)
         return reserve(new, self.caller, self.catalog, self.settings, None, max_tokens_field)
+
+    def steer(self, new: jobs.NewJob) -> None:
+        steer(new, self.catalog, self.request.app.state.sync_redis, self.settings)
 
     def claim(self, body: BaseModel) -> idempotency.Claim | None:
         """The request's idempotency claim (None without the header); 400 when malformed."""

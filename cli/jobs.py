@@ -13,12 +13,14 @@ from llmq.models import ACTIVE_STATUSES, JobStatus
 
 
 def status() -> None:
-    """Per pool: desired and actual replicas, waiting, in flight, oldest wait."""
+    """Per pool: desired and actual replicas, waiting, in flight, oldest wait, circuit."""
     from rich.table import Table
 
     with client() as api:
         models = check(api.get("/v1/models"))["data"]
-    table = Table("model", "desired", "actual", "waiting", "in flight", "oldest wait", "workers")
+    table = Table(
+        "model", "desired", "actual", "waiting", "in flight", "oldest wait", "workers", "circuit"
+    )
     for m in (m for m in models if "live" in m):  # aliases have no pool of their own
         live, pool = m["live"], m["pool"]
         oldest = live.get("oldest_wait_s")
@@ -30,6 +32,7 @@ def status() -> None:
             str(live["in_flight"]),
             f"{oldest:.1f}s" if oldest is not None else "-",
             str(live["workers"]),
+            m.get("circuit", "-"),
         )
     console.print(table)
 

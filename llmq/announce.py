@@ -4,9 +4,9 @@ Whoever ends jobs (a worker writing a batch, the cancel route, the sweeper faili
 expiring jobs) commits first and then hands what it committed to `Announcer.announce`:
 workers are told to stop cancelled jobs, waiters (long-poll, SSE) that the jobs ended, the
 webhook sender which outbox rows to deliver now, batches whose jobs ended to finalize
-if that was their last, each key's token rate is corrected by what
-its jobs really used, determined jobs' answers are kept in the exact cache (`llmq.cache`), and
-the finished jobs are counted.
+if that was their last, jobs moved to a fallback model are published on its queue, each key's
+token rate is corrected by what its jobs really used, determined jobs' answers are kept in the
+exact cache (`llmq.cache`), and the finished jobs are counted.
 
 Every effect comes after the commit and none may undo it, so each is best-effort: a failure
 is logged and the next effect still runs. What is lost is recovered elsewhere: the outbox
@@ -27,7 +27,7 @@ from celery import Celery
 from llmq import events, metrics, ratelimit
 from llmq.cache import Answer, AnswerCache
 from llmq.jobs import Outcome
-from llmq.queues import publish_finalize, publish_webhooks
+from llmq.queues import Message, publish_finalize, publish_generate_many, publish_webhooks
 from llmq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ class Committed:
     model: str = ""  # the model of `outcomes`
     batches: list[str] = field(default_factory=list)  # batches whose jobs these ended
     answers: dict[str, Answer] = field(default_factory=dict)  # exact-cache key: answer to keep
+    moved: list[Message] = field(default_factory=list)  # jobs queued again on a fallback
+    # model, whose messages are to be published
 
 
 def token_deltas(jobs: Iterable[tuple[uuid.UUID, int | None, int]]) -> dict[uuid.UUID, int]:
@@ -85,6 +87,9 @@ class Announcer:
         return cls(client, celery, settings.redis_prefix, limits, cache)
 
     def announce(self, committed: Committed) -> None:
+        if committed.moved:
+            self._try("publish jobs moved to a fallback", publish_generate_many, self.celery,
+                      committed.moved)  # fmt: skip
         if committed.stop:
             self._try("tell workers of cancels", self._publish_cancels, committed.stop)
         if committed.ended:

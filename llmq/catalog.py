@@ -172,6 +172,17 @@ class ModelSpec(BaseModel):
     max_attempts: int | None = Field(
         None, ge=1, le=10, description="`openai` engine: tries per job on 429, 5xx and timeouts."
     )
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Models a job moves to, in order, when this one fails it or cannot take it.",
+    )
+    fallback_after_queue_s: float | None = Field(
+        None, gt=0, description="Route new jobs to a fallback while the oldest queued job is older."
+    )
+    breaker_failures: int = Field(5, ge=1, description="Failures within the window that open.")
+    breaker_window_s: float = Field(60.0, gt=0)
+    breaker_open_s: float = Field(30.0, gt=0, description="How long open before probes pass.")
+    breaker_probes: int = Field(1, ge=1, description="Jobs let through while half-open.")
     base_dir: Path = Path(".")
 
     @field_validator("device")
@@ -301,6 +312,7 @@ def load_catalog(path: Path) -> Catalog:
             raise CatalogError(f"catalog {path}, model {name!r}: {exc}") from None
     if not models:
         raise CatalogError(f"catalog {path} defines no [models.<name>] table")
+    check_fallbacks(models, path)
     return Catalog(models, _aliases(path, data.get("aliases") or {}, models))
 
 
@@ -321,6 +333,28 @@ def _aliases(path: Path, tables: dict, models: dict[str, ModelSpec]) -> dict[str
             raise CatalogError(f"{where}: unknown model(s) {', '.join(map(repr, unknown))}")
         aliases[name] = alias
     return aliases
+
+
+def check_fallbacks(models: dict[str, ModelSpec], path: Path) -> None:
+    """Every fallback is a catalog model other than its own, and no chain leads back to
+    where it started (a job would move in a circle)."""
+    for name, spec in models.items():
+        for other in spec.fallbacks:
+            if other == name:
+                raise CatalogError(f"catalog {path}, model {name!r}: falls back to itself")
+            if other not in models:
+                raise CatalogError(f"catalog {path}, model {name!r}: unknown fallback {other!r}")
+        if len(set(spec.fallbacks)) != len(spec.fallbacks):
+            raise CatalogError(f"catalog {path}, model {name!r}: a fallback is named twice")
+    for name in models:
+        seen, todo = set(), list(models[name].fallbacks)
+        while todo:
+            other = todo.pop()
+            if other == name:
+                raise CatalogError(f"catalog {path}, model {name!r}: its fallbacks lead back to it")
+            if other not in seen:
+                seen.add(other)
+                todo.extend(models[other].fallbacks)
 
 
 @lru_cache

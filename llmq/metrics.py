@@ -93,13 +93,25 @@ DEVICE_MEMORY = "llmq_device_memory_used_bytes"
 DEVICE_MEMORY_TOTAL = "llmq_device_memory_total_bytes"
 GPU_UTILIZATION = "llmq_gpu_utilization_ratio"
 
+# Router: breaker states are collected from Redis by the API (llmq/queue_metrics.py); the
+# counters by whichever process made the move (a worker, or the API at submit).
+CIRCUIT_STATE = "llmq_circuit_state"
+CIRCUIT_OPENED = Counter(
+    "llmq_circuit_opened_total", "Times a model's circuit breaker opened", ["model"]
+)
+FALLBACKS = Counter(
+    "llmq_fallbacks_total",
+    "Jobs moved to a fallback model, by reason (a failure's code, circuit_open, queue_age)",
+    ["model", "to", "reason"],
+)
+
 # Scheduler (recorded by the scheduler process)
 SCALING_EVENTS = Counter(
     "llmq_scaling_events_total", "Pool resizes by direction (up, down)", ["model", "direction"]
 )
 SWEEPER_ACTIONS = Counter(
     "llmq_sweeper_actions_total",
-    "Jobs the sweeper acted on, by action (republished, requeued, expired, failed)",
+    "Jobs the sweeper acted on, by action (republished, requeued, expired, failed, fell_back)",
     ["action"],
 )
 
@@ -118,6 +130,7 @@ COLLECTED = {
     QUEUE_OLDEST_AGE: "Age of the oldest queued job; 0 when none waits (from Postgres)",
     WORKERS_LIVE: "Workers with a live heartbeat",
     CACHE_BYTES: "Bytes the exact cache's entries hold in Redis (from Redis)",
+    CIRCUIT_STATE: "The model's circuit breaker: 0 closed, 1 open, 2 half-open (from Redis)",
     DEVICE_MEMORY: "Memory the worker holds on its device: CUDA reserved, or resident on CPU",
     DEVICE_MEMORY_TOTAL: "Memory of the worker's device (CUDA only)",
     GPU_UTILIZATION: "GPU busy fraction over the last sample period (NVML, when present)",
@@ -145,6 +158,7 @@ API_SERIES = {
     QUEUE_IN_FLIGHT,
     QUEUE_OLDEST_AGE,
     WORKERS_LIVE,
+    CIRCUIT_STATE,
 }
 SCHEDULER_SERIES = {
     "llmq_pool_desired_replicas",
@@ -163,6 +177,8 @@ def served_by(name: str) -> str:
         return "api"
     if name == "llmq_webhook_attempts":
         return "webhook worker"
+    if name in ("llmq_circuit_opened", "llmq_fallbacks"):
+        return "worker, api"
     return "scheduler" if name in SCHEDULER_SERIES else "worker"
 
 
@@ -184,6 +200,7 @@ def metrics_table() -> str:
         QUEUE_OLDEST_AGE: "model",
         WORKERS_LIVE: "model",
         CACHE_BYTES: "-",
+        CIRCUIT_STATE: "model",
         DEVICE_MEMORY: "model, device",
         DEVICE_MEMORY_TOTAL: "model, device",
         GPU_UTILIZATION: "model, device",

@@ -172,6 +172,8 @@ class Job(Base):
     # the job is not cached), and whether the cache answered it at submit.
     cache_key: Mapped[str | None] = mapped_column(Text)
     cached: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # The models the job moved away from: [{model, to, reason, at}], oldest first.
+    hops: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'"))
 
 
 class LedgerEntry(Base):

@@ -15,8 +15,9 @@ import sqlalchemy as sa
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from llmq import events, metrics
+from llmq import breakers, events, metrics
 from llmq.cache import cache_bytes_key
+from llmq.catalog import Catalog, get_catalog
 from llmq.db import session_scope
 from llmq.job_queries import IDLE, activity_by_model
 from llmq.pools import backlogs
@@ -25,11 +26,18 @@ log = logging.getLogger(__name__)
 
 
 class QueueCollector(Collector):
-    """Waiting and in-flight jobs, oldest waiting age and live workers, per catalog model;
-    and the bytes the exact cache holds."""
+    """Waiting and in-flight jobs, oldest waiting age, live workers and the circuit breaker's
+    state, per catalog model; and the bytes the exact cache holds."""
 
-    def __init__(self, models: Callable[[], list[str]], client: redis.Redis, prefix: str):
+    def __init__(
+        self,
+        models: Callable[[], list[str]],
+        client: redis.Redis,
+        prefix: str,
+        catalog: Catalog | None = None,
+    ):
         self.models, self.client, self.prefix = models, client, prefix
+        self.catalog = catalog
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         names = self.models()
@@ -48,6 +56,7 @@ class QueueCollector(Collector):
             yield waiting
             yield live
             yield stored
+            yield self._circuits(names)
         except redis.RedisError as exc:
             log.warning("queue metrics: Redis unavailable (%s)", exc.__class__.__name__)
         try:
@@ -68,6 +77,16 @@ class QueueCollector(Collector):
             oldest.add_metric([name], seen.oldest_queued_s or 0.0)
         yield in_flight
         yield oldest
+
+    def _circuits(self, names: list[str]) -> GaugeMetricFamily:
+        circuits = GaugeMetricFamily(
+            metrics.CIRCUIT_STATE, metrics.COLLECTED[metrics.CIRCUIT_STATE], labels=["model"]
+        )
+        catalog = self.catalog or get_catalog()
+        specs = [catalog.get(name) for name in names if name in catalog]
+        for name, state in breakers.read_states(self.client, self.prefix, specs).items():
+            circuits.add_metric([name], breakers.STATE_VALUES[state])
+        return circuits
 
 
 def scrape_targets(client: redis.Redis, prefix: str) -> list[dict]:

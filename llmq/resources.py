@@ -38,6 +38,7 @@ def job_resource(job: Job, cost: tuple[Decimal, Decimal] | None, flower_url: str
         "error": job.error,
         "attempts": job.attempts,
         "cached": job.cached,
+        "hops": job.hops or [],
         "expires_at": _iso(job.expires_at),
         "metadata": job.meta or {},
         "user": job.user,

@@ -7,6 +7,9 @@
 - A queued job whose deadline passed is expired.
 - A batch past its completion window has what is left of it cancelled; a batch whose jobs
   have all ended is finalized (`llmq.batches.sweep`), whoever ended them.
+- Queued jobs of a model whose circuit breaker is open move to the first fallback of its
+  chain whose circuit is not open, as do those that have waited past the model's
+  `fallback_after_queue_s` (`llmq.jobs.fallback`); they are published on their new queue.
 - A queued job with no live message (the API died between commit and publish, Redis lost
   its data, or a worker died holding its message before it claimed the job) is published
   again. This is checked, not guessed (`llmq.broker`): the job is stale and no message in
@@ -31,10 +34,11 @@ from datetime import timedelta
 import redis
 from celery import Celery
 
-from llmq import job_queries, jobs, metrics, outbox
+from llmq import breakers, fallbacks, job_queries, jobs, metrics, outbox
 from llmq.announce import Announcer, Committed
 from llmq.batches import sweep as batches
 from llmq.broker import held_since, waiting_task_ids
+from llmq.catalog import get_catalog
 from llmq.db import session_scope
 from llmq.files import file_store
 from llmq.queues import (
@@ -54,6 +58,7 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     republished: list[str] = field(default_factory=list)
+    fell_back: list[str] = field(default_factory=list)
     batches_expired: list[str] = field(default_factory=list)
     batches_finalized: list[str] = field(default_factory=list)
 
@@ -78,6 +83,7 @@ class Sweeper:
         report = SweepReport()
         self._requeue_orphans(report)
         self._expire(report)
+        self._fall_back(report)
         self._republish_lost(report)
         report.batches_expired += batches.expire_due(self.announcer)
         report.batches_finalized += batches.finalize_ready(self.store, self.announcer)
@@ -116,6 +122,42 @@ class Sweeper:
             committed = Committed([str(j.id) for j in expired], outbox.created_in(session))
         self.announcer.announce(committed)
         report.expired += committed.ended
+
+    def _fall_back(self, report: SweepReport) -> None:
+        catalog = get_catalog()
+        specs = [
+            catalog.get(name)
+            for name in (self.models or catalog.names())
+            if name in catalog and catalog.get(name).fallbacks
+        ]
+        if not specs:
+            return
+        names = sorted({m for spec in specs for m in fallbacks.chain(catalog, spec.name)})
+        states = breakers.read_states(
+            self.redis, self.settings.redis_prefix, [catalog.get(n) for n in names]
+        )
+        with session_scope() as session:
+            activity = job_queries.activity_by_model(session, [spec.name for spec in specs])
+        for spec in specs:
+            oldest = activity.get(spec.name, job_queries.IDLE).oldest_queued_s
+            if oldest is None:
+                continue
+            chain = fallbacks.chain(catalog, spec.name)
+            admitted = states.get(spec.name) != "open"
+            to, reason = fallbacks.at_submit(
+                chain, admitted, oldest, spec.fallback_after_queue_s, states
+            )
+            if reason is None:
+                continue
+            waited = None
+            if reason == fallbacks.QUEUE_AGE:
+                waited = timedelta(seconds=spec.fallback_after_queue_s or 0)
+            with session_scope() as session:
+                moved = jobs.move_queued(session, spec.name, to, reason, waited)
+            self._publish(moved)
+            if moved:
+                metrics.FALLBACKS.labels(spec.name, to, reason).inc(len(moved))
+            report.fell_back += [str(j.id) for j in moved]
 
     def _republish_lost(self, report: SweepReport) -> None:
         prefix = self.settings.redis_prefix

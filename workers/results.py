@@ -14,10 +14,10 @@ from decimal import Decimal
 
 import redis
 
-from llmq import events, jobs, outbox
+from llmq import breakers, events, fallbacks, jobs, metrics, outbox
 from llmq.announce import Announcer, Committed, token_deltas
 from llmq.cache import Answer, is_whole_answer
-from llmq.catalog import ModelSpec
+from llmq.catalog import ModelSpec, get_catalog
 from llmq.db import session_scope
 from llmq.ledger import token_cost_usd
 from llmq.models import Job
@@ -27,6 +27,7 @@ from workers.engines.base import GenerationResult
 log = logging.getLogger(__name__)
 
 SUPERSEDED = "superseded"  # what a task reports when its claim moved on and wrote nothing
+MOVED = "moved"  # what a task reports when its job failed here and went to a fallback model
 # What an outcome takes from the engine's result as it is.
 RESULT_FIELDS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "error")
 
@@ -66,13 +67,28 @@ class ResultWriter:
     def write(self, claimed: list[Job], outcomes: list[jobs.Outcome]) -> dict[str, str]:
         """One transaction for the results, then what follows a commit.
 
-        Returns what each task reports: the job's outcome, or `superseded` when the finish
-        was fenced off (the claim's attempt is no longer current) and nothing was written.
+        A job that failed for a reason the model answers for moves to the next model of its
+        fallback chain instead of ending (`llmq.jobs.fallback`), in the same transaction; it
+        writes no ledger row here. After the commit the model's circuit breaker learns
+        how the batch went.
+
+        Returns what each task reports: the job's outcome, `moved` when it went to a
+        fallback, or `superseded` when the finish was fenced off (the claim's attempt is no
+        longer current) and nothing was written.
         """
+        hops = self.fallback_hops(claimed, outcomes)
         with session_scope() as session:
-            done = set(jobs.finish_jobs(session, outcomes))
+            moved = jobs.move_failed(session, hops)
+            moved_ids = {m.id for m in moved}
+            done = set(
+                jobs.finish_jobs(session, [o for o in outcomes if o.job_id not in moved_ids])
+            )
             deliveries = outbox.created_in(session)
         self.claims.let_go(claimed)
+        self.judge(outcomes, done | moved_ids)
+        for hop in hops:
+            if hop.job_id in moved_ids:
+                metrics.FALLBACKS.labels(self.spec.name, hop.to, hop.reason).inc()
         written = [out for out in outcomes if out.job_id in done]
         self.stream_rest(written)
         used = {o.job_id: o.prompt_tokens + o.completion_tokens for o in written}
@@ -89,18 +105,60 @@ class ResultWriter:
                 model=self.spec.name,
                 batches=sorted({job.batch_id for job in ended if job.batch_id}),
                 answers=answers_to_keep(ended, outcome_of, self.spec.default_max_tokens),
+                moved=[m.message() for m in moved],
             )
         )
         reports = {}
         for out in outcomes:
             self.streamed.pop(str(out.job_id), None)
-            if out.job_id in done:
+            if out.job_id in moved_ids:
+                reports[str(out.job_id)] = MOVED
+            elif out.job_id in done:
                 reports[str(out.job_id)] = out.status
             else:
                 log.warning("job %s moved on from attempt %d; its result was not written",
                             out.job_id, out.attempt)  # fmt: skip
                 reports[str(out.job_id)] = SUPERSEDED
         return reports
+
+    def fallback_hops(self, claimed: list[Job], outcomes: list[jobs.Outcome]) -> list[jobs.Hop]:
+        """Where each job that failed for the model's sake goes next; none for a job whose
+        chain is exhausted (it fails with this error)."""
+        failed = [o for o in outcomes if not o.succeeded and breakers.counts_against_model(o.error)]
+        if not failed:
+            return []
+        catalog = get_catalog()
+        by_id = {job.id: job for job in claimed}
+        chains = {
+            job.id: fallbacks.chain(catalog, fallbacks.origin(job.model, job.hops))
+            for job in (by_id[o.job_id] for o in failed)
+        }
+        names = sorted({m for c in chains.values() for m in c if m in catalog})
+        try:
+            states = breakers.read_states(
+                self.redis, self.prefix, [catalog.get(name) for name in names]
+            )
+        except redis.RedisError:
+            states = {}
+        hops = []
+        for out in failed:
+            job = by_id[out.job_id]
+            tried = [hop["model"] for hop in job.hops or []] + [job.model]
+            to = fallbacks.next_model(chains[out.job_id], tried, states)
+            if to is not None:
+                reason = (out.error or {}).get("code", "failed")
+                hops.append(jobs.Hop(job.id, job.attempts, to, reason, out.error))
+        return hops
+
+    def judge(self, outcomes: list[jobs.Outcome], written: set) -> None:
+        """Tell the model's circuit breaker how the written jobs went: a success, or a failure
+        the model answers for (a job's own bad input is neither)."""
+        verdicts = [
+            out.succeeded
+            for out in outcomes
+            if out.job_id in written and (out.succeeded or breakers.counts_against_model(out.error))
+        ]
+        breakers.record_outcomes(self.redis, self.prefix, self.spec, verdicts)
 
     def release(self, claimed: list[Job]) -> None:
         """Give claimed jobs back to the queue when their results could not be written, so

@@ -74,6 +74,7 @@ class Runner:
             node,
             timedelta(seconds=settings.job_lease_s),
             settings.max_generation_s + HOLD_GRACE_S,
+            spec.name,
         )
         announcer = Announcer.for_settings(settings, self.redis, get_celery())
         self.writer = ResultWriter(spec, self.redis, settings.redis_prefix, self.claims, announcer)

@@ -1,6 +1,7 @@
 """/v1/models: the catalog in OpenAI's list shape (`id`, `object`, `created`, `owned_by`), each
-model with its live queue and its pool as the scheduler sees it, then each alias with its
-variants and rules (under `llmq`), so a client listing models sees every name it may send.
+model with its live queue, its pool as the scheduler sees it and its circuit breaker, then
+each alias with its variants and rules (under `llmq`), so a client listing models sees every
+name it may send.
 
 `created` is when the catalog file last changed (OpenAI's is when the model was made): every
 replica serving the same catalog says the same. Errors here are in OpenAI's envelope.
@@ -15,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api import deps
 from api.openapi import openai_responses
-from llmq import events, job_checks
+from llmq import breakers, events, job_checks
 from llmq.catalog import Catalog, ModelSpec
 from llmq.db import session_scope
 from llmq.keys import Caller
@@ -46,14 +47,17 @@ def gather(request: Request, catalog: Catalog, settings: Settings, names: list[s
     with session_scope() as session:
         seen = observe_pools(session, client, settings.redis_prefix, names)
     pools = events.read_pools(client, settings.redis_prefix)
+    circuits = breakers.read_states(
+        client, settings.redis_prefix, [catalog.get(name) for name in seen]
+    )
     created = catalog_created(settings)
     return [
-        model_object(catalog.get(name), live, pools.get(name, {}), created)
+        model_object(catalog.get(name), live, pools.get(name, {}), created, circuits[name])
         for name, live in seen.items()
     ]
 
 
-def model_object(spec: ModelSpec, live, pool: dict, created: int) -> dict:
+def model_object(spec: ModelSpec, live, pool: dict, created: int, circuit: str) -> dict:
     name = spec.name
     return {
         "id": name,
@@ -64,6 +68,8 @@ def model_object(spec: ModelSpec, live, pool: dict, created: int) -> dict:
         "engine": spec.engine,
         "queue": queue_name(name),
         "context_length": spec.context_length,
+        "fallbacks": spec.fallbacks,
+        "circuit": circuit,  # closed | open | half_open: the model's breaker, shared by all
         "max_new_tokens": spec.max_new_tokens,
         "max_batch_size": spec.max_batch_size,
         "pricing": {

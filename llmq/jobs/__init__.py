@@ -1,7 +1,7 @@
 """Every transition of a job's state, and the only place one happens; reads are in
 `llmq.job_queries`. One module per mover: a client submits and cancels (`submit`), a worker
-claims and holds (`leases`) and writes results (`finish`), the sweeper moves what nobody else
-will (`sweeps`).
+claims and holds (`leases`) and writes results (`finish`), a job moves to its fallback model
+(`fallback`), the sweeper moves what nobody else will (`sweeps`).
 
 A job that ends (finish, cancel) gets its webhook outbox row in the same transaction.
 
@@ -10,6 +10,7 @@ never runs a finished or cancelled job again; a finish is fenced by the claim's 
 number; the ledger row is unique per job.
 """
 
+from llmq.jobs.fallback import Hop, move_failed, move_queued
 from llmq.jobs.finish import Outcome, finish_jobs
 from llmq.jobs.leases import claim_jobs, end_leases, release_jobs, renew_leases
 from llmq.jobs.submit import (
@@ -25,6 +26,7 @@ from llmq.jobs.submit import (
 from llmq.jobs.sweeps import Moved, expire_queued, mark_republished, requeue_orphans
 
 __all__ = [
+    "Hop",
     "Moved",
     "NewJob",
     "Outcome",
@@ -38,6 +40,8 @@ __all__ = [
     "expire_queued",
     "finish_jobs",
     "mark_republished",
+    "move_failed",
+    "move_queued",
     "record_answers",
     "release_jobs",
     "renew_leases",

@@ -13,12 +13,17 @@ from llmq.models import Job, JobStatus
 
 
 def claim_jobs(
-    session: Session, job_ids: list[uuid.UUID], worker: str, lease: timedelta
+    session: Session,
+    job_ids: list[uuid.UUID],
+    worker: str,
+    lease: timedelta,
+    model: str | None = None,
 ) -> list[Job]:
     """Move queued jobs (or running ones whose lease ran out) to running, for this worker.
 
     Jobs that are finished, cancelled or held by a live claim are skipped: that is what
-    makes a duplicate or late message harmless.
+    makes a duplicate or late message harmless. With `model`, so are jobs that moved to
+    another model (a fallback) while their old message waited on this model's queue.
     """
     if not job_ids:
         return []
@@ -33,6 +38,7 @@ def claim_jobs(
                 sa.and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
             ),
             sa.or_(Job.expires_at.is_(None), Job.expires_at > now),
+            sa.true() if model is None else Job.model == model,
         )
         .values(
             status=JobStatus.RUNNING,

@@ -42,6 +42,7 @@ class NewJob:
     cache_key: str | None = None  # where a worker stores its answer (None: not cached)
     answer: Answer | None = None  # the exact cache's answer: the job is created succeeded,
     finished_at: datetime | None = None  # at this time (its ledger row's time too)
+    hops: list[dict[str, Any]] = field(default_factory=list)  # routed away at submit
 
 
 def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any]:
@@ -73,6 +74,7 @@ def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any
         "prompt_tokens": answer.prompt_tokens if answer else None,
         "completion_tokens": answer.completion_tokens if answer else None,
         "finished_at": new.finished_at if answer else None,
+        "hops": new.hops,
     }
 
 

@@ -215,7 +215,7 @@ def test_alerts_and_dashboard_use_real_metrics(compose):
         "llmq_batch_size_bucket", "llmq_cost_usd_total", "llmq_http_request_duration_seconds_bucket",
     }  # fmt: skip
     rows = {p["title"] for p in dashboard["panels"] if p["type"] == "row"}
-    assert rows == {"Throughput", "Latency", "Queue depth", "Pools", "Batches", "Spend"}
+    assert rows == {"Throughput", "Latency", "Queue depth", "Pools", "Batches", "Spend", "Router"}
     datasource = yaml.safe_load(
         (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
     )["datasources"][0]
