@@ -117,7 +117,7 @@ _encoder: Encoder | None = None
 
 
 def encoder() -> Encoder:
-    """The process's encoder, loaded on first use (~90 MB of weights, about a second)."""
+    """The process's encoder, loaded on first use (~90 MB of weights, a few seconds)."""
     global _encoder
     with _lock:
         if _encoder is None:

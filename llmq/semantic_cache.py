@@ -10,16 +10,17 @@ Each process keeps an index per stream, fed incrementally: a lookup reads, in on
 the entries after the last one it has seen and the stream's oldest surviving id, drops what
 Redis no longer holds (trimmed, expired or deleted: always a prefix of the stream) and what is
 older than the TTL by Redis's clock, then searches. Small indexes are scanned exactly (one
-matrix-vector product); past `EXACT_SCAN_MAX` entries, 256-bit random-hyperplane codes pick
-the `CANDIDATES` nearest by Hamming distance and those are scored exactly, which keeps a
-lookup in 100,000 entries within a few milliseconds (a near-duplicate is found unless
-`CANDIDATES` closer entries exist, and then one of those is the hit).
+matrix-vector product); past `EXACT_SCAN_MAX` entries, 128-bit random-hyperplane codes (16
+bytes an entry, compared by Hamming distance) keep only the entries that could reach the
+threshold, and those are scored exactly. An entry at the threshold is missed with chance
+~3e-5, one above it less; when more than `CANDIDATES` pass, the nearest by code are scored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 from bisect import bisect_left
 from collections.abc import Sequence
@@ -31,9 +32,10 @@ import redis
 from llmq.settings import Settings
 
 DIMENSIONS = 384
-CODE_BITS = 256
+CODE_BITS = 128
 EXACT_SCAN_MAX = 8192
-CANDIDATES = 64
+CANDIDATES = 256  # the most entries scored exactly past the exact scan
+MISS_SIGMAS = 4.0  # an entry at the threshold fails the Hamming cut with chance ~3e-5
 READ_PAGE = 2_000  # entries a read returns: ~3 MB, a few ms of Redis's time
 # Append, trim to the newest ARGV[1] entries and to the last ARGV[4] ms (by the new entry's
 # own id, Redis's clock), and expire the stream ARGV[4] ms after its last add.
@@ -98,21 +100,31 @@ def codes(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(bits.view(np.uint64).T)
 
 
+def hamming_cutoff(threshold: float, bits: int = CODE_BITS) -> int:
+    """The most differing bits an entry at `threshold` similarity shows, bar a `MISS_SIGMAS`
+    fluke: each bit differs with chance θ/π (θ = arccos threshold), independently."""
+    p = math.acos(max(-1.0, min(1.0, threshold))) / math.pi
+    return math.ceil(bits * p + MISS_SIGMAS * math.sqrt(bits * p * (1 - p)))
+
+
 def best_match(
     vectors: np.ndarray, words: np.ndarray, query: np.ndarray, threshold: float
 ) -> tuple[int, float] | None:
     """(row, similarity) of the nearest unit vector to the unit `query` if it reaches
-    `threshold`. Exact up to `EXACT_SCAN_MAX` rows; past it, over the Hamming candidates."""
-    if len(vectors) == 0:
-        return None
+    `threshold`. Exact up to `EXACT_SCAN_MAX` rows; past it, over the rows whose codes are
+    within `hamming_cutoff` of the query's (the `CANDIDATES` nearest of them, if more)."""
     if len(vectors) <= EXACT_SCAN_MAX:
         rows = np.arange(len(vectors))
     else:
         q = codes(query[None, :])[:, 0]
-        distance = np.bitwise_count(words[0] ^ q[0]).astype(np.uint16)
+        distance = np.bitwise_count(words[0] ^ q[0])  # uint8: at most 128 bits differ
         for w in range(1, len(words)):
             distance += np.bitwise_count(words[w] ^ q[w])
-        rows = np.argpartition(distance, CANDIDATES)[:CANDIDATES]
+        rows = np.flatnonzero(distance <= hamming_cutoff(threshold))
+        if len(rows) > CANDIDATES:
+            rows = rows[np.argpartition(distance[rows], CANDIDATES)[:CANDIDATES]]
+    if len(rows) == 0:
+        return None
     scores = vectors[rows] @ query
     best = int(np.argmax(scores))
     similarity = min(float(scores[best]), 1.0)  # a unit vector with itself may round above 1

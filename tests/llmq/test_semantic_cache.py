@@ -98,6 +98,27 @@ def test_best_match_finds_the_nearest_above_the_threshold(rows, noise, threshold
     assert match[1] == pytest.approx(float(vectors[target] @ query), abs=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("threshold", "cutoff"),
+    [(1.0, 0), (0.95, 27), (0.85, 40), (0.5, 64), (0.0, 87), (-1.0, 128)],
+)
+def test_the_hamming_cutoff_loosens_as_the_threshold_falls(threshold, cutoff):
+    assert sc.hamming_cutoff(threshold) == cutoff
+
+
+def test_past_the_exact_scan_an_entry_near_the_threshold_is_still_found():
+    # 200 queries each at about 0.86 to their entry, among 20,000: the cut keeps them.
+    vectors = random_units(20_000, seed=11)
+    words = sc.codes(vectors)
+    rng = np.random.default_rng(12)
+    found = 0
+    for target in rng.integers(len(vectors), size=200):
+        query = near(vectors[target], 0.03, seed=int(target))
+        match = sc.best_match(vectors, words, query, 0.8)
+        found += match is not None and match[0] == target
+    assert found == 200
+
+
 def test_a_similarity_equal_to_the_threshold_hits():
     vectors = random_units(3)
     similarity = float(vectors[1] @ vectors[1])
