@@ -148,6 +148,14 @@ def test_the_nearest_of_several_entries_answers(cache, scope):
     )
 
 
+@pytest.mark.parametrize("payload", ['{"job": "é✓"}', 'line\nbreak "quoted" \\', ""])
+def test_a_payload_comes_back_as_it_was_given(cache, scope, payload):
+    vector = random_units(1, seed=13)[0]
+    cache.add(scope, "m@1", vector, payload)
+    fresh = SemanticCache(cache.client, REDIS_PREFIX, ttl_s=3600, max_entries=1000)
+    assert fresh.lookup(scope, "m@1", vector, 0.99).payload == payload
+
+
 def test_scopes_and_namespaces_do_not_leak(cache, scope):
     vector = random_units(1, seed=4)[0]
     cache.add(scope, "m@1", vector, "job-mine")
