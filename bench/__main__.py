@@ -21,7 +21,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from bench import batches, cache, openai_path, overhead, pipeline, report, uploads
+from bench import batches, cache, openai_path, overhead, pipeline, report, semantic, uploads
 from bench.env import ROOT, BenchEnv, api, wait_for_worker, worker
 from bench.report import Figure, Goal
 from cli.devstack import free_port
@@ -53,6 +53,8 @@ class Params:
     upload_bytes: int = 200_000_000  # one file to POST /v1/files
     batch_lines: int = 10_000  # one OpenAI batch through the echo engine
     batch_max_tokens: int = 4
+    semantic_entries: int = 100_000  # random unit vectors in one semantic cache namespace
+    semantic_lookups: int = 1000  # near-duplicate lookups, each beside a random one
 
     @property
     def prompts(self) -> list[str]:
@@ -172,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         e.stop()
         console.print(f"a {p.upload_bytes / 1e6:.0f} MB upload…")
         r["upload"] = uploads.upload_memory(env, p.upload_bytes)
+        console.print(f"semantic cache lookups among {p.semantic_entries:,} entries…")
+        r["semantic"] = semantic.lookup_latency(env, p.semantic_entries, p.semantic_lookups)
     finally:
         client.close()
         api_proc.stop()
@@ -219,6 +223,7 @@ def measured(r: dict, p: Params) -> list[Figure]:
         cache.figure(r["cache"]),
         uploads.figure(r["upload"], p.upload_bytes),
         *batches.figures(r["batch"]),
+        *semantic.figures(r["semantic"]),
     ]  # fmt: skip
 
 

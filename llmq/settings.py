@@ -299,6 +299,18 @@ class Settings(BaseSettings):
         description="Manual webhook redeliveries one API key may ask for per minute (a burst "
         "of this many, then the steady rate); over it the API answers 429 with `Retry-After`.",
     )
+    semantic_cache_ttl_s: int = Field(
+        86_400,
+        ge=1,
+        description="How long a semantic cache entry (a prompt's embedding and what answers "
+        "it) lives in Redis, counted from when it was added.",
+    )
+    semantic_cache_max_entries: int = Field(
+        100_000,
+        ge=1,
+        description="Most semantic cache entries kept per scope and model revision; adding "
+        "one more drops the oldest. Each API replica holds them in memory (~1.6 KB each).",
+    )
 
     cache_ttl_s: int = Field(
         3600,

@@ -69,6 +69,17 @@ def fake_results() -> dict:
             "interval_s": 5.0,
             "finalizing_pass_s": 0.4,
         },
+        "semantic": {
+            "entries": 50_000,
+            "lookups": 300,
+            "hit_rate": 1.0,
+            "hit_p50_ms": 1.2,
+            "hit_p99_ms": 6.5,
+            "miss_p99_ms": 3.0,
+            "add_s": 4.0,
+            "catch_up_s": 2.0,
+            "embed_ms": 30.0,
+        },
     }
 
 
@@ -89,6 +100,7 @@ def test_the_how_column_follows_the_parameters_used():
     assert "a 50 MB file" in how["Upload memory"]
     assert "a 700-line batch" in how["Batch validate + enqueue"]
     assert "(every 5 s) as the net" in how["Batch finalize"]
+    assert "300 near-duplicate lookups among 50,000 entries" in how["Semantic lookup"]
     verdicts = {f.name: f.verdict for f in measured(fake_results(), params)}
     assert verdicts == {
         "Pipeline efficiency": "met",
@@ -105,4 +117,6 @@ def test_the_how_column_follows_the_parameters_used():
         "Batch validate + enqueue": "MISSED",  # 5.5 s, over 5
         "Batch finish": "",
         "Batch finalize": "met",  # 1.5 s after the last job
+        "Semantic lookup": "MISSED",  # p99 6.5 ms, over 5
+        "Prompt embedding": "",
     }

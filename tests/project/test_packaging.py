@@ -29,7 +29,7 @@ OURS = {"llmq", "api", "workers", "scheduler", "cli", "bench", "reliability", "t
 # reliability, tests) are run from a full developer install. The top layer, the `llmq` command,
 # has its own test below.
 EXTRAS = {
-    "llmq": (),
+    "llmq": ("semantic",),  # the semantic cache's modules; nothing else in llmq/ needs it
     "migrations": (),
     "api": ("api",),
     "workers": ("worker",),
