@@ -105,12 +105,23 @@ class ModelSpec(BaseModel):
     context_length: int = Field(2048, ge=8)
     price_input_per_mtok_usd: Decimal = Decimal("0")
     price_output_per_mtok_usd: Decimal = Decimal("0")
+    batch_price_factor: Decimal = Field(
+        Decimal(1),
+        gt=0,
+        le=1,
+        description="Scales the token price of a batch's lines (0.5: half price), in the "
+        "ledger and the batch's budget estimate.",
+    )
     gpu_hour_usd: Decimal = Decimal("0")
     min_replicas: int = Field(0, ge=0)
     max_replicas: int = Field(1, ge=0)
     target_backlog_per_replica: int = Field(32, ge=1)
     echo_delay_ms: int = Field(0, ge=0, description="`echo` engine: fixed delay per batch.")
     base_dir: Path = Path(".")
+
+    def price_factor(self, batch: bool) -> Decimal:
+        """What a job's token price is multiplied by: `batch_price_factor` for a batch line."""
+        return self.batch_price_factor if batch else Decimal(1)
 
     @field_validator("device")
     @classmethod

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
 
+from llmq.job_queries import not_paused
 from llmq.models import Job, JobStatus
 
 
@@ -18,7 +19,8 @@ def claim_jobs(
     """Move queued jobs (or running ones whose lease ran out) to running, for this worker.
 
     Jobs that are finished, cancelled or held by a live claim are skipped: that is what
-    makes a duplicate or late message harmless.
+    makes a duplicate or late message harmless. So are the lines of a paused batch: their
+    message is dropped, and resuming the batch publishes them again.
     """
     if not job_ids:
         return []
@@ -33,6 +35,7 @@ def claim_jobs(
                 sa.and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
             ),
             sa.or_(Job.expires_at.is_(None), Job.expires_at > now),
+            not_paused(),
         )
         .values(
             status=JobStatus.RUNNING,
