@@ -133,28 +133,30 @@ def list_(
         console.print(f"more: llmq batch list --after {page['last_id']}", soft_wrap=True)
 
 
+def _act(batch_id: str, action: str) -> None:
+    """POST the batch's `action` and print what it is now."""
+    with _api() as api:
+        batch = check(api.post(f"/v1/batches/{batch_id}/{action}"))
+    paused = ", paused" if batch.get("paused") and batch["status"] == "in_progress" else ""
+    console.print(f"batch {batch['id']} {batch['status']}{paused}", soft_wrap=True)
+
+
 @app.command()
 def cancel(batch_id: str) -> None:
     """Cancel a batch's queued and running requests; what ran is kept in its files."""
-    with _api() as api:
-        batch = check(api.post(f"/v1/batches/{batch_id}/cancel"))
-    console.print(f"batch {batch['id']} {batch['status']}", soft_wrap=True)
+    _act(batch_id, "cancel")
 
 
 @app.command()
 def pause(batch_id: str) -> None:
     """Pause a batch: its running requests finish, no queued one starts until resumed."""
-    with _api() as api:
-        batch = check(api.post(f"/v1/batches/{batch_id}/pause"))
-    console.print(f"batch {batch['id']} {batch['status']}, paused", soft_wrap=True)
+    _act(batch_id, "pause")
 
 
 @app.command()
 def resume(batch_id: str) -> None:
-    """Resume a paused batch."""
-    with _api() as api:
-        batch = check(api.post(f"/v1/batches/{batch_id}/resume"))
-    console.print(f"batch {batch['id']} {batch['status']}", soft_wrap=True)
+    """Resume a paused batch: its queued requests run again."""
+    _act(batch_id, "resume")
 
 
 def _follow(api: httpx.Client, batch: dict, output: Path, errors: Path, poll_s: float) -> None:

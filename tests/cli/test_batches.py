@@ -78,6 +78,10 @@ def test_submit_get_list_cancel(api, tmp_path):
     assert got["request_counts"]["total"] == 2
     status, out = run(api, key, "list")
     assert status == 0 and batch_id in out and "in_progress" in out
+    status, out = run(api, key, "pause", batch_id)
+    assert status == 0 and out.strip() == f"batch {batch_id} in_progress, paused", out
+    status, out = run(api, key, "resume", batch_id)
+    assert status == 0 and out.strip() == f"batch {batch_id} in_progress", out
     status, out = run(api, key, "cancel", batch_id)
     assert status == 0 and out.strip() == f"batch {batch_id} cancelled"
     status, out = run(api, key, "get", batch_id, "--wait", "--errors", str(tmp_path / "e.jsonl"))

@@ -19,7 +19,15 @@ from llmq.queues import make_celery, waiting_count
 from llmq.settings import get_settings
 from scheduler.sweeper import Sweeper
 from tests.api.routes import test_batches
-from tests.api.routes.test_batches import CHAT, lines, request, sdk, until_status, upload
+from tests.api.routes.test_batches import (
+    CHAT,
+    attempts_and_charges,
+    lines,
+    request,
+    sdk,
+    until_status,
+    upload,
+)
 from tests.conftest import REDIS_PREFIX, REDIS_URL, make_key, wait_for
 
 api, echo_worker = test_batches.api, test_batches.echo_worker  # the same fixtures
@@ -93,13 +101,7 @@ def test_pause_stops_new_lines_and_resume_runs_each_line_once(api, start_worker)
     assert (done.request_counts.completed, done.request_counts.failed) == (12, 0)
     out = [o["custom_id"] for o in lines(client, done.output_file_id)]
     assert sorted(out) == sorted(f"p{i}" for i in range(12))  # each exactly once
-    with session_scope() as session:
-        rows = session.execute(
-            sa.select(Job.attempts, sa.func.count(LedgerEntry.id))
-            .join(LedgerEntry, LedgerEntry.job_id == Job.id)
-            .where(Job.batch_id == batch.id)
-            .group_by(Job.id)
-        ).all()
+    rows = attempts_and_charges(batch.id)
     assert len(rows) == 12 and all(attempts == 1 and n == 1 for attempts, n in rows)
     assert post(api, key, f"/v1/batches/{batch.id}/pause").status_code == 409  # ended
 
