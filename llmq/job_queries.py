@@ -152,14 +152,15 @@ def activity_by_model(session: Session, models: list[str] | None = None) -> dict
     """One grouped read for every model with queued or running jobs (others are absent).
 
     An age is never below zero: a job committed after this transaction began can look
-    younger than `now()`."""
+    younger than `now()`. A paused batch's lines wait for no worker: they do not age it."""
     rows = session.execute(
         sa.select(
             Job.model,
             sa.func.count().filter(Job.status == JobStatus.RUNNING).label("running"),
             sa.func.extract(
                 "epoch",
-                sa.func.now() - sa.func.min(Job.created_at).filter(Job.status == JobStatus.QUEUED),
+                sa.func.now()
+                - sa.func.min(Job.created_at).filter(Job.status == JobStatus.QUEUED, not_paused()),
             ).label("oldest_s"),
         )
         .where(Job.status.in_(ACTIVE_STATUSES), of_models(models))

@@ -85,6 +85,7 @@ def test_pause_stops_new_lines_and_resume_runs_each_line_once(api, start_worker)
     with session_scope() as session:
         ids = {str(i) for i in session.scalars(sa.select(Job.id).where(Job.batch_id == batch.id))}
         assert not job_queries.stale_queued(session, timedelta(0), [MODEL])
+        assert job_queries.activity_by_model(session, [MODEL])[MODEL].oldest_queued_s is None
     assert not ids & set(report.republished)
     assert waiting() == 0 and statuses(batch.id).get("queued") == queued
     assert client.batches.retrieve(batch.id).status == "in_progress"  # not finalized
