@@ -2,7 +2,9 @@
 
 `submit --wait` uploads, creates, follows the batch with a progress bar and downloads its
 output and error files; the batch runs on the server, so stopping the command (Ctrl-C)
-leaves it running, to be followed again with `llmq batch get ID --wait`.
+leaves it running, to be followed again with `llmq batch get ID --wait`. Following reads the
+batch's event stream (`GET /v1/batches/{id}/events`), and polls the batch instead when the
+stream cannot be read.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +22,9 @@ import typer
 
 from cli.common import check, client, console, fail, problem
 
-app = typer.Typer(help="OpenAI Batch files: submit, follow, list, cancel.", no_args_is_help=True)
+app = typer.Typer(
+    help="OpenAI Batch files: submit, follow, list, pause, resume, cancel.", no_args_is_help=True
+)
 ENDED = {"completed", "failed", "expired", "cancelled"}
 Output = Annotated[
     Path | None, typer.Option(help="Where the output file goes (default: <input>.output.jsonl).")
@@ -28,7 +32,9 @@ Output = Annotated[
 Errors = Annotated[
     Path | None, typer.Option(help="Where the error file goes (default: <input>.errors.jsonl).")
 ]
-PollS = Annotated[float, typer.Option(help="Seconds between reads of the batch.")]
+PollS = Annotated[
+    float, typer.Option(help="Seconds between reads of the batch, when its stream is unavailable.")
+]
 
 
 @contextlib.contextmanager
@@ -127,12 +133,30 @@ def list_(
         console.print(f"more: llmq batch list --after {page['last_id']}", soft_wrap=True)
 
 
+def _act(batch_id: str, action: str) -> None:
+    """POST the batch's `action` and print what it is now."""
+    with _api() as api:
+        batch = check(api.post(f"/v1/batches/{batch_id}/{action}"))
+    paused = ", paused" if batch.get("paused") and batch["status"] == "in_progress" else ""
+    console.print(f"batch {batch['id']} {batch['status']}{paused}", soft_wrap=True)
+
+
 @app.command()
 def cancel(batch_id: str) -> None:
     """Cancel a batch's queued and running requests; what ran is kept in its files."""
-    with _api() as api:
-        batch = check(api.post(f"/v1/batches/{batch_id}/cancel"))
-    console.print(f"batch {batch['id']} {batch['status']}", soft_wrap=True)
+    _act(batch_id, "cancel")
+
+
+@app.command()
+def pause(batch_id: str) -> None:
+    """Pause a batch: its running requests finish, no queued one starts until resumed."""
+    _act(batch_id, "pause")
+
+
+@app.command()
+def resume(batch_id: str) -> None:
+    """Resume a paused batch: its queued requests run again."""
+    _act(batch_id, "resume")
 
 
 def _follow(api: httpx.Client, batch: dict, output: Path, errors: Path, poll_s: float) -> None:
@@ -167,33 +191,68 @@ def _follow(api: httpx.Client, batch: dict, output: Path, errors: Path, poll_s: 
         raise typer.Exit(1)
 
 
+def events(lines: Iterator[str]) -> Iterator[dict]:
+    """The JSON data of each server-sent event in a stream's lines (comments, such as the
+    server's pings, are skipped)."""
+    data: list[str] = []
+    for line in lines:
+        if line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif not line and data:
+            yield json.loads("\n".join(data))
+            data = []
+
+
+def _updates(api: httpx.Client, batch: dict, poll_s: float) -> Iterator[dict]:
+    """The batch as it changes, until it ends: from its event stream, else by polling."""
+    yield batch
+    try:
+        timeout = httpx.Timeout(10.0, read=60.0)  # the server pings every 15 s
+        with api.stream("GET", f"/v1/batches/{batch['id']}/events", timeout=timeout) as answer:
+            answer.raise_for_status()
+            for batch in events(answer.iter_lines()):
+                yield batch
+                if batch["status"] in ENDED:
+                    return
+    except (httpx.HTTPError, ValueError, KeyError):
+        pass  # an API without the stream, or one that dropped it: poll instead
+    while batch["status"] not in ENDED:
+        time.sleep(poll_s)
+        batch = check(api.get(f"/v1/batches/{batch['id']}"))
+        yield batch
+
+
+def _pace(batch: dict, first: tuple[float, int]) -> str:
+    """Tokens/s and ETA as the server measures them, else the rate seen here."""
+    progress = batch.get("llmq_progress") or {}
+    rate = progress.get("tokens_per_s")
+    if rate is None:
+        rate = tokens_per_s(first, (time.monotonic(), _output_tokens(batch)))
+    parts = [f"{rate:.0f} tok/s"] if rate is not None else []
+    if progress.get("eta_s") is not None and batch["status"] not in ENDED:
+        parts.append(f"ETA {timedelta(seconds=round(progress['eta_s']))}")
+    if batch.get("paused"):
+        parts.append("paused")
+    return "  ".join(parts)
+
+
 def _watch(api: httpx.Client, batch: dict, poll_s: float) -> dict:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[failed]} failed  {task.fields[rate]}"),
-               TimeRemainingColumn())  # fmt: skip
+               TextColumn("{task.fields[failed]} failed  {task.fields[pace]}"))  # fmt: skip
     first = (time.monotonic(), _output_tokens(batch))
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(batch["status"], total=None, failed=0, rate="")
-        while True:
-            counts = batch["request_counts"]
-            rate = tokens_per_s(first, (time.monotonic(), _output_tokens(batch)))
+        task = progress.add_task(batch["status"], total=None, failed=0, pace="")
+        for current in _updates(api, batch, poll_s):
+            batch = current
+            counts = current["request_counts"]
             progress.update(
                 task, description=batch["status"], total=counts["total"] or None,
                 completed=counts["completed"] + counts["failed"], failed=counts["failed"],
-                rate=f"{rate:.0f} tok/s" if rate is not None else "",
+                pace=_pace(batch, first),
             )  # fmt: skip
-            if batch["status"] in ENDED:
-                return batch
-            time.sleep(poll_s)
-            batch = check(api.get(f"/v1/batches/{batch['id']}"))
+    return batch
 
 
 def _download(api: httpx.Client, file_id: str, path: Path) -> Path:

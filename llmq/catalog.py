@@ -145,6 +145,13 @@ class ModelSpec(BaseModel):
         description="Price per million tokens (prompt and completion) of a job the exact "
         "cache answers.",
     )
+    batch_price_factor: Decimal = Field(
+        Decimal(1),
+        gt=0,
+        le=1,
+        description="Scales the token price of a batch's lines (0.5: half price), in the "
+        "ledger and the batch's budget estimate.",
+    )
     gpu_hour_usd: Decimal = Decimal("0")
     min_replicas: int = Field(0, ge=0)
     max_replicas: int = Field(1, ge=0)
@@ -184,6 +191,10 @@ class ModelSpec(BaseModel):
     breaker_open_s: float = Field(30.0, gt=0, description="How long open before probes pass.")
     breaker_probes: int = Field(1, ge=1, description="Jobs let through while half-open.")
     base_dir: Path = Path(".")
+
+    def price_factor(self, batch: bool) -> Decimal:
+        """What a job's token price is multiplied by: `batch_price_factor` for a batch line."""
+        return self.batch_price_factor if batch else Decimal(1)
 
     @field_validator("device")
     @classmethod

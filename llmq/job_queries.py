@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from llmq.errors import InvalidField, JobNotFound
-from llmq.models import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobStatus, LedgerEntry
+from llmq.models import ACTIVE_STATUSES, FINAL_STATUSES, Batch, Job, JobStatus, LedgerEntry
 
 
 def is_final(status: str) -> bool:
@@ -26,10 +26,17 @@ def of_models(models: list[str] | None):
     return sa.true() if models is None else Job.model.in_(models)
 
 
+def not_paused():
+    """Not a line of a paused batch (`llmq.batches.pause`): such a line waits in Postgres,
+    with no message, until its batch is resumed."""
+    paused = sa.exists().where(Batch.id == Job.batch_id, Batch.paused_at.is_not(None))
+    return sa.or_(Job.batch_id.is_(None), ~paused)
+
+
 def unpublished_for(older_than: timedelta):
-    """Queued, and neither created nor published again within `older_than`."""
+    """Queued, not paused, and neither created nor published again within `older_than`."""
     last = sa.func.coalesce(Job.published_at, Job.created_at)
-    return sa.and_(Job.status == JobStatus.QUEUED, last < sa.func.now() - older_than)
+    return sa.and_(Job.status == JobStatus.QUEUED, last < sa.func.now() - older_than, not_paused())
 
 
 def get_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID | None) -> Job:
@@ -145,14 +152,15 @@ def activity_by_model(session: Session, models: list[str] | None = None) -> dict
     """One grouped read for every model with queued or running jobs (others are absent).
 
     An age is never below zero: a job committed after this transaction began can look
-    younger than `now()`."""
+    younger than `now()`. A paused batch's lines wait for no worker: they do not age it."""
     rows = session.execute(
         sa.select(
             Job.model,
             sa.func.count().filter(Job.status == JobStatus.RUNNING).label("running"),
             sa.func.extract(
                 "epoch",
-                sa.func.now() - sa.func.min(Job.created_at).filter(Job.status == JobStatus.QUEUED),
+                sa.func.now()
+                - sa.func.min(Job.created_at).filter(Job.status == JobStatus.QUEUED, not_paused()),
             ).label("oldest_s"),
         )
         .where(Job.status.in_(ACTIVE_STATUSES), of_models(models))

@@ -14,11 +14,17 @@ def token_cost_usd(
     completion_tokens: int,
     price_input_per_mtok: Decimal,
     price_output_per_mtok: Decimal,
+    factor: Decimal = Decimal(1),
 ) -> Decimal:
+    """The tokens' price; `factor` scales it (a batch line's `batch_price_factor`)."""
     cost = (
-        Decimal(prompt_tokens) * price_input_per_mtok
-        + Decimal(completion_tokens) * price_output_per_mtok
-    ) / ONE_MILLION
+        (
+            Decimal(prompt_tokens) * price_input_per_mtok
+            + Decimal(completion_tokens) * price_output_per_mtok
+        )
+        * factor
+        / ONE_MILLION
+    )
     return cost.quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
 
 

@@ -385,3 +385,5 @@ class Batch(Base):
     expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set while paused (`llmq.batches.pause`): its queued lines are not claimed or published.
+    paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -56,6 +56,7 @@ class ResultWriter:
                 result.completion_tokens,
                 self.spec.price_input_per_mtok_usd,
                 self.spec.price_output_per_mtok_usd,
+                self.spec.price_factor(job.batch_id is not None),
             )
         fields = {name: getattr(result, name) for name in RESULT_FIELDS}
         return jobs.Outcome(

@@ -8,24 +8,32 @@ published after the commit (a lost publish is the sweeper's to redo), on the mod
 lane, which workers read only when no interactive job waits. Batch jobs are not charged to
 the key's per-minute rates: the queue paces them. Every route sees only the
 calling key's batches.
+
+llmq's extensions: `pause` and `resume` (`llmq.batches.pause`), and `events`, server-sent
+progress until the batch ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sse_starlette import EventSourceResponse
 
-from api import deps
+from api import deps, waits
 from api.openapi import openai_responses
 from api.submission import publish, reserve
 from llmq import events, metrics, outbox
 from llmq.announce import Committed
-from llmq.batches import records
+from llmq.batches import pause, records
 from llmq.batches.finalize import finalize_batch
 from llmq.batches.sweep import stopped_committed
 from llmq.batches.validate import Checked, Refused, check_lines
@@ -36,6 +44,8 @@ from llmq.files import records as files
 from llmq.files.store import FileStore
 from llmq.jobs import NewJob
 from llmq.keys import Caller
+from llmq.ledger import QUANTUM
+from llmq.models import BATCH_FINAL_STATUSES
 from llmq.queues import Message
 from llmq.settings import Settings
 
@@ -119,6 +129,9 @@ def _jobs(
             )
             continue
         new.reserved_tokens = None  # not charged to the rates: nothing to reconcile
+        if new.reserved_cost_usd is not None:  # a batch line is priced at the batch factor
+            factor = catalog.get(new.model).price_factor(batch=True)
+            new.reserved_cost_usd = (new.reserved_cost_usd * factor).quantize(QUANTUM)
         kept.append(line)
         new_jobs.append(new)
     checked.accepted = kept
@@ -215,3 +228,74 @@ def cancel_batch(
     except Exception:  # the sweeper's pass finalizes it
         log.warning("could not finalize batch %s yet", batch_id, exc_info=True)
     return _read(batch_id, caller, request)
+
+
+@router.post("/{batch_id}/pause", responses=openai_responses(404, 409))
+def pause_batch(
+    batch_id: BatchId, request: Request, caller: Caller = Depends(deps.caller)
+) -> BatchObject:
+    """llmq extension: its running lines finish, and no queued line starts until resumed."""
+    with session_scope() as session:
+        pause.pause(session, records.get_batch(session, batch_id, caller.key_id, lock=True))
+    return _read(batch_id, caller, request)
+
+
+@router.post("/{batch_id}/resume", responses=openai_responses(404, 409))
+def resume_batch(
+    batch_id: BatchId, request: Request, caller: Caller = Depends(deps.caller)
+) -> BatchObject:
+    """llmq extension: publish every line of a paused batch that is still queued."""
+    with session_scope() as session:
+        batch = records.get_batch(session, batch_id, caller.key_id, lock=True)
+        messages = pause.resume(session, batch)
+    if messages:
+        publish(request.app.state.celery, messages)
+    return _read(batch_id, caller, request)
+
+
+EVENTS_POLL_S = 0.5  # how often an events stream reads the batch's counts
+
+
+@router.get(
+    "/{batch_id}/events", response_class=EventSourceResponse, responses=openai_responses(404, 429)
+)
+async def batch_events(
+    batch_id: BatchId,
+    request: Request,
+    caller: Caller = Depends(deps.caller),
+    settings: Settings = Depends(deps.settings),
+) -> EventSourceResponse:
+    """llmq extension: a `progress` event with the batch object whenever its status, pause
+    or counts change, then one `batch` event once it is final, and the stream closes. An
+    open stream counts against the key's cap on open waits."""
+    first = await run_in_threadpool(_read, batch_id, caller, request)
+    lease = await waits.acquire(
+        request.app.state.redis, settings.redis_prefix, caller, settings.max_open_waits_per_key,
+        waits.STREAM_LEASE_S,
+    )  # fmt: skip
+
+    async def stream() -> AsyncIterator[dict]:
+        batch, sent, renewed_at = first.model_dump(), None, time.monotonic()
+        try:
+            while batch["status"] not in BATCH_FINAL_STATUSES:
+                if time.monotonic() - renewed_at > waits.STREAM_LEASE_S / 3:
+                    await lease.renew(waits.STREAM_LEASE_S)
+                    renewed_at = time.monotonic()
+                seen = _changes(batch)
+                if seen != sent:
+                    sent = seen
+                    yield {"event": "progress", "data": json.dumps(batch)}
+                await asyncio.sleep(EVENTS_POLL_S)
+                batch = (await run_in_threadpool(_read, batch_id, caller, request)).model_dump()
+            yield {"event": "batch", "data": json.dumps(batch)}
+        finally:
+            await lease.release()
+
+    return EventSourceResponse(stream(), ping=15)
+
+
+def _changes(batch: dict[str, Any]) -> tuple:
+    """What a new progress event is sent for (the pace alone changes every read)."""
+    progress = batch.get("llmq_progress") or {}
+    counts = tuple(progress.get(k) for k in ("done", "failed", "queued", "running"))
+    return batch["status"], batch["paused"], counts

@@ -91,23 +91,63 @@ def list_batches(
     return rows[:limit], len(rows) > limit
 
 
+# How far back the batch's throughput is measured: recent enough to follow a pool that
+# scaled or a pause, long enough to hold more than one batch slot's lines.
+RATE_WINDOW_S = 60
+
+
 @dataclass(frozen=True)
 class Progress:
     completed: int  # jobs that succeeded
     failed: int  # refused lines, and jobs that ended otherwise
-    active: int  # jobs still queued or running
+    queued: int  # jobs waiting for a worker (a paused batch's wait here)
+    running: int
     input_tokens: int  # from the ledger
     output_tokens: int
+    recent_lines: int = 0  # jobs that ended (succeeded or failed) within the rate window
+    recent_output_tokens: int = 0
+    window_s: float = 0.0  # the rate window, cut short by the batch's start
+
+    @property
+    def active(self) -> int:
+        return self.queued + self.running
+
+
+@dataclass(frozen=True)
+class Estimate:
+    tokens_per_s: float | None  # output tokens per second, over the rate window
+    eta_s: float | None  # seconds until its last line ends, at that pace
+
+
+def estimate(counts: Progress, paused: bool) -> Estimate:
+    """The batch's measured pace and what it leaves: the lines still to run times the
+    seconds per line measured over the window. Unknown (None) until a line ended within the
+    window; no ETA while paused, since nothing runs."""
+    if counts.recent_lines == 0 or counts.window_s <= 0:
+        return Estimate(None, 0.0 if counts.active == 0 and not paused else None)
+    tokens_per_s = counts.recent_output_tokens / counts.window_s
+    if paused:
+        return Estimate(tokens_per_s, None)
+    return Estimate(tokens_per_s, counts.active * counts.window_s / counts.recent_lines)
 
 
 def progress(session: Session, batch: Batch) -> Progress:
-    """Counts from the batch's jobs and token totals from its ledger rows, in one statement."""
-    status = Job.status
+    """Counts and the rate window's throughput from the batch's jobs, and token totals
+    from its ledger rows."""
+    status, now = Job.status, sa.func.now()
+    since = sa.func.greatest(
+        now - timedelta(seconds=RATE_WINDOW_S), sa.func.coalesce(batch.in_progress_at, now)
+    )
+    recent = sa.and_(status.in_(("succeeded", "failed")), Job.finished_at >= since)
     row = session.execute(
         sa.select(
             sa.func.count().filter(status == JobStatus.SUCCEEDED),
-            sa.func.count().filter(status.in_(("queued", "running"))),
+            sa.func.count().filter(status == JobStatus.QUEUED),
+            sa.func.count().filter(status == JobStatus.RUNNING),
             sa.func.count(),
+            sa.func.count().filter(recent),
+            sa.func.coalesce(sa.func.sum(Job.completion_tokens).filter(recent), 0),
+            sa.func.extract("epoch", now - since),
         ).where(Job.batch_id == batch.id)
     ).one()
     tokens = session.execute(
@@ -118,9 +158,12 @@ def progress(session: Session, batch: Batch) -> Progress:
         .join(Job, Job.id == LedgerEntry.job_id)
         .where(Job.batch_id == batch.id)
     ).one()
-    succeeded, active, total = row
-    failed = total - succeeded - active + len(batch.refused or [])
-    return Progress(succeeded, failed, active, int(tokens[0]), int(tokens[1]))
+    succeeded, queued, running, total, recent_lines, recent_tokens, window_s = row
+    failed = total - succeeded - queued - running + len(batch.refused or [])
+    return Progress(
+        succeeded, failed, queued, running, int(tokens[0]), int(tokens[1]),
+        int(recent_lines), int(recent_tokens), float(window_s or 0),
+    )  # fmt: skip
 
 
 def start_cancel(session: Session, batch: Batch, error: dict[str, str] | None = None):
@@ -137,12 +180,12 @@ def start_cancel(session: Session, batch: Batch, error: dict[str, str] | None = 
     return jobs.cancel_batch_jobs(session, batch.id, error)
 
 
+def _at(value: datetime | None) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
 def batch_object(batch: Batch, counts: Progress | None) -> dict[str, Any]:
-    """OpenAI's batch object."""
-
-    def at(value: datetime | None) -> int | None:
-        return int(value.timestamp()) if value is not None else None
-
+    """OpenAI's batch object, with llmq's extensions (`llmq_fields`)."""
     errors = {"object": "list", "data": batch.errors} if batch.errors else None
     usage = None
     if counts is not None:
@@ -157,15 +200,32 @@ def batch_object(batch: Batch, counts: Progress | None) -> dict[str, Any]:
         "id": batch.id, "object": "batch", "endpoint": batch.endpoint, "errors": errors,
         "input_file_id": batch.input_file_id, "completion_window": batch.completion_window,
         "status": batch.status, "output_file_id": batch.output_file_id,
-        "error_file_id": batch.error_file_id, "created_at": at(batch.created_at),
-        "in_progress_at": at(batch.in_progress_at), "expires_at": at(batch.expires_at),
-        "finalizing_at": at(batch.finalizing_at), "completed_at": at(batch.completed_at),
-        "failed_at": at(batch.failed_at), "expired_at": at(batch.expired_at),
-        "cancelling_at": at(batch.cancelling_at), "cancelled_at": at(batch.cancelled_at),
+        "error_file_id": batch.error_file_id, "created_at": _at(batch.created_at),
+        "in_progress_at": _at(batch.in_progress_at), "expires_at": _at(batch.expires_at),
+        "finalizing_at": _at(batch.finalizing_at), "completed_at": _at(batch.completed_at),
+        "failed_at": _at(batch.failed_at), "expired_at": _at(batch.expired_at),
+        "cancelling_at": _at(batch.cancelling_at), "cancelled_at": _at(batch.cancelled_at),
         "request_counts": {
             "total": batch.total,
             "completed": counts.completed if counts else 0,
             "failed": counts.failed if counts else 0,
         },
-        "metadata": batch.meta, "usage": usage,
+        "metadata": batch.meta, "usage": usage, **llmq_fields(batch, counts),
     }  # fmt: skip
+
+
+def llmq_fields(batch: Batch, counts: Progress | None) -> dict[str, Any]:
+    """llmq's extensions to the batch object: the pause mark, and progress with the pace
+    measured over the rate window (`done` counts the lines that ended either way)."""
+    paused = batch.paused_at is not None
+    fields: dict[str, Any] = {"paused": paused, "paused_at": _at(batch.paused_at)}
+    if counts is None:
+        return fields | {"llmq_progress": None}
+    pace = estimate(counts, paused)
+    fields["llmq_progress"] = {
+        "done": counts.completed + counts.failed, "failed": counts.failed, "total": batch.total,
+        "queued": counts.queued, "running": counts.running,
+        "tokens_per_s": round(pace.tokens_per_s, 3) if pace.tokens_per_s is not None else None,
+        "eta_s": round(pace.eta_s, 3) if pace.eta_s is not None else None,
+    }  # fmt: skip
+    return fields

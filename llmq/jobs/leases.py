@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
 
+from llmq.job_queries import not_paused
 from llmq.models import Job, JobStatus
 
 
@@ -23,7 +24,9 @@ def claim_jobs(
 
     Jobs that are finished, cancelled or held by a live claim are skipped: that is what
     makes a duplicate or late message harmless. With `model`, so are jobs that moved to
-    another model (a fallback) while their old message waited on this model's queue.
+    another model (a fallback) while their old message waited on this model's queue. So are
+    the lines of a paused batch: their message is dropped, and resuming the batch publishes
+    them again.
     """
     if not job_ids:
         return []
@@ -39,6 +42,7 @@ def claim_jobs(
             ),
             sa.or_(Job.expires_at.is_(None), Job.expires_at > now),
             sa.true() if model is None else Job.model == model,
+            not_paused(),
         )
         .values(
             status=JobStatus.RUNNING,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.batches import result_paths, tokens_per_s
+from cli.batches import events, result_paths, tokens_per_s
 from tests.api.routes import test_batches
 from tests.api.routes.test_batches import request, sweeper
 from tests.conftest import ROOT, make_key, wait_for
@@ -78,6 +78,10 @@ def test_submit_get_list_cancel(api, tmp_path):
     assert got["request_counts"]["total"] == 2
     status, out = run(api, key, "list")
     assert status == 0 and batch_id in out and "in_progress" in out
+    status, out = run(api, key, "pause", batch_id)
+    assert status == 0 and out.strip() == f"batch {batch_id} in_progress, paused", out
+    status, out = run(api, key, "resume", batch_id)
+    assert status == 0 and out.strip() == f"batch {batch_id} in_progress", out
     status, out = run(api, key, "cancel", batch_id)
     assert status == 0 and out.strip() == f"batch {batch_id} cancelled"
     status, out = run(api, key, "get", batch_id, "--wait", "--errors", str(tmp_path / "e.jsonl"))
@@ -152,3 +156,9 @@ def test_an_unreachable_api_is_one_line(tmp_path):
         env=dict(os.environ, LLMQ_API_URL="http://127.0.0.1:9", LLMQ_API_KEY="k"), timeout=60,
     )  # fmt: skip
     assert proc.returncode == 1 and proc.stdout.startswith("error: cannot reach the API")
+
+
+def test_events_are_read_from_the_streams_lines():
+    stream = [": ping - 2026-01-01", "event: progress", 'data: {"status": "in_progress"}', "",
+              "event: batch", 'data: {"status":', 'data: "completed"}', ""]  # fmt: skip
+    assert list(events(iter(stream))) == [{"status": "in_progress"}, {"status": "completed"}]

@@ -24,6 +24,8 @@ def test_default_catalog_serves_smollm2():
         ('[models.a]\nengine = "hf"\n', "needs a `source`"),
         ('[models.a]\nengine = "echo"\nmax_batch_size = 0\n', "max_batch_size"),
         ('[models.a]\nengine = "echo"\ndevice = "tpu"\n', "device"),
+        ('[models.a]\nengine = "echo"\nbatch_price_factor = "0"\n', "batch_price_factor"),
+        ('[models.a]\nengine = "echo"\nbatch_price_factor = "1.5"\n', "batch_price_factor"),
         ('[models.a]\nengine = "echo"\ncolour = "red"\n', "colour"),
         ('[models.a]\nsource = { package = "x" }\n', "`package` needs `file`"),
         ("", "defines no"),

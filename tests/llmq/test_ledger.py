@@ -9,6 +9,11 @@ def test_token_cost_is_exact_decimal():
     assert isinstance(cost, Decimal)
 
 
+def test_a_price_factor_scales_the_token_cost():
+    full = token_cost_usd(31, 8, Decimal("0.02"), Decimal("0.06"))
+    assert token_cost_usd(31, 8, Decimal("0.02"), Decimal("0.06"), Decimal("0.5")) == full / 2
+
+
 def test_gpu_cost_split_by_token_share():
     # one hour-priced GPU at $3.60/h for 10 s costs $0.01 in all
     parts = split_gpu_cost_usd(10.0, Decimal("3.6"), [30, 10, 60])

@@ -218,15 +218,20 @@ def test_a_worker_killed_mid_batch_still_gives_one_output_line_and_ledger_row_pe
     assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)
     out = lines(client, done.output_file_id)
     assert sorted(o["custom_id"] for o in out) == [f"k{i}" for i in range(6)]
-    with session_scope() as session:
-        rows = session.execute(
-            sa.select(Job.attempts, sa.func.count(LedgerEntry.id))
-            .join(LedgerEntry, LedgerEntry.job_id == Job.id)
-            .where(Job.batch_id == batch.id)
-            .group_by(Job.id)
-        ).all()
+    rows = attempts_and_charges(batch.id)
     assert len(rows) == 6 and all(n == 1 for _, n in rows)
     assert max(attempts for attempts, _ in rows) == 2  # some ran twice, and were charged once
+
+
+def attempts_and_charges(batch_id: str) -> list[tuple[int, int]]:
+    """(claims, ledger rows) of each of the batch's jobs that has a ledger row."""
+    with session_scope() as session:
+        return [tuple(row) for row in session.execute(
+            sa.select(Job.attempts, sa.func.count(LedgerEntry.id))
+            .join(LedgerEntry, LedgerEntry.job_id == Job.id)
+            .where(Job.batch_id == batch_id)
+            .group_by(Job.id)
+        )]  # fmt: skip
 
 
 def hooked_key(url: str | None) -> tuple[str, str]:

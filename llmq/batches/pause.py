@@ -1,0 +1,61 @@
+"""Pausing a batch: its running lines finish, no queued line starts until it is resumed.
+
+A paused batch's queued lines wait in Postgres with no live message. Nothing is taken off
+Redis at pause: a worker's claim skips a paused batch's lines (`llmq.job_queries.not_paused`),
+so each message still on the batch lane is acked and dropped when a worker reads it, and the
+sweeper does not publish them again. Resume clears the mark and publishes every line still
+queued, in bulk; a message left from before the pause is a duplicate, harmless because claims
+are conditional. The completion window keeps running while paused: a paused batch expires.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from llmq.errors import JobStateConflict
+from llmq.models import Batch, BatchStatus, Job, JobStatus
+from llmq.queues import Message
+
+PAUSE, RESUME = "pause", "resume"
+
+
+def refusal(action: str, status: str, paused: bool) -> str | None:
+    """Why `action` is not allowed on a batch in this state (None: it is). Only a batch whose
+    lines still run can be paused, and only a paused one resumed."""
+    if status != BatchStatus.IN_PROGRESS:
+        return f"a batch that is {status} cannot {action}"
+    if action == PAUSE and paused:
+        return "the batch is already paused"
+    if action == RESUME and not paused:
+        return "the batch is not paused"
+    return None
+
+
+def _check(action: str, batch: Batch) -> None:
+    reason = refusal(action, batch.status, batch.paused_at is not None)
+    if reason is not None:
+        raise JobStateConflict(f"batch {batch.id}: {reason}")
+
+
+def pause(session: Session, batch: Batch) -> None:
+    """Mark the batch (locked by the caller) paused; from the commit on, no line is claimed."""
+    _check(PAUSE, batch)
+    batch.paused_at = sa.func.now()
+    session.flush()
+
+
+def resume(session: Session, batch: Batch) -> list[Message]:
+    """Clear the mark; the messages of every line still queued, to publish after the commit.
+    Their `published_at` is set, so the sweeper does not count them lost meanwhile."""
+    _check(RESUME, batch)
+    batch.paused_at = None
+    session.flush()
+    rows = session.execute(
+        sa.update(Job)
+        .where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED)
+        .values(published_at=sa.func.now())
+        .returning(Job.id, Job.model, Job.priority)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [Message(str(r.id), r.model, r.priority, batch=True) for r in rows]
