@@ -15,11 +15,21 @@ from api.metrics_server import create_metrics_app, metrics_server
 from api.middleware import RequestMetrics
 from api.routes import admin, batches, chat, files, health, jobs, models, streams, usage, webhooks
 from llmq import __version__
-from llmq.catalog import load_catalog
+from llmq.catalog import Catalog, load_catalog
 from llmq.files import file_store
 from llmq.queue_metrics import QueueCollector
 from llmq.queues import make_celery
 from llmq.settings import Settings, get_settings
+
+
+def semantic_cache(catalog: Catalog, client: redis.Redis, settings: Settings):
+    """The process's semantic cache index, when a catalog model turns it on (it brings numpy
+    and the embedding model's weights, so an API that needs none of it loads none of it)."""
+    if not any(catalog.get(name).semantic_cache_threshold for name in catalog.names()):
+        return None
+    from llmq.semantic_cache import SemanticCache
+
+    return SemanticCache.from_settings(client, settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
         )
+        app.state.semantic_cache = semantic_cache(app.state.catalog, app.state.sync_redis, settings)
         internal = create_metrics_app(settings, app.state.queue_registry, app.state.sync_redis)
         with metrics_server(internal, settings.api_metrics_host, settings.api_metrics_port):
             yield

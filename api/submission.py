@@ -42,6 +42,7 @@ from llmq.announce import Committed
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.errors import InvalidField
+from llmq.generation import GenerationParams
 from llmq.job_queries import IDLE, activity_by_model
 from llmq.keys import Caller
 from llmq.ledger import token_cost_usd
@@ -223,6 +224,11 @@ def publish(celery: Celery, messages: list[Message]) -> None:
         )  # fmt: skip
 
 
+def resolved_params(new: jobs.NewJob, default_max_tokens: int) -> GenerationParams:
+    """The job's parameters with `max_tokens` written out, as the caches key them."""
+    return new.params.model_copy(update={"max_tokens": new.params.max_tokens or default_max_tokens})
+
+
 class Submission:
     """What both submit routes need, as one FastAPI dependency: the caller, the catalog and
     settings, the `Idempotency-Key`, and the steps after validation."""
@@ -311,16 +317,56 @@ class Submission:
             log.warning("the exact cache could not be read; %d job(s) run", len(wanted))
             answers = {}
         for p, key in zip(prepared, keys, strict=True):
-            new = p.new
-            new.cache_key = key
+            p.new.cache_key = key
             answer = answers.get(key) if key is not None else None
             if answer is not None:
-                price = self.catalog.get(new.model).price_cache_hit_per_mtok_usd
-                new.answer, new.reserved_tokens = answer, answer.tokens
-                new.finished_at = datetime.now(UTC)
-                new.reserved_cost_usd = token_cost_usd(
-                    answer.prompt_tokens, answer.completion_tokens, price, price
-                )
+                self.answer_from_cache(p.new, answer)
+        self.consult_semantic_cache([p.new for p in prepared if p.new.cache_key], store)
+
+    def answer_from_cache(self, new: jobs.NewJob, answer: cache.Answer) -> None:
+        """The job ends at admission with this answer, reserving its tokens at the model's
+        cache-hit price."""
+        price = self.catalog.get(new.model).price_cache_hit_per_mtok_usd
+        new.answer, new.reserved_tokens = answer, answer.tokens
+        new.finished_at = datetime.now(UTC)
+        new.reserved_cost_usd = token_cost_usd(
+            answer.prompt_tokens, answer.completion_tokens, price, price
+        )
+
+    def consult_semantic_cache(self, cacheable: list[jobs.NewJob], store: cache.AnswerCache):
+        """For the exact cache's misses on a model with a `semantic_cache_threshold`: the
+        nearest earlier prompt of the same scope, model revision and parameters. At or above
+        the threshold its answer, while the exact cache still keeps it, is this job's, with
+        the similarity recorded. A miss is added, pointing at the job's own exact-cache key,
+        so its answer serves later paraphrases once a worker keeps it."""
+        semantic = self.request.app.state.semantic_cache
+        todo = [
+            new
+            for new in cacheable
+            if new.answer is None and self.catalog.get(new.model).semantic_cache_threshold
+        ]
+        if semantic is None or not todo:
+            return
+        from llmq import embeddings  # numpy and MiniLM's weights: only for models that use it
+
+        scope = cache.scope(self.caller.key_id, self.settings.cache_shared_across_keys)
+        vectors = embeddings.embed([cache.semantic_text(n.prompt, n.messages) for n in todo])
+        for new, vector in zip(todo, vectors, strict=True):
+            spec = self.catalog.get(new.model)
+            params = resolved_params(new, spec.default_max_tokens)
+            namespace = cache.semantic_namespace(new.model, cache.model_revision(spec), params)
+            try:
+                hit = semantic.lookup(scope, namespace, vector, spec.semantic_cache_threshold)
+                answer = store.get_many([hit.payload])[0] if hit is not None else None
+                if answer is None:
+                    semantic.add(scope, namespace, vector, new.cache_key)
+            except RedisError:
+                log.warning("the semantic cache could not be read; the job runs")
+                continue
+            if hit is not None and answer is not None:
+                self.answer_from_cache(new, answer)
+                new.cache_similarity = round(hit.similarity, 4)
+            metrics.SEMANTIC_CACHE_LOOKUPS.labels(new.model, "hit" if answer else "miss").inc()
 
     def cache_key(self, prepared: Prepared) -> str | None:
         """The job's exact-cache key; None when it is not determined or its body said
@@ -329,9 +375,7 @@ class Submission:
         if not prepared.cache or not cache.is_deterministic(new.params):
             return None
         spec = self.catalog.get(new.model)
-        params = new.params.model_copy(
-            update={"max_tokens": new.params.max_tokens or spec.default_max_tokens}
-        )
+        params = resolved_params(new, spec.default_max_tokens)
         scope = cache.scope(self.caller.key_id, self.settings.cache_shared_across_keys)
         revision = cache.model_revision(spec)
         return cache.cache_key(new.model, revision, scope, new.prompt, new.messages, params)

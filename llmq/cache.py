@@ -136,6 +136,20 @@ def cache_key(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def semantic_namespace(model: str, revision: str, params: GenerationParams) -> str:
+    """Where the semantic cache keeps a job's prompt: everything its answer depends on but
+    the prompt itself (a paraphrase with other parameters is another question)."""
+    return cache_key(model, revision, "", None, [], params)
+
+
+def semantic_text(prompt: str | None, messages: list[dict[str, Any]] | None) -> str:
+    """The text the semantic cache embeds: the prompt, or the messages' contents, one a line
+    (role labels would be words every prompt shares, and lift every similarity)."""
+    if messages is None:
+        return prompt or ""
+    return "\n".join(str(m.get("content") or "") for m in messages)
+
+
 def usable(keys: list[str | None], params: list[GenerationParams]) -> list[str | None]:
     """The keys of one request's jobs that may use the cache.
 

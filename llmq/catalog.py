@@ -145,6 +145,13 @@ class ModelSpec(BaseModel):
         description="Price per million tokens (prompt and completion) of a job the exact "
         "cache answers.",
     )
+    semantic_cache_threshold: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Turns on the semantic cache for the model: a determined job whose prompt "
+        "is at least this cosine-similar to an answered one gets its answer (e.g. 0.9).",
+    )
     batch_price_factor: Decimal = Field(
         Decimal(1),
         gt=0,

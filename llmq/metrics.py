@@ -256,6 +256,11 @@ DESIRED_REPLICAS = Gauge("llmq_pool_desired_replicas", "Replicas the scheduler w
 ACTUAL_REPLICAS = Gauge("llmq_pool_actual_replicas", "Replicas the backend runs", ["model"])
 POOL_WAITING = Gauge("llmq_pool_waiting", "Messages waiting in the model's queue", ["model"])
 POOL_IN_FLIGHT = Gauge("llmq_pool_in_flight", "Jobs running on the model's pool", ["model"])
+SEMANTIC_CACHE_LOOKUPS = Counter(
+    "llmq_semantic_cache_lookups_total",
+    "Semantic cache lookups of jobs the exact cache missed, by result (hit, miss)",
+    ["model", "result"],
+)
 POOL_DEADLINE_REPLICAS = Gauge(
     "llmq_pool_deadline_replicas", "Replicas the model's deadlines need", ["model"]
 )

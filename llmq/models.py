@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -171,6 +172,8 @@ class Job(Base):
     # The exact cache (`llmq.cache`): the key a determined job's answer is stored under (None:
     # the job is not cached), and whether the cache answered it at submit.
     cache_key: Mapped[str | None] = mapped_column(Text)
+    # A semantic cache hit: the cosine similarity of its prompt to the one whose answer it got.
+    cache_similarity: Mapped[float | None] = mapped_column(Float)
     cached: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     # The models the job moved away from: [{model, to, reason, at}], oldest first.
     hops: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'"))

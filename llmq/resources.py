@@ -38,6 +38,7 @@ def job_resource(job: Job, cost: tuple[Decimal, Decimal] | None, flower_url: str
         "error": job.error,
         "attempts": job.attempts,
         "cached": job.cached,
+        "cache_similarity": job.cache_similarity,
         "hops": job.hops or [],
         "expires_at": _iso(job.expires_at),
         "metadata": job.meta or {},

@@ -119,6 +119,12 @@ context_length = 4096
 price_input_per_mtok_usd = "1000"
 price_output_per_mtok_usd = "2000"
 
+[models.echo-semantic]  # the semantic cache's tests: paraphrases at 0.88 or more share answers
+engine = "echo"
+max_batch_size = 8
+max_batch_wait_ms = 20
+semantic_cache_threshold = 0.88
+
 [models.echo-cache]  # the exact cache's tests: answers priced apart from runs
 engine = "echo"
 max_batch_size = 16

@@ -40,6 +40,7 @@ class NewJob:
     alias: str | None = None  # the alias the client named, and the variant it picked
     variant: str | None = None
     cache_key: str | None = None  # where a worker stores its answer (None: not cached)
+    cache_similarity: float | None = None  # a semantic cache hit's similarity
     answer: Answer | None = None  # the exact cache's answer: the job is created succeeded,
     finished_at: datetime | None = None  # at this time (its ledger row's time too)
     hops: list[dict[str, Any]] = field(default_factory=list)  # routed away at submit
@@ -68,6 +69,7 @@ def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any
         "alias": new.alias,
         "variant": new.variant,
         "cache_key": new.cache_key,
+        "cache_similarity": new.cache_similarity,
         "cached": answer is not None,
         "output_text": answer.text if answer else None,
         "finish_reason": answer.finish_reason if answer else None,

@@ -187,3 +187,17 @@ def test_an_entry_expires_and_its_bytes_are_given_back(redis_client):
 def test_a_zero_ttl_turns_the_cache_off(redis_client):
     entries = store(redis_client, ttl_s=0)
     assert not entries.enabled and entries.put("k", answer()) is None
+
+
+def test_the_semantic_cache_embeds_contents_and_keys_everything_but_the_prompt():
+    from llmq.cache import semantic_namespace, semantic_text
+    from llmq.generation import GenerationParams
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert semantic_text(None, messages) == "Be brief.\nHi"
+    assert semantic_text("a prompt", None) == "a prompt"
+    greedy = GenerationParams(max_tokens=8, temperature=0)
+    longer = GenerationParams(max_tokens=9, temperature=0)
+    assert semantic_namespace("m", "r1", greedy) == semantic_namespace("m", "r1", greedy)
+    assert len({semantic_namespace(*args) for args in [("m", "r1", greedy), ("m", "r2", greedy),
+                ("n", "r1", greedy), ("m", "r1", longer)]}) == 4  # fmt: skip
