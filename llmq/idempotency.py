@@ -3,10 +3,11 @@ job(s), or the same batch, for a while.
 
 Keys are scoped per API key and remembered for `LLMQ_IDEMPOTENCY_RETENTION_H` hours. A
 request first takes a transaction-scoped advisory lock on (api key, idempotency key), then
-looks the key up; its row is written in the transaction that creates the jobs. A concurrent
-twin waits on the lock until that transaction ends, then finds the row and answers with the
-same jobs, before any rate limit, concurrency limit or budget is charged: twenty identical
-requests create one job (or one bulk) and all twenty get it, even on a key with room for one.
+looks the key up; its row is written in the transaction that creates the jobs (or the
+batch). A concurrent twin waits on the lock until that transaction ends, then finds the row
+and answers with the same jobs, before any rate limit, concurrency limit or budget is
+charged: twenty identical requests create one job (or one bulk, one batch) and all twenty
+get it, even on a key with room for one.
 """
 
 from __future__ import annotations
