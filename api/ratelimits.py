@@ -19,13 +19,16 @@ from llmq.keys import Caller
 log = logging.getLogger(__name__)
 
 
+def rpm_rules(caller: Caller) -> list[ratelimit.Rule]:
+    """One request against the key's requests per minute, and nothing else."""
+    rpm = caller.limits.rpm
+    return [] if rpm is None else [ratelimit.Rule("rpm", rpm, 1)]
+
+
 def rules(caller: Caller, tokens: int) -> list[ratelimit.Rule]:
-    limits = caller.limits
-    out = []
-    if limits.rpm is not None:
-        out.append(ratelimit.Rule("rpm", limits.rpm, 1))
-    if limits.tpm is not None:
-        out.append(ratelimit.Rule("tpm", limits.tpm, tokens))
+    out = rpm_rules(caller)
+    if caller.limits.tpm is not None:
+        out.append(ratelimit.Rule("tpm", caller.limits.tpm, tokens))
     return out
 
 

@@ -283,7 +283,7 @@ class Submission:
         admitted = admission.admit(session_scope, self.caller, new_jobs, claim, retention, charge)
         self.response.headers.update(charge.headers)
         if admitted.replayed:
-            self.response.headers["Idempotent-Replayed"] = "true"
+            self.response.headers[idempotency.REPLAYED] = "true"
             return admitted
         publish(
             self.request.app.state.celery,

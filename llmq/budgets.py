@@ -92,10 +92,14 @@ def spend(session: Session, key_id: uuid.UUID, since: datetime) -> Spend:
 
 
 def in_flight(session: Session, key_id: uuid.UUID) -> int:
+    """The key's jobs queued or running against its `max_concurrent`; a batch's jobs are
+    exempt (the queue paces them), so a running batch never locks out the key's requests."""
     return int(
         session.scalar(
             sa.select(sa.func.count()).where(
-                Job.api_key_id == key_id, Job.status.in_(ACTIVE_STATUSES)
+                Job.api_key_id == key_id,
+                Job.status.in_(ACTIVE_STATUSES),
+                Job.batch_id.is_(None),
             )
         )
     )

@@ -1,11 +1,13 @@
-"""`Idempotency-Key` on submit: the same key and body give the same job(s), for a while.
+"""`Idempotency-Key` on submit and on batch create: the same key and body give the same
+job(s), or the same batch, for a while.
 
 Keys are scoped per API key and remembered for `LLMQ_IDEMPOTENCY_RETENTION_H` hours. A
 request first takes a transaction-scoped advisory lock on (api key, idempotency key), then
-looks the key up; its row is written in the transaction that creates the jobs. A concurrent
-twin waits on the lock until that transaction ends, then finds the row and answers with the
-same jobs, before any rate limit, concurrency limit or budget is charged: twenty identical
-requests create one job (or one bulk) and all twenty get it, even on a key with room for one.
+looks the key up; its row is written in the transaction that creates the jobs (or the
+batch). A concurrent twin waits on the lock until that transaction ends, then finds the row
+and answers with the same jobs, before any rate limit, concurrency limit or budget is
+charged: twenty identical requests create one job (or one bulk, one batch) and all twenty
+get it, even on a key with room for one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from llmq.models import IdempotencyKey
 
 MAX_KEY_CHARS = 255
 HEADER = "Idempotency-Key"
+REPLAYED = "Idempotent-Replayed"  # the answer's header on a replay: "true"
 
 
 def parse_header(raw: str | None) -> str | None:
@@ -68,21 +71,41 @@ def lock(session: Session, api_key_id: uuid.UUID, key: str) -> None:
     session.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(name, 0))))
 
 
-def find(
-    session: Session, api_key_id: uuid.UUID, claim: Claim, retention: timedelta
-) -> list[uuid.UUID] | None:
-    """The jobs an earlier request with this key made, in order, or None; 422 if the body
-    differs."""
+def _earlier(
+    session: Session, api_key_id: uuid.UUID, claim: Claim, retention: timedelta, batch: bool
+) -> IdempotencyKey | None:
+    """The row an earlier request with this key wrote, or None; 422 if its body differs, or
+    if it made jobs where this one makes a batch (or the other way round)."""
     row = session.execute(
         sa.select(IdempotencyKey).where(_live(api_key_id, claim.key, retention))
     ).scalar_one_or_none()
     if row is None:
         return None
-    if row.request_sha256 != claim.request_sha256:
+    if row.request_sha256 != claim.request_sha256 or (row.batch_id is not None) != batch:
         raise IdempotencyMismatch(
             f"{HEADER} {claim.key!r} was used with another request body; use a new key"
         )
+    return row
+
+
+def find(
+    session: Session, api_key_id: uuid.UUID, claim: Claim, retention: timedelta
+) -> list[uuid.UUID] | None:
+    """The jobs an earlier request with this key made, in order, or None; 422 if the body
+    differs."""
+    row = _earlier(session, api_key_id, claim, retention, batch=False)
+    if row is None:
+        return None
     return list(row.job_ids) if row.job_ids else [row.job_id]
+
+
+def find_batch(
+    session: Session, api_key_id: uuid.UUID, claim: Claim, retention: timedelta
+) -> str | None:
+    """The batch an earlier batch create with this key made, or None; 422 if the body
+    differs."""
+    row = _earlier(session, api_key_id, claim, retention, batch=True)
+    return None if row is None else row.batch_id
 
 
 def record(
@@ -91,8 +114,10 @@ def record(
     claim: Claim,
     job_ids: list[uuid.UUID],
     retention: timedelta,
+    batch_id: str | None = None,
 ) -> bool:
-    """Tie the key to new jobs. False when another request holds the key (it won the race)."""
+    """Tie the key to new jobs, or to a new batch (`batch_id`; its jobs are the batch's). False
+    when another request holds the key (it won the race)."""
     session.execute(
         sa.delete(IdempotencyKey).where(
             IdempotencyKey.api_key_id == api_key_id,
@@ -100,15 +125,12 @@ def record(
             IdempotencyKey.created_at < sa.func.now() - retention,
         )
     )
+    made = {"batch_id": batch_id} if batch_id is not None else {
+        "job_id": job_ids[0], "job_ids": job_ids if len(job_ids) > 1 else None
+    }  # fmt: skip
     inserted = session.execute(
         pg_insert(IdempotencyKey)
-        .values(
-            api_key_id=api_key_id,
-            key=claim.key,
-            request_sha256=claim.request_sha256,
-            job_id=job_ids[0],
-            job_ids=job_ids if len(job_ids) > 1 else None,
-        )
+        .values(api_key_id=api_key_id, key=claim.key, request_sha256=claim.request_sha256, **made)
         .on_conflict_do_nothing(index_elements=["api_key_id", "key"])
         .returning(IdempotencyKey.key)
     ).first()

@@ -205,23 +205,30 @@ class LedgerEntry(Base):
 
 
 class IdempotencyKey(Base):
-    """An `Idempotency-Key` seen on submit, scoped to the API key that sent it.
+    """An `Idempotency-Key` seen on submit or batch create, scoped to the API key that sent it.
 
-    `job_id` is the (first) job the request made; a bulk request also keeps all of its jobs,
-    in order, in `job_ids`. Deleting the first job (its publish failed) frees the key.
+    A submit keeps `job_id`, the (first) job the request made; a bulk request also keeps all
+    of its jobs, in order, in `job_ids`. Deleting the first job (its publish failed) frees the
+    key. A batch create keeps `batch_id` instead (a failed batch has no job).
     """
 
     __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        CheckConstraint("(job_id IS NULL) <> (batch_id IS NULL)", name="ck_idempotency_subject"),
+    )
 
     api_key_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
     )
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     request_sha256: Mapped[str] = mapped_column(Text)
-    job_id: Mapped[uuid.UUID] = mapped_column(
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE")
     )
     job_ids: Mapped[list[uuid.UUID] | None] = mapped_column(ARRAY(UUID(as_uuid=True)))
+    batch_id: Mapped[str | None] = mapped_column(
+        Text, ForeignKey("batches.id", ondelete="CASCADE"), index=True
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -1,12 +1,21 @@
 """/v1/batches: OpenAI's Batch API, each good input line an ordinary job.
 
-Create reads the whole input file from the store and checks every line
-(`llmq.batches.validate`) before any job exists; a broken file makes a `failed` batch with
-line-numbered errors. Then, in one transaction, the key's budget is checked for every job
-together (402 with the estimate), and the batch and its jobs are written; the jobs are
-published after the commit (a lost publish is the sweeper's to redo), on the model's batch
-lane, which workers read only when no interactive job waits. Batch jobs are not charged to
-the key's per-minute rates: the queue paces them. Every route sees only the
+Create is one transaction. With an `Idempotency-Key` it first takes that key's lock and looks
+it up (`llmq.idempotency`, as on submit): a retry of the same request answers with the batch
+the first one made (`Idempotent-Replayed: true`) before anything is charged, a twin sent
+meanwhile waits for the first and does the same, and the same key with another body is a 422.
+Then the create counts as one request against the key's `rpm` (429 past it). Then it reads the
+whole input file from the store and checks every line (`llmq.batches.validate`) before any job
+exists; a broken file makes a `failed` batch with line-numbered errors. Then the key's budget
+is checked for every job together (402 with the estimate), and the batch, its jobs and the
+idempotency key are written; the jobs are published after the commit (a lost publish is the
+sweeper's to redo), on the model's batch lane, which workers read only when no interactive
+job waits.
+
+A batch's lines are exempt from the key's `tpm` and `max_concurrent`, as OpenAI keeps a
+batch quota apart from its rate limits: they are not charged to the per-minute tokens nor
+counted in flight, and the batch lane paces them. Only a line whose own
+worst case is over the key's whole `tpm` goes to the error file. Every route sees only the
 calling key's batches.
 
 llmq's extensions: `pause` and `resume` (`llmq.batches.pause`), and `events`, server-sent
@@ -20,6 +29,8 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 import redis
@@ -28,10 +39,10 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sse_starlette import EventSourceResponse
 
-from api import deps, waits
+from api import deps, ratelimits, waits
 from api.openapi import openai_responses
-from api.submission import publish, reserve
-from llmq import events, metrics, outbox
+from api.submission import Submission, publish, reserve
+from llmq import events, idempotency, metrics, outbox
 from llmq.announce import Committed
 from llmq.batches import pause, records
 from llmq.batches.finalize import finalize_batch
@@ -39,7 +50,7 @@ from llmq.batches.sweep import stopped_committed
 from llmq.batches.validate import Checked, Refused, check_lines
 from llmq.catalog import Catalog
 from llmq.db import session_scope
-from llmq.errors import InvalidField
+from llmq.errors import InvalidField, JobStateConflict
 from llmq.files import records as files
 from llmq.files.store import FileStore
 from llmq.jobs import NewJob
@@ -139,45 +150,81 @@ def _jobs(
     return new_jobs
 
 
-@router.post("", responses=openai_responses(402, 404))
-def create_batch(
-    body: BatchCreate,
-    request: Request,
-    caller: Caller = Depends(deps.caller),
-    catalog: Catalog = Depends(deps.catalog),
-    settings: Settings = Depends(deps.settings),
-    store: FileStore = Depends(deps.file_store),
-) -> BatchObject:
-    """Check the input file, then create the batch and its jobs together."""
+@dataclass(frozen=True)
+class Created:
+    batch_id: str
+    replayed: bool  # an identical earlier request made the batch; nothing new was written
+    deliveries: list[str] = field(default_factory=list)  # a failed batch's webhook
+    messages: list[Message] = field(default_factory=list)  # to publish, on the batch lane
+    unended: bool = False  # every line was refused: no job's end will finalize it
+
+
+def _create(
+    body: BatchCreate, request: Request, submission: Submission, store: FileStore
+) -> Created:
+    """Replay, rate, file check, budget, then the batch, its jobs and its idempotency key, in
+    one transaction under the idempotency key's lock: a twin waits for it, then replays."""
+    caller, catalog, settings = submission.caller, submission.catalog, submission.settings
+    claim = submission.claim(body)
+    retention = timedelta(hours=settings.idempotency_retention_h)
     with session_scope() as session:
+        if claim is not None:  # a replay answers even if the file is gone since
+            idempotency.lock(session, caller.key_id, claim.key)
+            earlier = idempotency.find_batch(session, caller.key_id, claim, retention)
+            if earlier is not None:
+                return Created(earlier, True)
         files.get_file(session, body.input_file_id, caller.key_id)
-    lines = store.lines(body.input_file_id, settings.max_batch_line_bytes)
-    checked = check_lines(
-        lines, body.endpoint, catalog, settings.max_prompt_chars, settings.max_batch_lines,
-        str(caller.key_id),
-    )  # fmt: skip
-    window_s = min(WINDOWS_S[body.completion_window], settings.batch_completion_window_s)
-    new_jobs = [] if checked.broken else _jobs(checked, caller, catalog, settings, window_s)
-    with session_scope() as session:
+        rates = ratelimits.enforce_rules(request, caller, ratelimits.rpm_rules(caller))
+        submission.response.headers.update(rates)
+        lines = store.lines(body.input_file_id, settings.max_batch_line_bytes)
+        checked = check_lines(
+            lines, body.endpoint, catalog, settings.max_prompt_chars, settings.max_batch_lines,
+            str(caller.key_id),
+        )  # fmt: skip
+        window_s = min(WINDOWS_S[body.completion_window], settings.batch_completion_window_s)
+        new_jobs = [] if checked.broken else _jobs(checked, caller, catalog, settings, window_s)
         batch, ids = records.create_batch(
             session, caller, input_file_id=body.input_file_id, endpoint=body.endpoint,
             completion_window=body.completion_window, window_s=window_s,
             metadata=body.metadata, checked=checked, new_jobs=new_jobs,
         )  # fmt: skip
-        batch_id, deliveries = batch.id, outbox.created_in(session)
+        # Under the lock no twin can have recorded the key since `find_batch`.
+        if claim is not None and not idempotency.record(
+            session, caller.key_id, claim, ids, retention, batch_id=batch.id
+        ):
+            raise JobStateConflict(
+                f"a request with {idempotency.HEADER} {claim.key!r} is in progress; retry"
+            )
+        deliveries = outbox.created_in(session)
+    messages = [
+        Message(str(i), n.model, n.priority, batch=True) for i, n in zip(ids, new_jobs, strict=True)
+    ]
+    unended = not ids and not checked.broken
+    return Created(batch.id, False, deliveries, messages, unended)
+
+
+@router.post("", responses=openai_responses(402, 404, 409, 422, 429))
+def create_batch(
+    body: BatchCreate,
+    request: Request,
+    submission: Submission = Depends(),
+    store: FileStore = Depends(deps.file_store),
+) -> BatchObject:
+    """Check the input file, then create the batch and its jobs together; the same
+    `Idempotency-Key` and body again answer with the same batch."""
+    created = _create(body, request, submission, store)
+    if created.replayed:
+        submission.response.headers[idempotency.REPLAYED] = "true"
+        return _read(created.batch_id, submission.caller, request)
     announcer = deps.announcer(request)
-    announcer.announce(Committed(deliveries=deliveries))  # a failed batch's webhook
-    if ids:
-        messages = [
-            Message(str(i), n.model, n.priority, batch=True)
-            for i, n in zip(ids, new_jobs, strict=True)
-        ]
-        publish(request.app.state.celery, messages)
-        for new in new_jobs:
-            metrics.JOBS_SUBMITTED.labels(new.model).inc()
-    elif not checked.broken:
-        finalize_batch(store, batch_id, announcer)  # every line was refused: nothing ends it
-    return _read(batch_id, caller, request)
+    announcer.announce(Committed(deliveries=created.deliveries))
+    if created.messages:
+        publish(request.app.state.celery, created.messages)
+        for message in created.messages:
+            metrics.JOBS_SUBMITTED.labels(message.model).inc()
+    if created.unended:
+        finalize_batch(store, created.batch_id, announcer)
+    return _read(created.batch_id, submission.caller, request)
 
 
 @router.get("")

@@ -1,21 +1,28 @@
-"""The per-key cap on open waits (long-polls and event streams), shared by every API replica."""
+"""The per-key cap on open waits (long-polls and event streams), shared by every API replica;
+and a wait that loses Redis."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import openai
 import pytest
 import redis.asyncio as aioredis
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from api import waits
 from llmq.db import session_scope
 from llmq.errors import RateLimited
 from llmq.keys import Caller, create_key
+from llmq.models import Job
+from reliability import services
 from tests.conftest import REDIS_PREFIX, REDIS_URL, wait_for
+from tests.tenancy_helpers import ApiServer
 
 CAP = 2
 PARKED = {"model": "parked", "prompt": "never runs"}
@@ -93,3 +100,60 @@ def test_a_lease_left_by_a_dead_replica_ends_by_itself():
     assert asyncio.run(acquire(1)) and asyncio.run(acquire(1))  # never released
     assert not asyncio.run(acquire(60))
     wait_for(lambda: asyncio.run(acquire(60)), 30, "the dead leases to end")
+
+
+WAIT_MESSAGE = {"role": "user", "content": "wait"}
+
+
+@pytest.fixture
+def private_redis(tmp_path) -> Iterator[services.PrivateRedis]:
+    """A redis-server of this test's own, so that stopping it touches no one else's."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = services.PrivateRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.kill()
+
+
+def test_losing_redis_while_waiting_answers_wait_interrupted_and_keeps_the_jobs(
+    environment, private_redis
+):
+    """An OpenAI request waiting on its job loses Redis: the answer names the job, which
+    stays queued, and says not to retry (the `openai` client's own retries stay on)."""
+    server = ApiServer({"LLMQ_REDIS_URL": private_redis.url}).wait_ready()
+    try:
+        key_id, headers = new_key()
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=headers["Authorization"][7:])
+
+        def jobs() -> list[tuple[str, str]]:
+            with session_scope() as session:
+                query = sa.select(Job.id, Job.status).where(Job.api_key_id == key_id)
+                return [
+                    (str(i), status)
+                    for i, status in session.execute(query.order_by(Job.created_at))
+                ]
+
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(
+                client.chat.completions.create, model="parked", messages=[WAIT_MESSAGE]
+            )
+            wait_for(lambda: len(jobs()) == 1, 30, "the job queued")
+            private_redis.kill()
+            with pytest.raises(openai.APIStatusError) as interrupted:
+                waiting.result(timeout=60)
+        assert interrupted.value.status_code == 503
+        assert interrupted.value.code == "wait_interrupted"
+        # One job, still queued: the client did not send the request again.
+        assert [(i, "queued") for i in interrupted.value.body["job_ids"]] == jobs()
+
+        private_redis.start()
+        stream = client.chat.completions.create(
+            model="parked", messages=[WAIT_MESSAGE], stream=True
+        )
+        with pytest.raises(openai.APIError, match="lost Redis or Postgres"):
+            for _ in stream:  # the first chunk, the role, comes while the job is queued
+                private_redis.kill()
+        assert [status for _, status in jobs()] == ["queued", "queued"]
+    finally:
+        server.stop()

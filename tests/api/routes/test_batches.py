@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import httpx
@@ -21,7 +22,7 @@ from llmq.batches.finalize import finalize_batch
 from llmq.db import session_scope
 from llmq.files import file_store
 from llmq.keys import Limits, create_key, webhook_secret
-from llmq.models import Job, LedgerEntry, WebhookDelivery
+from llmq.models import ApiKey, Batch, Job, LedgerEntry, WebhookDelivery
 from llmq.queues import make_celery, waiting_count
 from llmq.settings import get_settings
 from scheduler.sweeper import Sweeper
@@ -321,3 +322,95 @@ def test_cancelled_and_failed_batches_send_their_events(api, sender):
     assert sorted(events.values()) == ["batch.cancelled", "batch.failed"]
     assert job_deliveries(batch.id) == []  # the cancelled job sends no job.cancelled
     assert (events[batch.id], events[failed.id]) == ("batch.cancelled", "batch.failed")
+
+
+def key_with(**limits) -> tuple[ApiKey, str]:
+    with session_scope() as session:
+        return create_key(session, f"b-{uuid.uuid4().hex[:6]}", limits=Limits(**limits))
+
+
+def batch_ids_of(key_id: uuid.UUID) -> list[str]:
+    with session_scope() as session:
+        return list(session.scalars(sa.select(Batch.id).where(Batch.api_key_id == key_id)))
+
+
+def test_an_idempotency_key_answers_a_retried_create_with_the_same_batch(api):
+    row, key = key_with()
+    client = sdk(api, key)
+    file_id = upload(client, [request(f"i{i}", model="parked") for i in range(3)])
+    args = {"input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h"}
+    idem = {"Idempotency-Key": "batch-1"}
+    first = client.batches.with_raw_response.create(**args, extra_headers=idem)
+    assert "idempotent-replayed" not in first.headers
+    client.files.delete(file_id)  # a retry still finds its batch
+    again = client.batches.with_raw_response.create(**args, extra_headers=idem)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.parse().id == first.parse().id and batch_ids_of(row.id) == [first.parse().id]
+    with session_scope() as session:
+        jobs = session.scalar(sa.select(sa.func.count()).where(Job.batch_id == first.parse().id))
+    assert jobs == 3
+    # OpenAI's routes answer llmq's 422 with 400, the client's BadRequestError.
+    with pytest.raises(openai.BadRequestError) as reused:
+        client.batches.create(**args, metadata={"other": "body"}, extra_headers=idem)
+    assert reused.value.code == "idempotency_key_reused"
+    assert reused.value.body["param"] == "Idempotency-Key"
+    with pytest.raises(openai.BadRequestError):  # a batch's key is not a chat completion's
+        client.chat.completions.create(model="echo", messages=test_chat.HELLO, extra_headers=idem)
+    assert batch_ids_of(row.id) == [first.parse().id]
+
+
+def test_twin_creates_make_one_batch_charged_once(api):
+    """Eight identical creates at once, on a key whose budget holds the batch once and whose
+    rpm allows one request: every one answers with the one batch. No worker serves
+    `echo-priced` here: the jobs stay queued, their worst-case cost reserved."""
+    probe = sdk(api, make_key("probe"))
+    items = [request(f"t{i}", model="echo-priced", max_tokens=64) for i in range(3)]
+    probed = probe.batches.create(
+        input_file_id=upload(probe, items), endpoint=CHAT, completion_window="24h"
+    )
+    with session_scope() as session:
+        query = sa.select(sa.func.sum(Job.reserved_cost_usd)).where(Job.batch_id == probed.id)
+        cost = session.scalar(query)
+    row, key = key_with(budget_usd=cost * 3 / 2, budget_period="day", rpm=1)
+    client = sdk(api, key)
+    file_id = upload(client, items)
+
+    def create(_):
+        return client.batches.create(
+            input_file_id=file_id, endpoint=CHAT, completion_window="24h",
+            extra_headers={"Idempotency-Key": "twins"},
+        ).id  # fmt: skip
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(create, range(8)))
+    assert ids == set(batch_ids_of(row.id)) and len(ids) == 1
+    with session_scope() as session:
+        query = sa.select(sa.func.sum(Job.reserved_cost_usd)).where(Job.api_key_id == row.id)
+        assert session.scalar(query) == cost
+
+
+def test_a_create_counts_against_the_keys_rpm(api):
+    row, key = key_with(rpm=1)
+    client = sdk(api, key)
+    file_id = upload(client, [request("r0", model="parked")])
+    client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    assert int(limited.value.response.headers["retry-after"]) >= 1
+    assert limited.value.body["type"] and "rpm" in limited.value.message
+    assert len(batch_ids_of(row.id)) == 1
+
+
+def test_a_batchs_lines_are_exempt_from_the_keys_tpm_and_concurrency(api, echo_worker):
+    """Its lines are not charged to the key's per-minute tokens nor counted in flight: the
+    key's own requests still run while the batch's jobs wait on the queue."""
+    _, key = key_with(tpm=200, max_concurrent=1)
+    client = sdk(api, key)
+    items = [request(f"x{i}", model="parked", max_tokens=64) for i in range(5)]
+    batch = client.batches.create(
+        input_file_id=upload(client, items), endpoint=CHAT, completion_window="24h"
+    )
+    assert batch.request_counts.total == 5 and batch.status == "in_progress"
+    answer = client.chat.completions.create(model="echo", messages=test_chat.HELLO, max_tokens=2)
+    assert answer.choices[0].message.content == "the quick"
+    client.batches.cancel(batch.id)

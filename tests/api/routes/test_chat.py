@@ -3,6 +3,8 @@ real echo worker: answers, streams, errors as the client's exceptions, disconnec
 
 from __future__ import annotations
 
+import json
+import socket
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -165,6 +167,54 @@ def test_a_client_that_leaves_cancels_its_job(api):
     wait_for(
         lambda: [j["status"] for j in jobs_of(api, streamer)] == ["cancelled"], 30, "cancelled"
     )
+
+
+@pytest.fixture(scope="module")
+def cb_worker(environment) -> Iterator[WorkerProcess]:
+    """`tiny-cb` makes its tokens one by one: a job is seen running long before it ends."""
+    yield from serving("tiny-cb")
+
+
+LONG = {"model": "tiny-cb", "messages": HELLO, "max_tokens": 230, "temperature": 0}
+
+
+def cancelled_with_usage(api: ApiServer, key: str) -> dict:
+    """The key's one job once it ended cancelled and its usage is in the ledger."""
+
+    def accounted() -> dict | None:
+        (job,) = jobs_of(api, key)
+        return job if job["usage"] is not None else None
+
+    job = wait_for(accounted, 60, "the job's usage")
+    assert job["status"] == "cancelled" and job["output"]["finish_reason"] == "cancelled"
+    assert job["usage"]["completion_tokens"] < LONG["max_tokens"]  # it paid for what ran
+    return job
+
+
+def test_a_client_that_leaves_while_its_job_runs_stops_it_at_its_next_token(api, cb_worker):
+    """The request is written on a bare socket, which is closed once the job runs."""
+    key = make_key("running-leaver")
+    body = json.dumps(LONG).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", api.port), timeout=30) as conn:
+        conn.sendall(head.encode() + body)
+        wait_for(
+            lambda: [j["status"] for j in jobs_of(api, key)] == ["running"],
+            60, "the job to run", interval_s=0.01,
+        )  # fmt: skip
+    cancelled_with_usage(api, key)
+
+    streamer = make_key("running-stream-leaver")
+    with sdk(api, streamer).chat.completions.create(**LONG, stream=True) as stream:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                break  # a token came: the job is running
+    job = cancelled_with_usage(api, streamer)
+    assert job["usage"]["completion_tokens"] >= 1
 
 
 def test_the_wait_limit_names_the_job_which_keeps_its_place(environment):
