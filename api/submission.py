@@ -4,7 +4,9 @@ Shared by `POST /v1/jobs` and `POST /v1/jobs/bulk` (`Submission` is what both ro
 on). Order: validation (catalog, sizes, the webhook URL), the token estimate, then one
 transaction for the idempotency key (a replay stops here, charged nothing), the Redis rate
 limits, the concurrency limit, the budget reservation and the rows; then the messages are
-published, and a failed publish leaves the committed jobs to the sweeper.
+published, and a failed publish leaves the committed jobs to the sweeper. A job whose model's
+interactive queue is full (`llmq.queues.interactive_room`) is written to the backlog instead,
+for the scheduler's feeder to publish; the response is the same.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import redis
 from celery import Celery
 from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel
@@ -24,7 +27,7 @@ from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.errors import InvalidField
 from llmq.keys import Caller
-from llmq.queues import Message, publish_generate, publish_generate_many
+from llmq.queues import Message, interactive_room, publish_generate, publish_generate_many
 from llmq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -161,6 +164,21 @@ def publish(celery: Celery, messages: list[Message]) -> None:
         )  # fmt: skip
 
 
+def hold_over_room(client: redis.Redis, prefix: str, new_jobs: list[jobs.NewJob]) -> None:
+    """Mark for the backlog the jobs their model's interactive queue has no room for; the
+    others go straight to the queue. One Redis round trip per model; with no answer (no
+    feeder, or Redis down) every job is published at once, as without a backlog."""
+    for model in dict.fromkeys(new.model for new in new_jobs):
+        try:
+            room = interactive_room(client, model, prefix)
+        except redis.RedisError:
+            room = None
+        if room is None:
+            continue
+        for new in [n for n in new_jobs if n.model == model][max(room, 0) :]:
+            new.in_backlog = True
+
+
 class Submission:
     """What both submit routes need, as one FastAPI dependency: the caller, the catalog and
     settings, the `Idempotency-Key`, and the steps after validation."""
@@ -196,6 +214,7 @@ class Submission:
         """Charge the key's rates, admit the jobs (admission refunds the charge if they are
         not made), set the response's rate and replay headers, and publish new jobs."""
         new_jobs = [p.new for p in prepared]
+        hold_over_room(self.request.app.state.sync_redis, self.settings.redis_prefix, new_jobs)
         charge = RateCharge(self.request, self.caller, sum(p.reserved_tokens for p in prepared))
         retention = timedelta(hours=self.settings.idempotency_retention_h)
         admitted = admission.admit(session_scope, self.caller, new_jobs, claim, retention, charge)
@@ -203,13 +222,13 @@ class Submission:
         if admitted.replayed:
             self.response.headers["Idempotent-Replayed"] = "true"
             return admitted
-        publish(
-            self.request.app.state.celery,
-            [
-                Message(str(i), new.model, new.priority)
-                for i, new in zip(admitted.ids, new_jobs, strict=True)
-            ],
-        )
+        messages = [
+            Message(str(i), new.model, new.priority)
+            for i, new in zip(admitted.ids, new_jobs, strict=True)
+            if not new.in_backlog
+        ]
+        if messages:
+            publish(self.request.app.state.celery, messages)
         for new in new_jobs:
             metrics.JOBS_SUBMITTED.labels(new.model).inc()
         return admitted

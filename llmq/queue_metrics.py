@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class QueueCollector(Collector):
-    """Waiting and in-flight jobs, oldest waiting age and live workers, per catalog model."""
+    """Waiting (Redis), backlog (Postgres) and in-flight jobs, oldest waiting age and live
+    workers, per catalog model."""
 
     def __init__(self, models: Callable[[], list[str]], client: redis.Redis, prefix: str):
         self.models, self.client, self.prefix = models, client, prefix
@@ -57,12 +58,17 @@ class QueueCollector(Collector):
         oldest = GaugeMetricFamily(
             metrics.QUEUE_OLDEST_AGE, metrics.COLLECTED[metrics.QUEUE_OLDEST_AGE], labels=["model"]
         )
+        held = GaugeMetricFamily(
+            metrics.QUEUE_BACKLOG, metrics.COLLECTED[metrics.QUEUE_BACKLOG], labels=["model"]
+        )
         for name in names:
             seen = activity.get(name, IDLE)
             in_flight.add_metric([name], seen.running)
             oldest.add_metric([name], seen.oldest_queued_s or 0.0)
+            held.add_metric([name], seen.backlog)
         yield in_flight
         yield oldest
+        yield held
 
 
 def scrape_targets(client: redis.Redis, prefix: str) -> list[dict]:

@@ -3,11 +3,12 @@
 Create reads the whole input file from the store and checks every line
 (`llmq.batches.validate`) before any job exists; a broken file makes a `failed` batch with
 line-numbered errors. Then, in one transaction, the key's budget is checked for every job
-together (402 with the estimate), and the batch and its jobs are written; the jobs are
-published after the commit (a lost publish is the sweeper's to redo), on the model's batch
+together (402 with the estimate), and the batch and its jobs are written, in the backlog:
+nothing goes to Redis here. The scheduler's feeder publishes them as their model's queue has
+room, by priority, deadline and fair share across keys (`llmq.backlog`), on the model's batch
 lane, which workers read only when no interactive job waits. Batch jobs are not charged to
-the key's per-minute rates: the queue paces them. Every route sees only the
-calling key's batches.
+the key's per-minute rates: the feeder paces them. Every route sees only the calling key's
+batches.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from api import deps
 from api.openapi import openai_responses
-from api.submission import publish, reserve
+from api.submission import reserve
 from llmq import metrics, outbox
 from llmq.announce import Committed
 from llmq.batches import records
@@ -34,7 +35,6 @@ from llmq.files import records as files
 from llmq.files.store import FileStore
 from llmq.jobs import NewJob
 from llmq.keys import Caller
-from llmq.queues import Message
 from llmq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def _jobs(
             )
             continue
         new.reserved_tokens = None  # not charged to the rates: nothing to reconcile
+        new.in_backlog = True  # the feeder publishes it
         kept.append(line)
         new_jobs.append(new)
     checked.accepted = kept
@@ -137,11 +138,6 @@ def create_batch(
     announcer = deps.announcer(request)
     announcer.announce(Committed(deliveries=deliveries))  # a failed batch's webhook
     if ids:
-        messages = [
-            Message(str(i), n.model, n.priority, batch=True)
-            for i, n in zip(ids, new_jobs, strict=True)
-        ]
-        publish(request.app.state.celery, messages)
         for new in new_jobs:
             metrics.JOBS_SUBMITTED.labels(new.model).inc()
     elif not checked.broken:

@@ -80,6 +80,7 @@ def model_object(spec: ModelSpec, live, pool: dict, created: int) -> dict:
         },
         "live": {
             "waiting": live.waiting,
+            "backlog": live.backlog,
             "in_flight": live.in_flight,
             "workers": live.workers,
             "oldest_wait_s": (

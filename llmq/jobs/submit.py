@@ -33,6 +33,7 @@ class NewJob:
     reserved_cost_usd: Decimal | None = None
     batch_id: str | None = None  # a batch's job: its batch and its line's `custom_id`
     custom_id: str | None = None
+    in_backlog: bool = False  # held in Postgres for the feeder rather than published now
 
 
 def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any]:
@@ -54,6 +55,7 @@ def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any
         "reserved_cost_usd": new.reserved_cost_usd,
         "batch_id": new.batch_id,
         "custom_id": new.custom_id,
+        "in_backlog": new.in_backlog,
     }
 
 
