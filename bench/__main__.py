@@ -21,7 +21,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from bench import batches, openai_path, overhead, pipeline, report, uploads
+from bench import backlog, batches, openai_path, overhead, pipeline, report, uploads
 from bench.env import ROOT, BenchEnv, api, wait_for_worker, worker
 from bench.report import Figure, Goal
 from cli.devstack import free_port
@@ -52,6 +52,7 @@ class Params:
     upload_bytes: int = 200_000_000  # one file to POST /v1/files
     batch_lines: int = 10_000  # one OpenAI batch through the echo engine
     batch_max_tokens: int = 4
+    backlog_lines: int = 20_000  # another key's batch beside interactive jobs
 
     @property
     def prompts(self) -> list[str]:
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         r["chat"] = openai_path.chat_vs_jobs(client, p.chat_requests, p.chat_threads, p.chat_pairs)
         console.print(f"a {p.batch_lines:,}-line batch…")
         r["batch"] = batches.batch_run(env, client, p.batch_lines, p.batch_max_tokens)
+        console.print(f"interactive jobs beside a {p.backlog_lines:,}-line batch, fair share…")
+        r["backlog"] = backlog.backlog_run(client, p.backlog_lines)
         e.stop()
         console.print(f"a {p.upload_bytes / 1e6:.0f} MB upload…")
         r["upload"] = uploads.upload_memory(env, p.upload_bytes)
@@ -212,6 +215,7 @@ def measured(r: dict, p: Params) -> list[Figure]:
         chat_figure(r["chat"], p),
         uploads.figure(r["upload"], p.upload_bytes),
         *batches.figures(r["batch"]),
+        *backlog.figures(r["backlog"]),
     ]  # fmt: skip
 
 
