@@ -21,9 +21,8 @@ import httpx
 import redis
 import sqlalchemy as sa
 
-from bench.env import BenchEnv, api, wait_for_worker, webhook_sender, worker
+from bench.env import BenchEnv, run_alone, webhook_sender
 from bench.report import Figure, Goal
-from cli.devstack import free_port
 from llmq.catalog import get_catalog
 from llmq.db import session_scope
 from llmq.models import ACTIVE_STATUSES, Batch, Job
@@ -155,19 +154,6 @@ def figures(r: dict) -> list[Figure]:
 
 if __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
-    bench_env = BenchEnv()
-    bench_env.setup()
-    port = free_port()
-    api_proc = api(bench_env, port)
-    echo = worker(bench_env, MODEL)
-    try:
-        wait_for_worker(bench_env, MODEL)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300,
-                          headers={"Authorization": f"Bearer {bench_env.key()}"}) as api_client:  # fmt: skip
-            result = batch_run(bench_env, api_client, count, max_tokens=4)
-    finally:
-        echo.stop()
-        api_proc.stop()
-        bench_env.teardown()
+    result = run_alone(MODEL, lambda env, client: batch_run(env, client, count, max_tokens=4))
     for shown in figures(result):
         print(f"{shown.name}: {shown.shown} (goal {shown.goal or '-'}) — {shown.how}")
