@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 import redis
 import sqlalchemy as sa
 
@@ -29,6 +30,21 @@ from tests.api.routes import test_chat
 from tests.conftest import REDIS_PREFIX, REDIS_URL, make_key, wait_final, wait_for
 
 api = test_chat.api  # a live API process, for the batch a scheduler feeds
+MODELS = ["backlog-feed", "backlog-deadline", "backlog-sweep", "backlog-hold", "backlog-kill",
+          "pool-fair", "pool-slot"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def no_backlog_left():
+    """What a test leaves queued is ended, so no later scheduler of every pool starts a
+    worker for it."""
+    yield
+    with session_scope() as session:
+        session.execute(
+            sa.update(Job)
+            .where(Job.model.in_(MODELS), Job.status == "queued")
+            .values(status="cancelled", finished_at=sa.func.now())
+        )
 
 
 def new_key(name: str, weight: float = 1.0) -> tuple[uuid.UUID, str]:
