@@ -7,6 +7,8 @@ for the idempotency key (a replay stops here, charged nothing), the Redis rate l
 concurrency limit, the budget reservation and the rows; then the messages are published, and a
 failed publish leaves the committed jobs to the sweeper. A job the cache answered is created
 final and is not published; what follows its commit is announced as for any job that ended.
+A job whose model's interactive queue is full (`llmq.queues.interactive_room`) is written to
+the backlog instead, for the scheduler's feeder to publish; the response is the same.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from llmq.generation import GenerationParams
 from llmq.job_queries import IDLE, activity_by_model
 from llmq.keys import Caller
 from llmq.ledger import token_cost_usd
-from llmq.queues import Message, publish_generate, publish_generate_many
+from llmq.queues import Message, interactive_room, publish_generate, publish_generate_many
 from llmq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -229,6 +231,21 @@ def resolved_params(new: jobs.NewJob, default_max_tokens: int) -> GenerationPara
     return new.params.model_copy(update={"max_tokens": new.params.max_tokens or default_max_tokens})
 
 
+def hold_over_room(client: redis.Redis, prefix: str, new_jobs: list[jobs.NewJob]) -> None:
+    """Mark for the backlog the jobs their model's interactive queue has no room for; the
+    others go straight to the queue. One Redis round trip per model; with no answer (no
+    feeder, or Redis down) every job is published at once, as without a backlog."""
+    for model in dict.fromkeys(new.model for new in new_jobs):
+        try:
+            room = interactive_room(client, model, prefix)
+        except redis.RedisError:
+            room = None
+        if room is None:
+            continue
+        for new in [n for n in new_jobs if n.model == model][max(room, 0) :]:
+            new.in_backlog = True
+
+
 class Submission:
     """What both submit routes need, as one FastAPI dependency: the caller, the catalog and
     settings, the `Idempotency-Key`, and the steps after validation."""
@@ -275,6 +292,8 @@ class Submission:
         did."""
         new_jobs = [p.new for p in prepared]
         self.consult_cache(prepared)
+        to_run = [new for new in new_jobs if new.answer is None]
+        hold_over_room(self.request.app.state.sync_redis, self.settings.redis_prefix, to_run)
         # A cache hit is charged its answer's real tokens, a job to run its worst case.
         charge = RateCharge(
             self.request, self.caller, sum(n.reserved_tokens or 0 for n in new_jobs)
@@ -285,14 +304,13 @@ class Submission:
         if admitted.replayed:
             self.response.headers[idempotency.REPLAYED] = "true"
             return admitted
-        publish(
-            self.request.app.state.celery,
-            [
-                Message(str(i), new.model, new.priority)
-                for i, new in zip(admitted.ids, new_jobs, strict=True)
-                if new.answer is None
-            ],
-        )
+        messages = [
+            Message(str(i), new.model, new.priority)
+            for i, new in zip(admitted.ids, new_jobs, strict=True)
+            if new.answer is None and not new.in_backlog
+        ]
+        if messages:
+            publish(self.request.app.state.celery, messages)
         for new in new_jobs:
             metrics.JOBS_SUBMITTED.labels(new.model).inc()
             if new.cache_key is not None:

@@ -21,7 +21,17 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from bench import batches, cache, openai_path, overhead, pipeline, report, semantic, uploads
+from bench import (
+    backlog,
+    batches,
+    cache,
+    openai_path,
+    overhead,
+    pipeline,
+    report,
+    semantic,
+    uploads,
+)
 from bench.env import ROOT, BenchEnv, api, wait_for_worker, worker
 from bench.report import Figure, Goal
 from cli.devstack import free_port
@@ -55,6 +65,7 @@ class Params:
     batch_max_tokens: int = 4
     semantic_entries: int = 100_000  # random unit vectors in one semantic cache namespace
     semantic_lookups: int = 1000  # near-duplicate lookups, each beside a random one
+    backlog_lines: int = 20_000  # another key's batch beside interactive jobs
 
     @property
     def prompts(self) -> list[str]:
@@ -171,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             r["cache"] = cache.hit_latency_ms(cached, p.cache_hits)
         console.print(f"a {p.batch_lines:,}-line batch…")
         r["batch"] = batches.batch_run(env, client, p.batch_lines, p.batch_max_tokens)
+        console.print(f"interactive jobs beside a {p.backlog_lines:,}-line batch, fair share…")
+        r["backlog"] = backlog.backlog_run(client, p.backlog_lines)
         e.stop()
         console.print(f"a {p.upload_bytes / 1e6:.0f} MB upload…")
         r["upload"] = uploads.upload_memory(env, p.upload_bytes)
@@ -224,6 +237,7 @@ def measured(r: dict, p: Params) -> list[Figure]:
         uploads.figure(r["upload"], p.upload_bytes),
         *batches.figures(r["batch"]),
         *semantic.figures(r["semantic"]),
+        *backlog.figures(r["backlog"]),
     ]  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """A large OpenAI batch through llmq: time to validate and enqueue it (`POST /v1/batches`
-answers `in_progress` once every job is written and published), to run every job, and to
+answers `in_progress` once every job is written to the backlog), to run every job (fed to
+the queue by the leader's feeder, here on a thread), and to
 finalize it (from the last job's `finished_at` to the batch's `completed_at`, both read from
 Postgres). A webhook worker finalizes the batch when its last job's results send
 `llmq.batch.finalize`; the sweeper's pass, on its own thread at `sweeper_interval_s` as the
@@ -20,13 +21,15 @@ import httpx
 import redis
 import sqlalchemy as sa
 
-from bench.env import BenchEnv, api, wait_for_worker, webhook_sender, worker
+from bench.env import BenchEnv, run_alone, webhook_sender
 from bench.report import Figure, Goal
-from cli.devstack import free_port
+from llmq.catalog import get_catalog
 from llmq.db import session_scope
 from llmq.models import ACTIVE_STATUSES, Batch, Job
+from llmq.pools import backlogs
 from llmq.queues import make_celery
 from llmq.settings import get_settings
+from scheduler.feeder import Feeder
 from scheduler.sweeper import Sweeper
 
 MODEL = "echo"
@@ -45,23 +48,33 @@ def batch_file(lines: int, max_tokens: int) -> bytes:
 
 
 @dataclass
-class SweeperThread:
-    """The leader's sweeper, one pass every `interval_s`; remembers how long the pass that
-    finalized a batch took."""
+class LeaderThread:
+    """The scheduler leader's feeder (a round every `feeder_interval_s`) and sweeper (a pass
+    every `interval_s`) for `models`; remembers how long the pass that finalized a batch
+    took."""
 
     interval_s: float
+    models: tuple[str, ...] = (MODEL,)
     finalizing_pass_s: float = 0.0
 
     def __post_init__(self) -> None:
         settings = get_settings()
-        self.sweeper = Sweeper(settings, redis.Redis.from_url(settings.redis_url),
-                               make_celery(settings))  # fmt: skip
+        self.settings, self.client = settings, redis.Redis.from_url(settings.redis_url)
+        celery = make_celery(settings)
+        self.sweeper = Sweeper(settings, self.client, celery)
+        self.feeder = Feeder(settings, get_catalog(), self.client, celery)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        while not self.stop.wait(self.interval_s):
+        next_sweep = time.monotonic() + self.interval_s
+        while not self.stop.wait(self.settings.feeder_interval_s):
+            queues = backlogs(self.client, self.settings.redis_prefix, list(self.models))
+            self.feeder.feed(queues, bound_ttl_s=5)
+            if time.monotonic() < next_sweep:
+                continue
+            next_sweep = time.monotonic() + self.interval_s
             started = time.perf_counter()
             if self.sweeper.sweep().batches_finalized:
                 self.finalizing_pass_s = time.perf_counter() - started
@@ -92,7 +105,7 @@ def batch_run(
     files = {"file": ("bench.jsonl", data)}
     file_id = client.post("/v1/files", files=files, data={"purpose": "batch"}).raise_for_status()
     upload_s = time.perf_counter() - started
-    sweeper, finalizer = SweeperThread(interval_s), webhook_sender(env)
+    sweeper, finalizer = LeaderThread(interval_s), webhook_sender(env)
     try:
         body = {"input_file_id": file_id.json()["id"], "endpoint": "/v1/chat/completions",
                 "completion_window": "24h"}  # fmt: skip
@@ -141,19 +154,6 @@ def figures(r: dict) -> list[Figure]:
 
 if __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
-    bench_env = BenchEnv()
-    bench_env.setup()
-    port = free_port()
-    api_proc = api(bench_env, port)
-    echo = worker(bench_env, MODEL)
-    try:
-        wait_for_worker(bench_env, MODEL)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300,
-                          headers={"Authorization": f"Bearer {bench_env.key()}"}) as api_client:  # fmt: skip
-            result = batch_run(bench_env, api_client, count, max_tokens=4)
-    finally:
-        echo.stop()
-        api_proc.stop()
-        bench_env.teardown()
+    result = run_alone(MODEL, lambda env, client: batch_run(env, client, count, max_tokens=4))
     for shown in figures(result):
         print(f"{shown.name}: {shown.shown} (goal {shown.goal or '-'}) — {shown.how}")

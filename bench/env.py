@@ -9,7 +9,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import redis
@@ -18,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from llmq.processes import stop_process
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = uuid.uuid4().hex[:8]
 
@@ -180,3 +183,24 @@ def wait_for_worker(env: BenchEnv, model: str, timeout_s: float = 300) -> None:
 
 def own_peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_alone(model: str, run: Callable[[BenchEnv, httpx.Client], T]) -> T:
+    """One benchmark on its own: a private database, an API process, one worker of `model`,
+    and a client with a fresh key; everything is torn down after."""
+    from cli.devstack import free_port
+
+    env = BenchEnv()
+    env.setup()
+    port = free_port()
+    api_proc = api(env, port)
+    one = worker(env, model)
+    try:
+        wait_for_worker(env, model)
+        headers = {"Authorization": f"Bearer {env.key()}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300, headers=headers) as c:
+            return run(env, c)
+    finally:
+        one.stop()
+        api_proc.stop()
+        env.teardown()

@@ -24,6 +24,9 @@ def keys_create(
     budget_usd: Annotated[str | None, typer.Option(help="Spend limit per period, in USD.")] = None,
     budget_period: Annotated[str | None, typer.Option(help="day or month.")] = None,
     webhook_url: Annotated[str | None, typer.Option(help="Default webhook endpoint.")] = None,
+    fair_share_weight: Annotated[
+        float, typer.Option(help="The key's share of a busy model against other keys'.")
+    ] = 1.0,
 ) -> None:
     """Create an API key and print it once; only its hash is stored."""
     from decimal import Decimal, InvalidOperation
@@ -45,7 +48,7 @@ def keys_create(
     limits = Limits(rpm, tpm, max_concurrent, budget, budget_period)
     try:
         with session_scope() as session:
-            row, plain = create_key(session, name, admin, limits, webhook_url)
+            row, plain = create_key(session, name, admin, limits, webhook_url, fair_share_weight)
             secret = webhook_secret(row)
     except InvalidField as exc:
         fail(f"--{exc.field.replace('_', '-')}: {exc.message}")

@@ -34,9 +34,15 @@ def not_paused():
 
 
 def unpublished_for(older_than: timedelta):
-    """Queued, not paused, and neither created nor published again within `older_than`."""
+    """Queued, out of the backlog (a backlog job has no message to lose), not paused, and
+    neither created nor published within `older_than`."""
     last = sa.func.coalesce(Job.published_at, Job.created_at)
-    return sa.and_(Job.status == JobStatus.QUEUED, last < sa.func.now() - older_than, not_paused())
+    return sa.and_(
+        Job.status == JobStatus.QUEUED,
+        ~Job.in_backlog,
+        last < sa.func.now() - older_than,
+        not_paused(),
+    )
 
 
 def get_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID | None) -> Job:
@@ -139,10 +145,12 @@ def stale_queued(
 
 @dataclass(frozen=True)
 class Activity:
-    """A model's jobs in Postgres right now: how many run, how long the oldest has waited."""
+    """A model's jobs in Postgres right now: how many run, how many wait in the backlog (no
+    message yet), how long the oldest has waited."""
 
     running: int
     oldest_queued_s: float | None
+    backlog: int = 0
 
 
 IDLE = Activity(0, None)  # a model with nothing queued or running
@@ -157,6 +165,7 @@ def activity_by_model(session: Session, models: list[str] | None = None) -> dict
         sa.select(
             Job.model,
             sa.func.count().filter(Job.status == JobStatus.RUNNING).label("running"),
+            sa.func.count().filter(Job.status == JobStatus.QUEUED, Job.in_backlog).label("backlog"),
             sa.func.extract(
                 "epoch",
                 sa.func.now()
@@ -168,7 +177,9 @@ def activity_by_model(session: Session, models: list[str] | None = None) -> dict
     ).all()
     return {
         r.model: Activity(
-            int(r.running), max(0.0, float(r.oldest_s)) if r.oldest_s is not None else None
+            int(r.running),
+            max(0.0, float(r.oldest_s)) if r.oldest_s is not None else None,
+            int(r.backlog),
         )
         for r in rows
     }

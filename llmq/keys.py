@@ -106,11 +106,16 @@ def create_key(
     is_admin: bool = False,
     limits: Limits | None = None,
     webhook_url: str | None = None,
+    fair_share_weight: float = 1.0,
 ) -> tuple[ApiKey, str]:
     """Create a key; returns the row and the plain key, which is never stored.
 
     Every key gets its own webhook signing secret, encrypted at rest (see `webhook_secret`).
+    `fair_share_weight`: the key's share of a model's backlog against other keys'
+    (`llmq.backlog`).
     """
+    if not fair_share_weight > 0:
+        raise InvalidField("fair_share_weight", "fair_share_weight must be positive")
     limits = limits or Limits()
     validate_limits(limits)
     plain = new_plain_key()
@@ -127,6 +132,7 @@ def create_key(
         budget_period=limits.budget_period,
         webhook_url=webhook_url,
         webhook_secret_enc=crypto.encrypt(crypto.new_webhook_secret()),
+        fair_share_weight=fair_share_weight,
     )
     session.add(row)
     session.flush()
@@ -138,6 +144,16 @@ def webhook_secret(row: ApiKey) -> str:
     if row.webhook_secret_enc is None:
         raise KeyNotFound(f"key {row.id} has no webhook secret")
     return crypto.decrypt(row.webhook_secret_enc)
+
+
+def fair_share_weights(session: Session, key_ids: list[uuid.UUID]) -> dict[uuid.UUID, float]:
+    """Each key's fair-share weight, for the feeder."""
+    if not key_ids:
+        return {}
+    rows = session.execute(
+        sa.select(ApiKey.id, ApiKey.fair_share_weight).where(ApiKey.id.in_(key_ids))
+    )
+    return {r.id: float(r.fair_share_weight) for r in rows}
 
 
 def list_keys(session: Session) -> list[ApiKey]:
@@ -198,4 +214,5 @@ def describe(row: ApiKey) -> dict:
         "budget_usd": usd(row.budget_usd) if row.budget_usd is not None else None,
         "budget_period": row.budget_period,
         "webhook_url": row.webhook_url,
+        "fair_share_weight": row.fair_share_weight,
     }

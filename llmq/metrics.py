@@ -49,6 +49,7 @@ REJECTIONS = Counter(
 # Queues: gauges computed at scrape time by the API (llmq/queue_metrics.py); the histogram
 # is observed by workers when they claim a job.
 QUEUE_WAITING = "llmq_queue_waiting_jobs"
+QUEUE_BACKLOG = "llmq_queue_backlog_jobs"
 QUEUE_IN_FLIGHT = "llmq_queue_in_flight_jobs"
 QUEUE_OLDEST_AGE = "llmq_queue_oldest_waiting_age_seconds"
 WORKERS_LIVE = "llmq_workers_live"
@@ -125,7 +126,8 @@ GPU_COST_USD = Counter(
 
 # Metric names served by collectors (queue gauges in the API, device gauges in workers), with their help, for docs and dashboards.
 COLLECTED = {
-    QUEUE_WAITING: "Messages waiting in the model's Redis queue, every priority",
+    QUEUE_WAITING: "Messages waiting in the model's Redis queue, every priority and lane",
+    QUEUE_BACKLOG: "Queued jobs held in Postgres with no message yet (from Postgres)",
     QUEUE_IN_FLIGHT: "Jobs running now (from Postgres)",
     QUEUE_OLDEST_AGE: "Age of the oldest queued job; 0 when none waits (from Postgres)",
     WORKERS_LIVE: "Workers with a live heartbeat",
@@ -155,6 +157,7 @@ API_SERIES = {
     "llmq_cache_misses",
     CACHE_BYTES,
     QUEUE_WAITING,
+    QUEUE_BACKLOG,
     QUEUE_IN_FLIGHT,
     QUEUE_OLDEST_AGE,
     WORKERS_LIVE,
@@ -165,6 +168,8 @@ SCHEDULER_SERIES = {
     "llmq_pool_actual_replicas",
     "llmq_pool_waiting",
     "llmq_pool_in_flight",
+    "llmq_pool_backlog",
+    "llmq_backlog_fed",
     "llmq_scheduler_is_leader",
     "llmq_scaling_events",
     "llmq_sweeper_actions",
@@ -196,6 +201,7 @@ def metrics_table() -> str:
         )
     gauges = {
         QUEUE_WAITING: "model",
+        QUEUE_BACKLOG: "model",
         QUEUE_IN_FLIGHT: "model",
         QUEUE_OLDEST_AGE: "model",
         WORKERS_LIVE: "model",
@@ -268,5 +274,11 @@ BATCHES_AT_RISK = Gauge(
     "llmq_batches_at_risk",
     "Batches that cannot meet their deadline even at the pool's max_replicas",
     ["model"],
+)
+POOL_BACKLOG = Gauge(
+    "llmq_pool_backlog", "Queued jobs of the model held in Postgres with no message yet", ["model"]
+)
+BACKLOG_FED = Counter(
+    "llmq_backlog_fed_total", "Jobs the feeder moved from the backlog to the queue", ["model"]
 )
 IS_LEADER = Gauge("llmq_scheduler_is_leader", "1 while this scheduler holds the leader lock")

@@ -80,6 +80,7 @@ class ApiKey(Base):
         CheckConstraint(
             "(budget_usd IS NULL) = (budget_period IS NULL)", name="ck_api_keys_budget"
         ),
+        CheckConstraint("fair_share_weight > 0", name="ck_api_keys_fair_share_weight"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -96,6 +97,8 @@ class ApiKey(Base):
     budget_period: Mapped[str | None] = mapped_column(Text)
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_secret_enc: Mapped[str | None] = mapped_column(Text)
+    # The key's share of a model's backlog against other keys' (`llmq.backlog`).
+    fair_share_weight: Mapped[float] = mapped_column(Float, server_default=text("1"))
 
 
 class Job(Base):
@@ -122,6 +125,15 @@ class Job(Base):
         Index("ix_jobs_queued_expires", "expires_at", postgresql_where=text("status = 'queued'")),
         Index("ix_jobs_batch", "batch_id", "status", postgresql_where=text("batch_id IS NOT NULL")),
         Index("ix_jobs_alias", "alias", "created_at", postgresql_where=text("alias IS NOT NULL")),
+        Index(  # the feeder's scan: each key's next jobs of a model, in the backlog's order
+            "ix_jobs_backlog",
+            "model",
+            "api_key_id",
+            text("priority DESC"),
+            "expires_at",
+            "created_at",
+            postgresql_where=text("status = 'queued' AND in_backlog"),
+        ),
     )
     # The INSERT returns the server's defaults (created_at, attempts, ...): no second query.
     __mapper_args__ = {"eager_defaults": True}
@@ -154,6 +166,9 @@ class Job(Base):
     # Set when the sweeper publishes the job's message again; the API's first publish is
     # covered by created_at.
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Queued with no message yet: the scheduler's feeder publishes it when the model's queue
+    # has room (`scheduler.feeder`); the sweeper never republishes it.
+    in_backlog: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=text("'{}'"))
     webhook_url: Mapped[str | None] = mapped_column(Text)
     user: Mapped[str | None] = mapped_column(Text)  # the end user a client named (OpenAI's `user`)

@@ -1,5 +1,5 @@
-"""What each model's pool looks like right now: messages waiting, jobs in flight, live workers
-and the oldest wait. The scheduler, `GET /v1/models` and the queue gauges all read it here.
+"""What each model's pool looks like right now: messages waiting, jobs held in the backlog,
+jobs in flight, live workers and the oldest wait. The scheduler, `GET /v1/models` and the queue gauges all read it here.
 
 It is two reads, Redis (`backlogs`) and Postgres (`job_queries.activity_by_model`), each
 usable alone, so a reader that must answer while one of them is down (the gauges) still can.
@@ -39,6 +39,7 @@ class PoolObservation:
     in_flight: int  # jobs a worker has claimed and not finished
     workers: int  # live heartbeats
     oldest_wait_s: float | None  # age of the oldest queued job (None: nothing queued)
+    backlog: int = 0  # queued jobs in Postgres with no message yet (the feeder's to publish)
 
 
 def observe_pools(
@@ -54,6 +55,7 @@ def observe_pools(
             in_flight=activity.get(m, IDLE).running,
             workers=queues[m].workers,
             oldest_wait_s=activity.get(m, IDLE).oldest_queued_s,
+            backlog=activity.get(m, IDLE).backlog,
         )
         for m in models
     }

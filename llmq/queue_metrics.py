@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class QueueCollector(Collector):
-    """Waiting and in-flight jobs, oldest waiting age, live workers and the circuit breaker's
-    state, per catalog model; and the bytes the exact cache holds."""
+    """Waiting (Redis), backlog (Postgres) and in-flight jobs, oldest waiting age, live workers
+    and the circuit breaker's state, per catalog model; and the bytes the exact cache holds."""
 
     def __init__(
         self,
@@ -71,12 +71,17 @@ class QueueCollector(Collector):
         oldest = GaugeMetricFamily(
             metrics.QUEUE_OLDEST_AGE, metrics.COLLECTED[metrics.QUEUE_OLDEST_AGE], labels=["model"]
         )
+        held = GaugeMetricFamily(
+            metrics.QUEUE_BACKLOG, metrics.COLLECTED[metrics.QUEUE_BACKLOG], labels=["model"]
+        )
         for name in names:
             seen = activity.get(name, IDLE)
             in_flight.add_metric([name], seen.running)
             oldest.add_metric([name], seen.oldest_queued_s or 0.0)
+            held.add_metric([name], seen.backlog)
         yield in_flight
         yield oldest
+        yield held
 
     def _circuits(self, names: list[str]) -> GaugeMetricFamily:
         circuits = GaugeMetricFamily(

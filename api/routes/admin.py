@@ -43,6 +43,7 @@ class KeyCreate(BaseModel):
     budget_usd: Decimal | None = Field(None, gt=0, max_digits=24, decimal_places=12)
     budget_period: Literal["day", "month"] | None = None
     webhook_url: HttpUrl | None = None
+    fair_share_weight: float = Field(1.0, gt=0, le=1000)
 
 
 @router.post("", status_code=201, responses=responses(400, 413))
@@ -62,7 +63,9 @@ def create(
         body.rpm, body.tpm, body.max_concurrent, body.budget_usd, body.budget_period
     )
     with session_scope() as session:
-        row, plain = keys.create_key(session, body.name, body.admin, limits, webhook_url)
+        row, plain = keys.create_key(
+            session, body.name, body.admin, limits, webhook_url, body.fair_share_weight
+        )
         resource = keys.describe(row)
         secret = keys.webhook_secret(row)
     return resource | {"key": plain, "webhook_secret": secret}

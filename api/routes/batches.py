@@ -8,13 +8,14 @@ Then the create counts as one request against the key's `rpm` (429 past it). The
 whole input file from the store and checks every line (`llmq.batches.validate`) before any job
 exists; a broken file makes a `failed` batch with line-numbered errors. Then the key's budget
 is checked for every job together (402 with the estimate), and the batch, its jobs and the
-idempotency key are written; the jobs are published after the commit (a lost publish is the
-sweeper's to redo), on the model's batch lane, which workers read only when no interactive
-job waits.
+idempotency key are written, in the backlog: nothing goes to Redis here. The scheduler's
+feeder publishes them as their model's queue has room, by priority, deadline and fair share
+across keys (`llmq.backlog`), on the model's batch lane, which workers read only when no
+interactive job waits.
 
 A batch's lines are exempt from the key's `tpm` and `max_concurrent`, as OpenAI keeps a
 batch quota apart from its rate limits: they are not charged to the per-minute tokens nor
-counted in flight, and the batch lane paces them. Only a line whose own
+counted in flight, and the feeder paces them. Only a line whose own
 worst case is over the key's whole `tpm` goes to the error file. Every route sees only the
 calling key's batches.
 
@@ -41,7 +42,7 @@ from sse_starlette import EventSourceResponse
 
 from api import deps, ratelimits, waits
 from api.openapi import openai_responses
-from api.submission import Submission, publish, reserve
+from api.submission import Submission, reserve
 from llmq import events, idempotency, metrics, outbox
 from llmq.announce import Committed
 from llmq.batches import pause, records
@@ -218,10 +219,8 @@ def create_batch(
         return _read(created.batch_id, submission.caller, request)
     announcer = deps.announcer(request)
     announcer.announce(Committed(deliveries=created.deliveries))
-    if created.messages:
-        publish(request.app.state.celery, created.messages)
-        for message in created.messages:
-            metrics.JOBS_SUBMITTED.labels(message.model).inc()
+    for message in created.messages:
+        metrics.JOBS_SUBMITTED.labels(message.model).inc()
     if created.unended:
         finalize_batch(store, created.batch_id, announcer)
     return _read(created.batch_id, submission.caller, request)
@@ -291,12 +290,11 @@ def pause_batch(
 def resume_batch(
     batch_id: BatchId, request: Request, caller: Caller = Depends(deps.caller)
 ) -> BatchObject:
-    """llmq extension: publish every line of a paused batch that is still queued."""
+    """llmq extension: the lines of a paused batch still queued go back to the backlog, for
+    the scheduler's feeder to publish."""
     with session_scope() as session:
         batch = records.get_batch(session, batch_id, caller.key_id, lock=True)
-        messages = pause.resume(session, batch)
-    if messages:
-        publish(request.app.state.celery, messages)
+        pause.resume(session, batch)
     return _read(batch_id, caller, request)
 
 

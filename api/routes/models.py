@@ -89,6 +89,7 @@ def model_object(spec: ModelSpec, live, pool: dict, created: int, circuit: str) 
         },
         "live": {
             "waiting": live.waiting,
+            "backlog": live.backlog,
             "in_flight": live.in_flight,
             "workers": live.workers,
             "oldest_wait_s": (

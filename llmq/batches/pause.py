@@ -3,9 +3,10 @@
 A paused batch's queued lines wait in Postgres with no live message. Nothing is taken off
 Redis at pause: a worker's claim skips a paused batch's lines (`llmq.job_queries.not_paused`),
 so each message still on the batch lane is acked and dropped when a worker reads it, and the
-sweeper does not publish them again. Resume clears the mark and publishes every line still
-queued, in bulk; a message left from before the pause is a duplicate, harmless because claims
-are conditional. The completion window keeps running while paused: a paused batch expires.
+sweeper and the scheduler's feeder leave them alone. Resume clears the mark and puts every
+line still queued back in the backlog, for the feeder to publish as the model's queue has
+room; a message left from before the pause is a duplicate, harmless because claims are
+conditional. The completion window keeps running while paused: a paused batch expires.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from sqlalchemy.orm import Session
 
 from llmq.errors import JobStateConflict
 from llmq.models import Batch, BatchStatus, Job, JobStatus
-from llmq.queues import Message
 
 PAUSE, RESUME = "pause", "resume"
 
@@ -45,17 +45,15 @@ def pause(session: Session, batch: Batch) -> None:
     session.flush()
 
 
-def resume(session: Session, batch: Batch) -> list[Message]:
-    """Clear the mark; the messages of every line still queued, to publish after the commit.
-    Their `published_at` is set, so the sweeper does not count them lost meanwhile."""
+def resume(session: Session, batch: Batch) -> int:
+    """Clear the mark and put every line still queued back in the backlog (the feeder
+    publishes it); returns how many."""
     _check(RESUME, batch)
     batch.paused_at = None
     session.flush()
-    rows = session.execute(
+    return session.execute(
         sa.update(Job)
         .where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED)
-        .values(published_at=sa.func.now())
-        .returning(Job.id, Job.model, Job.priority)
+        .values(in_backlog=True)
         .execution_options(synchronize_session=False)
-    ).all()
-    return [Message(str(r.id), r.model, r.priority, batch=True) for r in rows]
+    ).rowcount

@@ -1,7 +1,8 @@
 """Every transition of a job's state, and the only place one happens; reads are in
 `llmq.job_queries`. One module per mover: a client submits and cancels (`submit`), a worker
 claims and holds (`leases`) and writes results (`finish`), a job moves to its fallback model
-(`fallback`), the sweeper moves what nobody else will (`sweeps`).
+(`fallback`), the scheduler's feeder takes jobs out of the backlog (`feeds`), the sweeper moves
+what nobody else will (`sweeps`).
 
 A job that ends (finish, cancel) gets its webhook outbox row in the same transaction.
 
@@ -11,6 +12,7 @@ number; the ledger row is unique per job.
 """
 
 from llmq.jobs.fallback import Hop, move_failed, move_queued
+from llmq.jobs.feeds import backlog_candidates, take_from_backlog
 from llmq.jobs.finish import Outcome, finish_jobs
 from llmq.jobs.leases import claim_jobs, end_leases, release_jobs, renew_leases
 from llmq.jobs.submit import (
@@ -31,6 +33,7 @@ __all__ = [
     "NewJob",
     "Outcome",
     "Stopped",
+    "backlog_candidates",
     "cancel_batch_jobs",
     "cancel_job",
     "claim_jobs",
@@ -46,5 +49,6 @@ __all__ = [
     "release_jobs",
     "renew_leases",
     "requeue_orphans",
+    "take_from_backlog",
     "tokens_to_refund",
 ]

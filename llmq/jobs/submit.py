@@ -44,6 +44,7 @@ class NewJob:
     answer: Answer | None = None  # the exact cache's answer: the job is created succeeded,
     finished_at: datetime | None = None  # at this time (its ledger row's time too)
     hops: list[dict[str, Any]] = field(default_factory=list)  # routed away at submit
+    in_backlog: bool = False  # held in Postgres for the feeder rather than published now
 
 
 def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any]:
@@ -77,6 +78,7 @@ def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any
         "completion_tokens": answer.completion_tokens if answer else None,
         "finished_at": new.finished_at if answer else None,
         "hops": new.hops,
+        "in_backlog": new.in_backlog,
     }
 
 

@@ -80,6 +80,17 @@ def fake_results() -> dict:
             "catch_up_s": 2.0,
             "embed_ms": 30.0,
         },
+        "backlog": {
+            "lines": 20_000,
+            "jobs_per_s": 20.0,
+            "seconds": 8.0,
+            "alone": (100.0, 200.0),
+            "under": (150.0, 500.0),
+            "done_during": 600,
+            "fair_lines": 5000,
+            "fair_done": {2.0: 3300, 1.0: 1700},
+            "fairness_error": abs(3300 / 1700 / 2 - 1),
+        },
     }
 
 
@@ -101,6 +112,8 @@ def test_the_how_column_follows_the_parameters_used():
     assert "a 700-line batch" in how["Batch validate + enqueue"]
     assert "(every 5 s) as the net" in how["Batch finalize"]
     assert "300 near-duplicate lookups among 50,000 entries" in how["Semantic lookup"]
+    assert "another key's 20,000-line batch" in how["Interactive queue time, beside a batch"]
+    assert "3,300:1,700" in how["Fairness error"]
     verdicts = {f.name: f.verdict for f in measured(fake_results(), params)}
     assert verdicts == {
         "Pipeline efficiency": "met",
@@ -119,4 +132,7 @@ def test_the_how_column_follows_the_parameters_used():
         "Batch finalize": "met",  # 1.5 s after the last job
         "Semantic lookup": "MISSED",  # p99 6.5 ms, over 5
         "Prompt embedding": "",
+        "Interactive queue time, alone": "",
+        "Interactive queue time, beside a batch": "MISSED",  # p99 500 ms, 2.5x 200 ms
+        "Fairness error": "met",  # 3300:1700 is 1.94, 2.9 % under 2
     }

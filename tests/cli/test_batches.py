@@ -1,5 +1,6 @@
 """`llmq batch` run as a command against a live API process and a real echo worker; the
-sweeper's pass finalizes the batch while the command follows it, as the leader's would."""
+feeder's rounds publish the lines and the sweeper's pass finalizes the batch while the command
+follows it, as the leader's would."""
 
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ import pytest
 
 from cli.batches import events, result_paths, tokens_per_s
 from tests.api.routes import test_batches
-from tests.api.routes.test_batches import request, sweeper
+from tests.api.routes.test_batches import feed, request, sweeper
 from tests.conftest import ROOT, make_key, wait_for
 
 api, echo_worker = test_batches.api, test_batches.echo_worker  # the same fixtures
 
 
 def run(api, key: str, *args: str, sweep: bool = False) -> tuple[int, str]:
-    """The command's exit status and output; with `sweep`, the sweeper passes until it ends."""
+    """The command's exit status and output; with `sweep`, the feeder and the sweeper pass
+    until it ends."""
     env = dict(os.environ, LLMQ_API_URL=api.url, LLMQ_API_KEY=key, COLUMNS="200")
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen([sys.executable, "-m", "cli", "batch", *args], cwd=ROOT, env=env,
@@ -30,6 +32,7 @@ def run(api, key: str, *args: str, sweep: bool = False) -> tuple[int, str]:
 
         def ended() -> bool:
             if sweep:
+                feed()
                 sweeper().sweep()
             return proc.poll() is not None
 

@@ -93,7 +93,7 @@ def test_admin_creates_lists_and_revokes_keys(client):
     created = client.post(
         "/v1/admin/keys",
         json={"name": "team-a", "rpm": 60, "tpm": 5000, "max_concurrent": 3,
-              "budget_usd": "12.50", "budget_period": "month"},
+              "budget_usd": "12.50", "budget_period": "month", "fair_share_weight": 2.5},
         headers=admin,
     )  # fmt: skip
     assert created.status_code == 201, created.text
@@ -101,6 +101,7 @@ def test_admin_creates_lists_and_revokes_keys(client):
     assert keys.well_formed(body["key"]) and body["webhook_secret"].startswith("whsec_")
     assert (body["rpm"], body["tpm"], body["max_concurrent"]) == (60, 5000, 3)
     assert (body["budget_usd"], body["budget_period"]) == ("12.5", "month")
+    assert body["fair_share_weight"] == 2.5
     listed = client.get("/v1/admin/keys", headers=admin).json()["data"]
     mine = next(k for k in listed if k["id"] == body["id"])
     assert "key" not in mine and "webhook_secret" not in mine and mine["revoked_at"] is None
@@ -117,6 +118,7 @@ def test_admin_creates_lists_and_revokes_keys(client):
         ({"name": "x", "budget_usd": "5"}, "budget_usd"),
         ({"name": "x", "budget_usd": "5", "budget_period": "week"}, "budget_period"),
         ({"name": "x", "rpm": 0}, "rpm"),
+        ({"name": "x", "fair_share_weight": 0}, "fair_share_weight"),
         # Limits are Postgres integers: a larger number is a 422, not a failed insert.
         ({"name": "x", "rpm": 2**31}, "rpm"),
         ({"name": "x", "tpm": 10**35}, "tpm"),

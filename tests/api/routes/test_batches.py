@@ -1,5 +1,6 @@
 """/v1/batches through the official `openai` client against a live API process and a real
-echo worker; the sweeper's pass finalizes, as the leader's would."""
+echo worker; the feeder's rounds publish the lines from the backlog and the sweeper's pass
+finalizes, as the leader's would."""
 
 from __future__ import annotations
 
@@ -19,12 +20,15 @@ from standardwebhooks import Webhook
 
 from llmq.announce import Announcer
 from llmq.batches.finalize import finalize_batch
+from llmq.catalog import get_catalog
 from llmq.db import session_scope
 from llmq.files import file_store
 from llmq.keys import Limits, create_key, webhook_secret
 from llmq.models import ApiKey, Batch, Job, LedgerEntry, WebhookDelivery
+from llmq.pools import backlogs
 from llmq.queues import make_celery, waiting_count
 from llmq.settings import get_settings
+from scheduler.feeder import Feeder
 from scheduler.sweeper import Sweeper
 from tests.api.routes import test_chat
 from tests.conftest import REDIS_PREFIX, REDIS_URL, make_key, wait_for
@@ -37,6 +41,17 @@ api, echo_worker, sdk = test_chat.api, test_chat.echo_worker, test_chat.sdk  # t
 def sweeper(**overrides) -> Sweeper:
     settings = get_settings().model_copy(update=overrides)
     return Sweeper(settings, redis.Redis.from_url(REDIS_URL), make_celery(settings))
+
+
+BATCH_MODELS = ["echo", "echo-lanes", "pool-kill"]  # the models these tests' batches name
+
+
+def feed() -> None:
+    """One round of the leader's feeder: batch lines wait in the backlog until it runs."""
+    settings = get_settings()
+    client = redis.Redis.from_url(REDIS_URL)
+    queues = backlogs(client, REDIS_PREFIX, BATCH_MODELS)
+    Feeder(settings, get_catalog(), client, make_celery(settings)).feed(queues, bound_ttl_s=1)
 
 
 def announcer() -> Announcer:
@@ -55,13 +70,16 @@ def upload(client: openai.OpenAI, items: list[dict | str]) -> str:
     return client.files.create(file=("in.jsonl", data.encode()), purpose="batch").id
 
 
-def until_status(client: openai.OpenAI, batch_id: str, *statuses: str, **sweeper_settings):
+def until_status(
+    client: openai.OpenAI, batch_id: str, *statuses: str, timeout_s: float = 60, **sweeper_settings
+):
     def ended():
+        feed()
         sweeper(**sweeper_settings).sweep()
         batch = client.batches.retrieve(batch_id)
         return batch if batch.status in statuses else None
 
-    return wait_for(ended, 60, f"batch {batch_id} {statuses}", interval_s=0.2)
+    return wait_for(ended, timeout_s, f"batch {batch_id} {statuses}", interval_s=0.2)
 
 
 def lines(client: openai.OpenAI, file_id: str) -> list[dict]:
@@ -106,8 +124,8 @@ def test_a_batch_of_good_and_bad_lines_completes_with_both_files(api, echo_worke
 
 
 def test_a_worker_takes_batch_lines_only_when_no_interactive_job_waits(api, start_worker):
-    """Batch lines wait on their model's batch lane: interactive jobs submitted after them,
-    at the lowest interactive priority, still run first."""
+    """Batch lines wait in the backlog, then on their model's batch lane: interactive jobs
+    submitted after them, at the lowest interactive priority, still run first."""
     key = make_key("lanes")
     client = sdk(api, key)
     file_id = upload(client, [request(f"b{i}", model="echo-lanes") for i in range(6)])
@@ -118,7 +136,8 @@ def test_a_worker_takes_batch_lines_only_when_no_interactive_job_waits(api, star
         httpx.post(f"{api.url}/v1/jobs", json=body, headers=headers, timeout=10).json()["id"]
         for _ in range(3)
     ]
-    assert waiting_count(redis.Redis.from_url(REDIS_URL), "echo-lanes", REDIS_PREFIX) == 9
+    feed()  # the queue holds one batch (one job) at most: the interactive jobs fill it
+    assert waiting_count(redis.Redis.from_url(REDIS_URL), "echo-lanes", REDIS_PREFIX) == 3
 
     start_worker("echo-lanes")
     until_status(client, batch.id, "completed")
@@ -186,8 +205,8 @@ def test_the_webhook_worker_finalizes_a_batch_when_its_last_job_ends(api, echo_w
         client = sdk(api, make_key("prompt"))
         file_id = upload(client, [request(f"q{i}") for i in range(3)])
         batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
-        done = wait_for(  # no sweeper runs here
-            lambda: (b := client.batches.retrieve(batch.id)).status == "completed" and b,
+        done = wait_for(  # no sweeper runs here; the feeder publishes the lines
+            lambda: feed() or ((b := client.batches.retrieve(batch.id)).status == "completed" and b),
             60, "batch completed", process=sender, interval_s=0.1,
         )  # fmt: skip
     finally:
@@ -210,7 +229,7 @@ def test_a_worker_killed_mid_batch_still_gives_one_output_line_and_ledger_row_pe
         with session_scope() as session:
             return list(session.scalars(sa.select(Job.status).where(Job.batch_id == batch.id)))
 
-    wait_for(lambda: "running" in statuses(), 60, "the batch's first jobs to run")
+    wait_for(lambda: feed() or "running" in statuses(), 60, "the batch's first jobs to run")
     os.killpg(victim.proc.pid, signal.SIGKILL)
     start_worker(model, wait=False)
     # A message the victim took but had not claimed (a loaded machine splits its batches) is

@@ -26,7 +26,7 @@ def test_models_list_and_retrieve_in_openai_shape(sdk):
     # llmq's own fields ride along
     extra = echo.model_extra
     assert extra["engine"] == "echo" and extra["queue"] == "llmq.model.echo"
-    assert set(extra["live"]) == {"waiting", "in_flight", "workers", "oldest_wait_s"}
+    assert set(extra["live"]) == {"waiting", "backlog", "in_flight", "workers", "oldest_wait_s"}
     one = sdk.models.retrieve("echo")
     assert (one.id, one.created, one.owned_by) == ("echo", echo.created, "llmq")
     assert one.model_extra["max_batch_size"] == 16
