@@ -144,6 +144,7 @@ def _jobs(
         if new.reserved_cost_usd is not None:  # a batch line is priced at the batch factor
             factor = catalog.get(new.model).price_factor(batch=True)
             new.reserved_cost_usd = (new.reserved_cost_usd * factor).quantize(QUANTUM)
+        new.in_backlog = True  # the scheduler's feeder publishes it
         kept.append(line)
         new_jobs.append(new)
     checked.accepted = kept

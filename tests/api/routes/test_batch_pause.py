@@ -22,6 +22,7 @@ from tests.api.routes import test_batches
 from tests.api.routes.test_batches import (
     CHAT,
     attempts_and_charges,
+    feed,
     lines,
     request,
     sdk,
@@ -59,7 +60,9 @@ def test_pause_stops_new_lines_and_resume_runs_each_line_once(api, start_worker)
     file_id = upload(client, [request(f"p{i}", model=MODEL) for i in range(12)])
     worker = start_worker(MODEL)
     batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
-    wait_for(lambda: statuses(batch.id).get("succeeded", 0) >= 2, 60, "the first lines to end")
+    wait_for(
+        lambda: feed() or statuses(batch.id).get("succeeded", 0) >= 2, 60, "the first lines to end"
+    )
 
     paused = post(api, key, f"/v1/batches/{batch.id}/pause")
     assert paused.status_code == 200, paused.text
@@ -94,7 +97,11 @@ def test_pause_stops_new_lines_and_resume_runs_each_line_once(api, start_worker)
     resumed = post(api, key, f"/v1/batches/{batch.id}/resume")
     assert resumed.status_code == 200, resumed.text
     assert resumed.json()["paused"] is False and resumed.json()["paused_at"] is None
-    assert waiting() == queued  # one message for each queued line: none lost, none twice
+    with session_scope() as session:  # every queued line back in the backlog, for the feeder
+        backlog = session.scalar(
+            sa.select(sa.func.count()).where(Job.batch_id == batch.id, Job.in_backlog)
+        )
+    assert backlog == queued and waiting() == 0
     assert post(api, key, f"/v1/batches/{batch.id}/resume").status_code == 409
 
     start_worker(MODEL, wait=False)

@@ -43,14 +43,11 @@ def sweeper(**overrides) -> Sweeper:
     return Sweeper(settings, redis.Redis.from_url(REDIS_URL), make_celery(settings))
 
 
-BATCH_MODELS = ["echo", "echo-lanes", "pool-kill"]  # the models these tests' batches name
-
-
 def feed() -> None:
     """One round of the leader's feeder: batch lines wait in the backlog until it runs."""
     settings = get_settings()
     client = redis.Redis.from_url(REDIS_URL)
-    queues = backlogs(client, REDIS_PREFIX, BATCH_MODELS)
+    queues = backlogs(client, REDIS_PREFIX, get_catalog().names())
     Feeder(settings, get_catalog(), client, make_celery(settings)).feed(queues, bound_ttl_s=1)
 
 
