@@ -1,7 +1,9 @@
 """What the feeder publishes next from a model's backlog, and how deep a queue may be: pure
 functions, table-tested.
 
-The order: priority first (higher first); then the earlier deadline, compared in buckets of
+The order: priority first (higher first); then interactive jobs before batch lines (a job
+held because its model's queue was full never waits behind bulk work); then the earlier
+deadline, compared in buckets of
 `deadline_bucket_s` so near-equal deadlines fall through to fairness; then weighted fair
 share across API keys: the key with the least served/weight goes next. Within one key, its
 own jobs keep that order, then the older first.
@@ -67,7 +69,7 @@ def pick(
     """
 
     def rank(c: Candidate) -> tuple:
-        return (-c.priority, deadline_bucket(c.expires_at, deadline_bucket_s))
+        return (-c.priority, c.batch, deadline_bucket(c.expires_at, deadline_bucket_s))
 
     queues: dict[Hashable, list[Candidate]] = {}
     for c in sorted(

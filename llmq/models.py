@@ -134,6 +134,15 @@ class Job(Base):
             "created_at",
             postgresql_where=text("status = 'queued' AND in_backlog"),
         ),
+        Index(  # the same for interactive jobs alone, which go first at each priority
+            "ix_jobs_backlog_interactive",
+            "model",
+            "api_key_id",
+            text("priority DESC"),
+            "expires_at",
+            "created_at",
+            postgresql_where=text("status = 'queued' AND in_backlog AND batch_id IS NULL"),
+        ),
     )
     # The INSERT returns the server's defaults (created_at, attempts, ...): no second query.
     __mapper_args__ = {"eager_defaults": True}

@@ -41,16 +41,18 @@ def backlog_candidates(session: Session, model: str, per_key: int) -> list[Candi
     )
     out = []
     for key_id in session.scalars(keys, {"model": model}).all():
-        rows = session.execute(
-            sa.select(
-                Job.id, Job.priority, Job.expires_at, Job.created_at, Job.batch_id.is_not(None)
-            )
-            .where(Job.model == model, Job.api_key_id == key_id, IN_BACKLOG, not_paused())
-            .order_by(Job.priority.desc(), Job.expires_at, Job.created_at)
-            .limit(per_key)
-            .with_for_update(skip_locked=True)
-        ).all()
-        out += [Candidate(r[0], key_id, r[1], r[2], r[3], r[4]) for r in rows]
+        # Interactive jobs (their own small index) and batch lines apart: the policy puts
+        # the first before the second at each priority.
+        for lane in (Job.batch_id.is_(None), Job.batch_id.is_not(None)):
+            rows = session.execute(
+                sa.select(Job.id, Job.priority, Job.expires_at, Job.created_at, Job.batch_id)
+                .where(Job.model == model, Job.api_key_id == key_id, IN_BACKLOG, lane)
+                .where(not_paused())
+                .order_by(Job.priority.desc(), Job.expires_at, Job.created_at)
+                .limit(per_key)
+                .with_for_update(skip_locked=True)
+            ).all()
+            out += [Candidate(r[0], key_id, r[1], r[2], r[3], r[4] is not None) for r in rows]
     return out
 
 

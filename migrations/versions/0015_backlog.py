@@ -23,9 +23,16 @@ def upgrade() -> None:
         ['model', 'api_key_id', sa.text('priority DESC'), 'expires_at', 'created_at'],
         unique=False, postgresql_where=sa.text("status = 'queued' AND in_backlog"),
     )
+    op.create_index(
+        'ix_jobs_backlog_interactive', 'jobs',
+        ['model', 'api_key_id', sa.text('priority DESC'), 'expires_at', 'created_at'],
+        unique=False,
+        postgresql_where=sa.text("status = 'queued' AND in_backlog AND batch_id IS NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index('ix_jobs_backlog_interactive', table_name='jobs')
     op.drop_index('ix_jobs_backlog', table_name='jobs', postgresql_where=sa.text("status = 'queued' AND in_backlog"))
     op.drop_constraint('ck_api_keys_fair_share_weight', 'api_keys', type_='check')
     op.drop_column('api_keys', 'fair_share_weight')

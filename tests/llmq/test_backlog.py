@@ -81,6 +81,17 @@ def test_a_newcomer_starts_level_with_the_least_served_key():
     assert level({"A": 10.0, "C": 4.0}, ["A", "B"], {"B": 2.0}) == {"A": 10.0, "B": 20.0}
 
 
+def test_interactive_jobs_go_before_batch_lines_of_their_priority_whatever_the_deadlines():
+    lines = [
+        Candidate(uuid.uuid4(), "A", 0, T0 + HOUR, T0 + timedelta(seconds=i), batch=True)
+        for i in range(4)
+    ]
+    held = jobs("B", 2, expires=24 * HOUR, start=100)  # interactive, held for a full queue
+    urgent_line = Candidate(uuid.uuid4(), "A", 3, T0 + HOUR, T0, batch=True)
+    assert pick(lines + held, 3, {}, {}) == [*held, lines[0]]
+    assert pick(lines + held + [urgent_line], 1, {}, {}) == [urgent_line]  # priority first
+
+
 def test_a_short_deadline_batch_overtakes_an_earlier_long_one():
     early_long = jobs("A", 5, expires=24 * HOUR)
     late_short = jobs("A", 5, expires=1 * HOUR, start=1000)

@@ -133,8 +133,13 @@ def test_a_worker_takes_batch_lines_only_when_no_interactive_job_waits(api, star
         httpx.post(f"{api.url}/v1/jobs", json=body, headers=headers, timeout=10).json()["id"]
         for _ in range(3)
     ]
-    feed()  # the queue holds one batch (one job) at most: the interactive jobs fill it
-    assert waiting_count(redis.Redis.from_url(REDIS_URL), "echo-lanes", REDIS_PREFIX) == 3
+    feed()  # interactive jobs first: a batch line goes out only once none is left
+    with session_scope() as session:
+        lines_out = session.scalar(
+            sa.select(sa.func.count()).where(Job.batch_id == batch.id, ~Job.in_backlog)
+        )
+    assert lines_out == 0
+    assert waiting_count(redis.Redis.from_url(REDIS_URL), "echo-lanes", REDIS_PREFIX) >= 1
 
     start_worker("echo-lanes")
     until_status(client, batch.id, "completed")
