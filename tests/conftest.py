@@ -475,9 +475,10 @@ def start_worker() -> Iterator[Callable[..., WorkerProcess]]:
         worker.stop()
 
 
-def serving(model: str) -> Iterator[WorkerProcess]:
-    """A worker for the model, for as long as the fixture that yields from this lives."""
-    worker = WorkerProcess(model).wait_ready()
+def serving(model: str, env: dict[str, str] | None = None) -> Iterator[WorkerProcess]:
+    """A worker for the model (with `env` added to its environment), for as long as the
+    fixture that yields from this lives."""
+    worker = WorkerProcess(model, env).wait_ready()
     yield worker
     worker.stop()
 

@@ -14,7 +14,7 @@ from llmq.cache import AnswerCache
 from llmq.db import session_scope
 from llmq.keys import Limits, create_key
 from llmq.models import Job, LedgerEntry
-from tests.conftest import CACHE_ON, REDIS_PREFIX, WorkerProcess, wait_final, wait_for
+from tests.conftest import CACHE_ON, REDIS_PREFIX, serving, wait_final, wait_for
 from tests.tenancy_helpers import Receiver, WebhookWorker
 
 MODEL = "echo-cache"  # priced: a run costs 1000/2000 per Mtok, a cache hit 100
@@ -26,9 +26,7 @@ pytestmark = pytest.mark.usefixtures("cache_on")
 @pytest.fixture(scope="module")
 def worker(environment):
     """A worker that keeps answers (the suite runs with the cache off)."""
-    process = WorkerProcess(MODEL, CACHE_ON).wait_ready()
-    yield process
-    process.stop()
+    yield from serving(MODEL, CACHE_ON)
 
 
 def body(**fields) -> dict:

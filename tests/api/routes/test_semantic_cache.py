@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from llmq.db import session_scope
 from llmq.models import LedgerEntry
 from tests.api.routes.test_cache import kept
-from tests.conftest import CACHE_ON, WorkerProcess, make_key, wait_final, wait_for
+from tests.conftest import CACHE_ON, make_key, serving, wait_final, wait_for
 
 MODEL = "echo-semantic"  # semantic_cache_threshold = 0.88
 
@@ -18,9 +18,7 @@ pytestmark = pytest.mark.usefixtures("cache_on")
 
 @pytest.fixture(scope="module")
 def worker(environment):
-    process = WorkerProcess(MODEL, CACHE_ON).wait_ready()
-    yield process
-    process.stop()
+    yield from serving(MODEL, CACHE_ON)
 
 
 def ask(client, auth: dict, content: str, **fields) -> dict:
