@@ -58,7 +58,6 @@ from llmq.jobs import NewJob
 from llmq.keys import Caller
 from llmq.ledger import QUANTUM
 from llmq.models import BATCH_FINAL_STATUSES
-from llmq.queues import Message
 from llmq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -157,7 +156,7 @@ class Created:
     batch_id: str
     replayed: bool  # an identical earlier request made the batch; nothing new was written
     deliveries: list[str] = field(default_factory=list)  # a failed batch's webhook
-    messages: list[Message] = field(default_factory=list)  # to publish, on the batch lane
+    models: list[str] = field(default_factory=list)  # each new job's model, for the counters
     unended: bool = False  # every line was refused: no job's end will finalize it
 
 
@@ -198,11 +197,8 @@ def _create(
                 f"a request with {idempotency.HEADER} {claim.key!r} is in progress; retry"
             )
         deliveries = outbox.created_in(session)
-    messages = [
-        Message(str(i), n.model, n.priority, batch=True) for i, n in zip(ids, new_jobs, strict=True)
-    ]
     unended = not ids and not checked.broken
-    return Created(batch.id, False, deliveries, messages, unended)
+    return Created(batch.id, False, deliveries, [n.model for n in new_jobs], unended)
 
 
 @router.post("", responses=openai_responses(402, 404, 409, 422, 429))
@@ -220,8 +216,8 @@ def create_batch(
         return _read(created.batch_id, submission.caller, request)
     announcer = deps.announcer(request)
     announcer.announce(Committed(deliveries=created.deliveries))
-    for message in created.messages:
-        metrics.JOBS_SUBMITTED.labels(message.model).inc()
+    for model in created.models:
+        metrics.JOBS_SUBMITTED.labels(model).inc()
     if created.unended:
         finalize_batch(store, created.batch_id, announcer)
     return _read(created.batch_id, submission.caller, request)
