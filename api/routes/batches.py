@@ -42,7 +42,7 @@ from sse_starlette import EventSourceResponse
 
 from api import deps, ratelimits, waits
 from api.openapi import openai_responses
-from api.submission import Submission, reserve
+from api.submission import Submission, dedup_key, reserve
 from llmq import events, idempotency, metrics, outbox
 from llmq.announce import Committed
 from llmq.batches import pause, records
@@ -144,6 +144,7 @@ def _jobs(
             factor = catalog.get(new.model).price_factor(batch=True)
             new.reserved_cost_usd = (new.reserved_cost_usd * factor).quantize(QUANTUM)
         new.in_backlog = True  # the scheduler's feeder publishes it
+        new.dedup_key = dedup_key(new, catalog, caller.key_id)  # equal lines run once
         kept.append(line)
         new_jobs.append(new)
     checked.accepted = kept

@@ -63,7 +63,39 @@ def create_batch(
     session.flush()
     for new, line in zip(new_jobs, checked.accepted, strict=True):
         new.batch_id, new.custom_id = batch.id, line.custom_id
-    return batch, jobs.create_jobs(session, caller.key_id, new_jobs)
+    ids = jobs.create_jobs(session, caller.key_id, new_jobs)
+    mark_duplicates(session, batch.id)
+    return batch, ids
+
+
+# Of each group of two or more of the batch's lines with one `dedup_key`, the first by
+# `custom_id` leads; the others follow it, out of the backlog. Postgres sorts, so Python
+# holds no line.
+_MARK_DUPLICATES = sa.text(
+    """
+    WITH marked AS (
+      UPDATE jobs SET same_as = NULLIF(groups.leader, jobs.id),
+                      leads = groups.leader = jobs.id,
+                      in_backlog = jobs.in_backlog AND groups.leader = jobs.id
+        FROM (SELECT id,
+                     first_value(id) OVER (PARTITION BY dedup_key ORDER BY custom_id, id)
+                       AS leader,
+                     count(*) OVER (PARTITION BY dedup_key) AS lines
+                FROM jobs
+               WHERE batch_id = :batch_id AND dedup_key IS NOT NULL) AS groups
+       WHERE jobs.id = groups.id AND groups.lines > 1
+      RETURNING jobs.same_as
+    )
+    SELECT count(same_as) FROM marked
+    """
+)
+
+
+def mark_duplicates(session: Session, batch_id: str) -> int:
+    """Make every line that repeats an earlier line of the batch (equal `dedup_key`) a
+    follower of the first: queued, never published, answered by `llmq.jobs.dedup` once its
+    leader ends. Returns how many lines follow; one statement for any batch size."""
+    return int(session.execute(_MARK_DUPLICATES, {"batch_id": batch_id}).scalar_one())
 
 
 def get_batch(session: Session, batch_id: str, key_id: uuid.UUID, lock: bool = False) -> Batch:
