@@ -162,7 +162,8 @@ def activity_by_model(session: Session, models: list[str] | None = None) -> dict
     """One grouped read for every model with queued or running jobs (others are absent).
 
     An age is never below zero: a job committed after this transaction began can look
-    younger than `now()`. A paused batch's lines wait for no worker: they do not age it."""
+    younger than `now()`. A paused batch's lines wait for no worker, nor does a follower
+    (`llmq.jobs.dedup`), which waits for its leader: they do not age it."""
     rows = session.execute(
         sa.select(
             Job.model,
@@ -171,7 +172,9 @@ def activity_by_model(session: Session, models: list[str] | None = None) -> dict
             sa.func.extract(
                 "epoch",
                 sa.func.now()
-                - sa.func.min(Job.created_at).filter(Job.status == JobStatus.QUEUED, not_paused()),
+                - sa.func.min(Job.created_at).filter(
+                    Job.status == JobStatus.QUEUED, Job.same_as.is_(None), not_paused()
+                ),
             ).label("oldest_s"),
         )
         .where(Job.status.in_(ACTIVE_STATUSES), of_models(models))
