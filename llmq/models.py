@@ -143,6 +143,13 @@ class Job(Base):
             "created_at",
             postgresql_where=text("status = 'queued' AND in_backlog AND batch_id IS NULL"),
         ),
+        Index(  # the followers still waiting for their leader (`llmq.jobs.dedup`)
+            "ix_jobs_same_as",
+            "same_as",
+            postgresql_where=text("status = 'queued' AND same_as IS NOT NULL"),
+        ),
+        # the leaders, by status: the ended ones whose followers are still to be resolved
+        Index("ix_jobs_leads", "status", postgresql_where=text("leads")),
     )
     # The INSERT returns the server's defaults (created_at, attempts, ...): no second query.
     __mapper_args__ = {"eager_defaults": True}
@@ -201,6 +208,13 @@ class Job(Base):
     cached: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     # The models the job moved away from: [{model, to, reason, at}], oldest first.
     hops: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'"))
+    # A batch line whose answer its parameters determine: equal lines of one batch share the
+    # key (`llmq.batches.records.mark_duplicates`). A follower is queued but never published:
+    # `same_as` names the line it waits for, whose answer it gets (`llmq.jobs.dedup`).
+    dedup_key: Mapped[str | None] = mapped_column(Text)
+    same_as: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # Followers wait for this job; cleared once none is left queued.
+    leads: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
 
 class LedgerEntry(Base):

@@ -45,7 +45,7 @@ from sse_starlette import EventSourceResponse
 
 from api import deps, ratelimits, waits
 from api.openapi import openai_responses
-from api.submission import Submission, reserve
+from api.submission import Submission, dedup_keys, reserve
 from llmq import events, idempotency, metrics, outbox
 from llmq.announce import Committed
 from llmq.batches import pause, records
@@ -133,6 +133,7 @@ def _line_job(
 ) -> Callable[[Accepted], NewJob | Refused]:
     """What turns an accepted line into its job, with what it reserves and its deadline, the
     batch's; a line over the key's per-minute tokens is refused instead."""
+    dedup_key = dedup_keys(catalog, caller.key_id)
 
     def to_job(line: Accepted) -> NewJob | Refused:
         try:
@@ -144,6 +145,7 @@ def _line_job(
             factor = catalog.get(new.model).price_factor(batch=True)
             new.reserved_cost_usd = (new.reserved_cost_usd * factor).quantize(QUANTUM)
         new.in_backlog = True  # the scheduler's feeder publishes it
+        new.dedup_key = dedup_key(new)  # equal lines run once
         return new
 
     return to_job

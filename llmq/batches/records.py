@@ -97,6 +97,7 @@ def create_batch(
         outbox.enqueue_batch_event(session, batch.id)
         return batch, Admitted()
     savepoint.commit()
+    mark_duplicates(session, batch.id)
     check.refused.sort(key=lambda r: r.line)
     batch.refused = [r.as_dict() for r in check.refused]
     batch.total = admitted.jobs + len(check.refused)
@@ -115,6 +116,36 @@ def _chunks(items: Iterable[Accepted], size: int) -> Iterator[list[Accepted]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+# Of each group of two or more of the batch's lines with one `dedup_key`, the first by
+# `custom_id` leads; the others follow it, out of the backlog. Postgres sorts, so Python
+# holds no line.
+_MARK_DUPLICATES = sa.text(
+    """
+    WITH marked AS (
+      UPDATE jobs SET same_as = NULLIF(groups.leader, jobs.id),
+                      leads = groups.leader = jobs.id,
+                      in_backlog = jobs.in_backlog AND groups.leader = jobs.id
+        FROM (SELECT id,
+                     first_value(id) OVER (PARTITION BY dedup_key ORDER BY custom_id, id)
+                       AS leader,
+                     count(*) OVER (PARTITION BY dedup_key) AS lines
+                FROM jobs
+               WHERE batch_id = :batch_id AND dedup_key IS NOT NULL) AS groups
+       WHERE jobs.id = groups.id AND groups.lines > 1
+      RETURNING jobs.same_as
+    )
+    SELECT count(same_as) FROM marked
+    """
+)
+
+
+def mark_duplicates(session: Session, batch_id: str) -> int:
+    """Make every line that repeats an earlier line of the batch (equal `dedup_key`) a
+    follower of the first: queued, never published, answered by `llmq.jobs.dedup` once its
+    leader ends. Returns how many lines follow; one statement for any batch size."""
+    return int(session.execute(_MARK_DUPLICATES, {"batch_id": batch_id}).scalar_one())
 
 
 def get_batch(session: Session, batch_id: str, key_id: uuid.UUID, lock: bool = False) -> Batch:

@@ -45,6 +45,7 @@ class NewJob:
     finished_at: datetime | None = None  # at this time (its ledger row's time too)
     hops: list[dict[str, Any]] = field(default_factory=list)  # routed away at submit
     in_backlog: bool = False  # held in Postgres for the feeder rather than published now
+    dedup_key: str | None = None  # a determined batch line: equal lines run once
 
 
 def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any]:
@@ -79,6 +80,7 @@ def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any
         "finished_at": new.finished_at if answer else None,
         "hops": new.hops,
         "in_backlog": new.in_backlog,
+        "dedup_key": new.dedup_key,
     }
 
 
