@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from bench.batches import MODEL, LeaderThread, _ended_at
+from bench.batches import MODEL, LeaderThread
 from bench.env import BenchEnv, Proc, api, wait_for_worker, worker
 from bench.report import Figure, Goal
 
@@ -115,10 +115,10 @@ def batch_memory_run(
         time.sleep(work_s)
         done = client.get(f"/v1/batches/{batch['id']}").raise_for_status().json()
         _, cancel_s = _timed(lambda: client.post(f"/v1/batches/{batch['id']}/cancel"))
-        deadline = time.monotonic() + 1800
-        while _ended_at(batch["id"])[2] is None and time.monotonic() < deadline:
+        deadline, ended = time.monotonic() + 1800, {"status": "cancelling"}
+        while ended["status"] == "cancelling" and time.monotonic() < deadline:
             time.sleep(0.5)
-        ended = client.get(f"/v1/batches/{batch['id']}").raise_for_status().json()
+            ended = client.get(f"/v1/batches/{batch['id']}").raise_for_status().json()
         if ended["status"] != "cancelled":
             raise RuntimeError(f"the batch did not end: {ended['status']}")
     finally:

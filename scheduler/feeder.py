@@ -81,6 +81,7 @@ class Feeder:
                     ended=[str(i) for i in resolved.ended],
                     deliveries=deliveries,
                     batches=resolved.batches,
+                    unstreamed={str(i) for i in resolved.ended},
                 )
             )
         return resolved

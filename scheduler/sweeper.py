@@ -110,7 +110,8 @@ class Sweeper:
             requeued, failed = jobs.requeue_orphans(
                 session, self.settings.max_attempts, self.models
             )
-            committed = Committed([str(j.id) for j in failed], outbox.created_in(session))
+            committed = Committed([str(j.id) for j in failed], outbox.created_in(session),
+                                  unstreamed={str(j.id) for j in failed if j.batch})  # fmt: skip
         self._publish(requeued)
         self.announcer.announce(committed)
         report.requeued += [str(j.id) for j in requeued]
@@ -119,7 +120,8 @@ class Sweeper:
     def _expire(self, report: SweepReport) -> None:
         with session_scope() as session:
             expired = jobs.expire_queued(session, self.models)
-            committed = Committed([str(j.id) for j in expired], outbox.created_in(session))
+            committed = Committed([str(j.id) for j in expired], outbox.created_in(session),
+                                  unstreamed={str(j.id) for j in expired if j.batch})  # fmt: skip
         self.announcer.announce(committed)
         report.expired += committed.ended
 

@@ -9,13 +9,13 @@ and the other lines run.
 
 from __future__ import annotations
 
+import itertools
 import json
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from llmq.catalog import Catalog
@@ -172,10 +172,9 @@ class FileCheck:
     def find_repeats(self, lines: Iterable[bytes]) -> None:
         """After `accepted` has run through the file: fail each line whose `custom_id` an
         earlier line used. Reads `lines` (the file again) only when two ids share a hash."""
-        values, counts = np.unique(
-            np.frombuffer(self._id_hashes, dtype=np.int64), return_counts=True
-        )
-        shared = set(values[counts > 1].tolist())
+        ordered = sorted(self._id_hashes)  # 40 MB for a million lines, only for this moment
+        shared = {a for a, b in itertools.pairwise(ordered) if a == b}
+        del ordered
         if not shared:
             return
         first: dict[str, int] = {}
