@@ -1,10 +1,10 @@
-"""Flat costs as work grows: what each everyday operation costs on an empty database and on
-one holding many finished jobs and their ledger rows.
+"""Flat costs as work grows: what each everyday operation costs on a nearly empty database
+and on one holding many finished jobs and their ledger rows.
 
-The same operations are timed twice, on a private database: empty (but for a few jobs the
-submits made), then after `load` wrote `rows` finished jobs and ledger rows (several keys
-and models, spread over `days` days). Each figure is the median of `calls` calls; the goal
-is that none costs more than twice as much on the full database.
+The same operations are timed on two private databases in turns: one nearly empty
+(BASELINE_ROWS jobs, so its answers are as long as the other's), one where `load` wrote
+`rows` finished jobs and ledger rows (several keys and models, spread over `days` days). The
+goal is that none costs more than twice as much on the full database.
 
 - submit: POST /v1/jobs of a model with no worker
 - list first / deep: GET /v1/jobs, the newest page and one past most of the key's jobs
@@ -34,7 +34,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from bench.env import BenchEnv, api
+from bench.env import BenchEnv, Proc, api
 from bench.report import Figure, Goal
 
 GOAL_RATIO = 2.0
@@ -42,6 +42,9 @@ MODELS = ("echo", "echo-unserved", "smollm2-135m")  # models of the bench catalo
 SUBMIT_MODEL = "echo-unserved"  # no worker: submitted jobs stay queued
 CHUNK_ROWS = 100_000  # rows per statement of `load`
 FAILED_EVERY = 50  # one job in this many failed (no ledger row)
+# The "empty" side's jobs: enough that both sides' answers have the same size (full pages, a
+# row for every day and model), so the ratio is what the database's size costs.
+BASELINE_ROWS = 1000
 
 # One statement writes a chunk of jobs and, from what it returned, their ledger rows. Job i
 # belongs to key i mod #keys, is created `span_s * (1 - i / total)` seconds ago, and every
@@ -112,21 +115,16 @@ def load(
     return Loaded(rows, ledger, time.perf_counter() - started)
 
 
-def median_ms(call: Callable[[], object], calls: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+def timed_ms(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return (time.perf_counter() - started) * 1000
 
 
 @contextmanager
 def pointed_at(url: str) -> Iterator[None]:
-    """This process's settings and sessions use `url` for the block (the sweeper and the
-    scheduler's reads open their own sessions)."""
+    """This process's settings and sessions use `url` for the block (the sweeper opens its
+    sessions on the settings' database)."""
     from llmq.db import _sessionmaker, get_engine
     from llmq.settings import get_settings
 
@@ -148,24 +146,22 @@ def pointed_at(url: str) -> Iterator[None]:
         reset()
 
 
-def measure(client: httpx.Client, key_id: uuid.UUID, calls: int) -> dict[str, float]:
-    """Each operation's median milliseconds on the database as it is."""
+def operations(url: str, client: httpx.Client, key_id: uuid.UUID) -> dict[str, Callable]:
+    """Each operation but the sweeper's pass as a call on the database at `url`."""
     from llmq import job_queries
     from llmq.db import session_scope
+    from llmq.models import Job
     from llmq.pools import observe_pools
-    from llmq.queues import make_celery
     from llmq.settings import get_settings
-    from scheduler.sweeper import Sweeper
 
     settings = get_settings()
     rclient = redis.Redis.from_url(settings.redis_url)
-    job = {"model": SUBMIT_MODEL, "prompt": "How flat is it?", "max_tokens": 4}
-    ms = {"submit": median_ms(lambda: client.post("/v1/jobs", json=job).raise_for_status(), calls)}
-    with session_scope() as session:
-        mine = sa.select(job_queries.Job).where(job_queries.Job.api_key_id == key_id)
+    window = timedelta(seconds=settings.throughput_window_s)
+    with session_scope(url) as session:
+        mine = sa.select(Job).where(Job.api_key_id == key_id)
         count = session.scalar(sa.select(sa.func.count()).select_from(mine.subquery()))
         deep = session.scalars(
-            mine.order_by(job_queries.Job.created_at.desc(), job_queries.Job.id.desc())
+            mine.order_by(Job.created_at.desc(), Job.id.desc())
             .offset(max(0, int(count * 0.9) - 1))
             .limit(1)
         ).one()
@@ -174,55 +170,114 @@ def measure(client: httpx.Client, key_id: uuid.UUID, calls: int) -> dict[str, fl
     def get(path: str, **params: object) -> Callable[[], object]:
         return lambda: client.get(path, params=params).raise_for_status()
 
-    ms["list first"] = median_ms(get("/v1/jobs", limit=20), calls)
-    ms["list deep"] = median_ms(get("/v1/jobs", limit=20, cursor=cursor), calls)
-    ms["list cancelled"] = median_ms(get("/v1/jobs", limit=20, status="cancelled"), calls)
-    ms["get"] = median_ms(get(f"/v1/jobs/{newest.id}"), calls)
-    ms["usage by day"] = median_ms(get("/v1/usage", group_by="day"), calls)
-    ms["usage by model"] = median_ms(get("/v1/usage", group_by="model"), calls)
-    window = timedelta(seconds=settings.throughput_window_s)
-
     def observe() -> None:
-        with session_scope() as session:
+        with session_scope(url) as session:
             observe_pools(session, rclient, settings.redis_prefix, list(MODELS))
             job_queries.due_work(session, list(MODELS))
             job_queries.tokens_per_s_per_replica(session, list(MODELS), window)
 
-    ms["observe"] = median_ms(observe, calls)
-    sweeper = Sweeper(settings, rclient, make_celery(settings), list(MODELS))
-    ms["sweep"] = median_ms(sweeper.sweep, calls)
-    return ms
+    job = {"model": SUBMIT_MODEL, "prompt": "How flat is it?", "max_tokens": 4}
+    return {
+        "submit": lambda: client.post("/v1/jobs", json=job).raise_for_status(),
+        "list first": get("/v1/jobs", limit=20),
+        "list deep": get("/v1/jobs", limit=20, cursor=cursor),
+        "list cancelled": get("/v1/jobs", limit=20, status="cancelled"),
+        "get": get(f"/v1/jobs/{newest.id}"),
+        "usage by day": get("/v1/usage", group_by="day"),
+        "usage by model": get("/v1/usage", group_by="model"),
+        "observe": observe,
+    }
 
 
-def scale_run(env: BenchEnv, rows: int, calls: int = 15, keys: int = 4) -> dict:
-    """Times every operation on an empty database of its own, loads it, times them again."""
-    from cli.devstack import free_port
-    from llmq.db import drop_database, ensure_database, migrate, session_scope
-    from llmq.keys import create_key
+def sweeps_ms(url: str, calls: int) -> list[float]:
+    """`calls` passes of a sweeper on the database at `url`, after one to warm up."""
+    from llmq.queues import make_celery
+    from llmq.settings import get_settings
+    from scheduler.sweeper import Sweeper
 
-    url = make_url(env.database_url)
-    url = url.set(database=f"{url.database}_scale").render_as_string(False)
-    ensure_database(url)
-    migrate(url)
-    scaled = BenchEnv.__new__(BenchEnv)
-    scaled.__dict__.update(vars(env), database_url=url, env=dict(env.env, LLMQ_DATABASE_URL=url))
-    port = free_port()
-    api_proc = api(scaled, port)
+    with pointed_at(url):  # the sweeper opens its sessions on the settings' database
+        settings = get_settings()
+        client = redis.Redis.from_url(settings.redis_url)
+        sweeper = Sweeper(settings, client, make_celery(settings), list(MODELS))
+        sweeper.sweep()
+        return [timed_ms(sweeper.sweep) for _ in range(calls)]
+
+
+@dataclass
+class Side:
+    """One database of the comparison, with its own API process and a key's client."""
+
+    url: str
+    key_ids: list[uuid.UUID]
+    client: httpx.Client
+    api: Proc
+
+    @classmethod
+    def start(cls, env: BenchEnv, name: str, keys: int) -> Side:
+        from cli.devstack import free_port
+        from llmq.db import ensure_database, migrate, session_scope
+        from llmq.keys import create_key
+
+        url = make_url(env.database_url)
+        url = url.set(database=f"{url.database}_{name}").render_as_string(False)
+        ensure_database(url)
+        migrate(url)
+        with session_scope(url) as session:
+            made = [create_key(session, f"scale-{i}") for i in range(keys)]
+        side = BenchEnv.__new__(BenchEnv)  # the run's environment, on this database
+        side.__dict__.update(vars(env), dir=env.dir / name, database_url=url,
+                             env=dict(env.env, LLMQ_DATABASE_URL=url))  # fmt: skip
+        side.dir.mkdir(exist_ok=True)
+        port = free_port()
+        headers = {"Authorization": f"Bearer {made[0][1]}", "Cache-Control": "no-store"}
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=300)
+        return cls(url, [row.id for row, _ in made], client, api(side, port))
+
+    def stop(self) -> None:
+        from llmq.db import drop_database
+
+        self.client.close()
+        self.api.stop()
+        drop_database(self.url)
+
+
+def scale_run(
+    env: BenchEnv,
+    rows: int,
+    baseline_rows: int = BASELINE_ROWS,
+    rounds: int = 5,
+    per_round: int = 5,
+    keys: int = 4,
+) -> dict:
+    """Times every operation on two databases of their own, one with `baseline_rows` jobs
+    and one with `rows`, a call on each in turn (the sweeper: `per_round` passes on each in
+    turn), so both see the machine's load alike; each figure is the median of
+    `rounds * per_round` calls."""
+    sides: dict[str, Side] = {}
     try:
-        with pointed_at(url):
-            with session_scope() as session:
-                made = [create_key(session, f"scale-{i}") for i in range(keys)]
-            key_ids, secret = [row.id for row, _ in made], made[0][1]
-            headers = {"Authorization": f"Bearer {secret}", "Cache-Control": "no-store"}
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers,
-                              timeout=300) as client:  # fmt: skip
-                empty = measure(client, key_ids[0], calls)
-                loaded = load(url, rows, key_ids)
-                full = measure(client, key_ids[0], calls)
+        for name in ("empty", "full"):
+            sides[name] = Side.start(env, f"scale_{name}", keys)
+        if baseline_rows:
+            load(sides["empty"].url, baseline_rows, sides["empty"].key_ids)
+        loaded = load(sides["full"].url, rows, sides["full"].key_ids)
+        calls = {name: operations(side.url, side.client, side.key_ids[0])
+                 for name, side in sides.items()}  # fmt: skip
+        times: dict[str, dict[str, list[float]]] = {name: {} for name in sides}
+        for op in calls["empty"]:
+            for name in sides:
+                calls[name][op]()  # a first call warms up
+            for _ in range(rounds * per_round):  # one call on each side in turn
+                for name in sides:
+                    times[name].setdefault(op, []).append(timed_ms(calls[name][op]))
+        for _ in range(rounds):  # the sweeper runs on one database at a time
+            for name, side in sides.items():
+                times[name].setdefault("sweep", []).extend(sweeps_ms(side.url, per_round))
     finally:
-        api_proc.stop()
-        drop_database(url)
-    return {"rows": rows, "keys": keys, "load": loaded, "empty": empty, "full": full}
+        for side in sides.values():
+            side.stop()
+    medians = {name: {op: statistics.median(ms) for op, ms in ops.items()}
+               for name, ops in times.items()}  # fmt: skip
+    return {"rows": rows, "baseline_rows": baseline_rows, "keys": keys, "load": loaded, **medians}
 
 
 def ratios(r: dict) -> dict[str, float]:
@@ -230,20 +285,22 @@ def ratios(r: dict) -> dict[str, float]:
 
 
 def figures(r: dict) -> list[Figure]:
-    """One row: the worst ratio, with every operation's milliseconds empty → full."""
+    """One row: the worst ratio, with every operation's milliseconds small → full."""
     each = ratios(r)
     worst = max(each, key=each.__getitem__)
     loaded: Loaded = r["load"]
     how = (
-        f"median ms of each call, empty → {r['rows']:,} finished jobs ({loaded.ledger_rows:,} "
-        f"ledger rows, {r['keys']} keys, 90 days; written in {loaded.seconds:.0f} s): "
+        f"ms per call, a database with {r['baseline_rows']:,} finished jobs → one with "
+        f"{r['rows']:,} "
+        f"({loaded.ledger_rows:,} ledger rows, {r['keys']} keys, 90 days; written in "
+        f"{loaded.seconds:.0f} s), measured in turns: "
         + "; ".join(
             f"{op} {r['empty'][op]:.1f} → {r['full'][op]:.1f} ({each[op]:.2f}x)" for op in each
         )
     )
     return [
         Figure(
-            f"Cost at {r['rows']:,} jobs / empty",
+            f"Cost at {r['rows']:,} jobs / {r['baseline_rows']:,}",
             each[worst],
             f"{each[worst]:.2f}x ({worst})",
             how,
