@@ -50,51 +50,45 @@ def split(start: datetime | None, end: datetime | None) -> Split:
     return Split((first, last), tuple(edges))
 
 
+COLUMNS = ("api_key_id", "day", "model", "jobs", "cached_jobs", "prompt_tokens",
+           "completion_tokens", "cost_usd", "gpu_cost_usd")  # fmt: skip
+
+
+def _bounded(query, owner, key_id: uuid.UUID | None, column, low, high):
+    """The query's rows of the key (None: every key) with `low <= column < high` (None: no
+    bound)."""
+    if key_id is not None:
+        query = query.where(owner == key_id)
+    if low is not None:
+        query = query.where(column >= low)
+    if high is not None:
+        query = query.where(column < high)
+    return query
+
+
 def totals(key_id: uuid.UUID | None, start: datetime | None, end: datetime | None) -> sa.Subquery:
-    """Rows of (api_key_id, day, model, jobs, cached_jobs, prompt_tokens, completion_tokens,
-    cost_usd, gpu_cost_usd) whose sums per group are the ledger's over [start, end) for the
+    """Rows of COLUMNS whose sums per group are the ledger's over [start, end) for the
     key (None: every key). A group may come in several rows; one whose `jobs` sums to 0 has
     no ledger rows."""
     parts = []
     where = split(start, end)
     if where.days is not None:
-        first, last = where.days
-        rollup = sa.select(
-            UsageDaily.api_key_id,
-            UsageDaily.day,
-            UsageDaily.model,
-            UsageDaily.jobs,
-            UsageDaily.cached_jobs,
-            UsageDaily.prompt_tokens,
-            UsageDaily.completion_tokens,
-            UsageDaily.cost_usd,
-            UsageDaily.gpu_cost_usd,
+        rollup = sa.select(*(getattr(UsageDaily, c) for c in COLUMNS))
+        parts.append(_bounded(rollup, UsageDaily.api_key_id, key_id, UsageDaily.day, *where.days))
+    ledger = sa.select(
+        LedgerEntry.api_key_id,
+        sa.cast(sa.func.timezone("UTC", LedgerEntry.created_at), sa.Date).label("day"),
+        LedgerEntry.model,
+        sa.cast(sa.literal(1), sa.BigInteger).label("jobs"),
+        sa.cast(sa.cast(LedgerEntry.cached, sa.Integer), sa.BigInteger).label("cached_jobs"),
+        sa.cast(LedgerEntry.prompt_tokens, sa.BigInteger).label("prompt_tokens"),
+        sa.cast(LedgerEntry.completion_tokens, sa.BigInteger).label("completion_tokens"),
+        LedgerEntry.cost_usd,
+        LedgerEntry.gpu_cost_usd,
+    )
+    for edge in where.edges:
+        parts.append(
+            _bounded(ledger, LedgerEntry.api_key_id, key_id, LedgerEntry.created_at, *edge)
         )
-        if key_id is not None:
-            rollup = rollup.where(UsageDaily.api_key_id == key_id)
-        if first is not None:
-            rollup = rollup.where(UsageDaily.day >= first)
-        if last is not None:
-            rollup = rollup.where(UsageDaily.day < last)
-        parts.append(rollup)
-    for edge_start, edge_end in where.edges:
-        ledger = sa.select(
-            LedgerEntry.api_key_id,
-            sa.cast(sa.func.timezone("UTC", LedgerEntry.created_at), sa.Date).label("day"),
-            LedgerEntry.model,
-            sa.cast(sa.literal(1), sa.BigInteger).label("jobs"),
-            sa.cast(sa.cast(LedgerEntry.cached, sa.Integer), sa.BigInteger).label("cached_jobs"),
-            sa.cast(LedgerEntry.prompt_tokens, sa.BigInteger).label("prompt_tokens"),
-            sa.cast(LedgerEntry.completion_tokens, sa.BigInteger).label("completion_tokens"),
-            LedgerEntry.cost_usd,
-            LedgerEntry.gpu_cost_usd,
-        )
-        if key_id is not None:
-            ledger = ledger.where(LedgerEntry.api_key_id == key_id)
-        if edge_start is not None:
-            ledger = ledger.where(LedgerEntry.created_at >= edge_start)
-        if edge_end is not None:
-            ledger = ledger.where(LedgerEntry.created_at < edge_end)
-        parts.append(ledger)
     union = parts[0] if len(parts) == 1 else sa.union_all(*parts)
     return union.subquery("totals")
