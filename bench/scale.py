@@ -6,7 +6,7 @@ The same operations are timed on two private databases in turns: one nearly empt
 `rows` finished jobs and ledger rows (several keys and models, spread over `days` days). The
 goal is that none costs more than twice as much on the full database.
 
-- submit: POST /v1/jobs of a model with no worker
+- submit: POST /v1/jobs of a model with no worker; again for a key with a monthly budget
 - list first / deep: GET /v1/jobs, the newest page and one past most of the key's jobs
 - list cancelled: GET /v1/jobs?status=cancelled, a status none of the key's jobs has
 - get: GET /v1/jobs/{id}
@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 
 import httpx
 import redis
@@ -146,14 +147,15 @@ def pointed_at(url: str) -> Iterator[None]:
         reset()
 
 
-def operations(url: str, client: httpx.Client, key_id: uuid.UUID) -> dict[str, Callable]:
-    """Each operation but the sweeper's pass as a call on the database at `url`."""
+def operations(side: Side) -> dict[str, Callable]:
+    """Each operation but the sweeper's pass as a call on the side's database."""
     from llmq import job_queries
     from llmq.db import session_scope
     from llmq.models import Job
     from llmq.pools import observe_pools
     from llmq.settings import get_settings
 
+    url, client, key_id = side.url, side.client, side.key_ids[0]
     settings = get_settings()
     rclient = redis.Redis.from_url(settings.redis_url)
     window = timedelta(seconds=settings.throughput_window_s)
@@ -179,6 +181,9 @@ def operations(url: str, client: httpx.Client, key_id: uuid.UUID) -> dict[str, C
     job = {"model": SUBMIT_MODEL, "prompt": "How flat is it?", "max_tokens": 4}
     return {
         "submit": lambda: client.post("/v1/jobs", json=job).raise_for_status(),
+        "submit, budgeted": lambda: client.post(
+            "/v1/jobs", json=job, headers={"Authorization": f"Bearer {side.budgeted}"}
+        ).raise_for_status(),
         "list first": get("/v1/jobs", limit=20),
         "list deep": get("/v1/jobs", limit=20, cursor=cursor),
         "list cancelled": get("/v1/jobs", limit=20, status="cancelled"),
@@ -209,6 +214,7 @@ class Side:
 
     url: str
     key_ids: list[uuid.UUID]
+    budgeted: str  # the second key, which has a monthly budget
     client: httpx.Client
     api: Proc
 
@@ -216,14 +222,16 @@ class Side:
     def start(cls, env: BenchEnv, name: str, keys: int) -> Side:
         from cli.devstack import free_port
         from llmq.db import ensure_database, migrate, session_scope
-        from llmq.keys import create_key
+        from llmq.keys import Limits, create_key
 
         url = make_url(env.database_url)
         url = url.set(database=f"{url.database}_{name}").render_as_string(False)
         ensure_database(url)
         migrate(url)
-        with session_scope(url) as session:
-            made = [create_key(session, f"scale-{i}") for i in range(keys)]
+        budget = Limits(budget_usd=Decimal(10**9), budget_period="month")
+        with session_scope(url) as session:  # the second key has a budget: its spend is read
+            made = [create_key(session, f"scale-{i}", limits=budget if i == 1 else None)
+                    for i in range(keys)]  # fmt: skip
         side = BenchEnv.__new__(BenchEnv)  # the run's environment, on this database
         side.__dict__.update(vars(env), dir=env.dir / name, database_url=url,
                              env=dict(env.env, LLMQ_DATABASE_URL=url))  # fmt: skip
@@ -231,7 +239,7 @@ class Side:
         port = free_port()
         headers = {"Authorization": f"Bearer {made[0][1]}", "Cache-Control": "no-store"}
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=300)
-        return cls(url, [row.id for row, _ in made], client, api(side, port))
+        return cls(url, [row.id for row, _ in made], made[1][1], client, api(side, port))
 
     def stop(self) -> None:
         from llmq.db import drop_database
@@ -260,8 +268,7 @@ def scale_run(
         if baseline_rows:
             load(sides["empty"].url, baseline_rows, sides["empty"].key_ids)
         loaded = load(sides["full"].url, rows, sides["full"].key_ids)
-        calls = {name: operations(side.url, side.client, side.key_ids[0])
-                 for name, side in sides.items()}  # fmt: skip
+        calls = {name: operations(side) for name, side in sides.items()}
         times: dict[str, dict[str, list[float]]] = {name: {} for name in sides}
         for op in calls["empty"]:
             for name in sides:

@@ -6,15 +6,21 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
 
 from llmq import budgets, jobs, usage_daily
-from llmq.db import session_scope
+from llmq.db import drop_database, ensure_database, session_scope
 from llmq.jobs.finish import Outcome
 from llmq.keys import create_key
 from llmq.models import Job, JobStatus, LedgerEntry, UsageDaily
+from tests.conftest import DATABASE_URL
 
 DAY = datetime(2026, 3, 10, tzinfo=UTC)
 
@@ -182,3 +188,39 @@ def test_usage_over_part_days_and_budgets_read_what_the_ledger_says(client):
             )
         )
     assert spent == ledger
+
+
+def test_the_migration_fills_the_rollup_from_the_ledger_it_finds(environment):
+    """A database with ledger rows from before the rollup existed gets them summed in."""
+    root = Path(__file__).resolve().parents[2]
+    url = make_url(DATABASE_URL)
+    url = url.set(database=f"{url.database}_rollup").render_as_string(False)
+    cfg = Config(str(root / "alembic.ini"))
+    cfg.set_main_option("script_location", str(root / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    before = ScriptDirectory.from_config(cfg).get_revision("0017").down_revision
+    ensure_database(url)
+    engine = sa.create_engine(url)
+    try:
+        command.upgrade(cfg, before)
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO api_keys (id, name, prefix, key_hash) "
+                "VALUES ('00000000-0000-0000-0000-0000000000aa', 'old', 'p', 'h');"
+                "INSERT INTO jobs (id, api_key_id, model, status, prompt, params, created_at) "
+                "SELECT gen_random_uuid(), '00000000-0000-0000-0000-0000000000aa', "
+                "'m' || (i % 2), 'succeeded', 'p', '{}', "
+                "'2026-03-10T00:00:00Z'::timestamptz + i * interval '7 hours' "
+                "FROM generate_series(1, 40) AS i;"
+                "INSERT INTO usage_ledger (job_id, api_key_id, model, prompt_tokens, "
+                "completion_tokens, cost_usd, cached, created_at) "
+                "SELECT id, api_key_id, model, 2, 3, 0.01, random() < 0.5, created_at FROM jobs"
+            ))  # fmt: skip
+        command.upgrade(cfg, "head")
+        with session_scope(url) as session:
+            key = [uuid.UUID("00000000-0000-0000-0000-0000000000aa")]
+            assert _rollup(session, key) == _ledger(session, key)
+            assert len(_rollup(session, key)) > 10
+    finally:
+        engine.dispose()
+        drop_database(url)
