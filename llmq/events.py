@@ -21,6 +21,7 @@ DONE = "done"
 TOKEN = "token"
 STREAM_TTL_S = 3600
 STREAM_MAXLEN = 20_000
+PIPELINE_JOBS = 1000  # jobs told per round trip, so a pipeline's buffer stays small
 
 
 def job_channel(prefix: str, job_id: str) -> str:
@@ -102,12 +103,15 @@ def publish_done(
     """Tell waiting pollers (long-poll, SSE) that these jobs reached a final state. The jobs
     in `unstreamed` (a batch's lines) get no stream: their end goes to their channel only,
     and an SSE client of one finds it final on its next read of the row."""
-    with client.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.publish(job_channel(prefix, job_id), json.dumps({"type": DONE}))
-            if job_id not in unstreamed:
-                _add_entry(pipe, stream_key(prefix, job_id), {"type": DONE})
-        pipe.execute()
+    done = json.dumps({"type": DONE})
+    ids = list(job_ids)
+    for start in range(0, len(ids), PIPELINE_JOBS):  # a cancelled batch's million lines
+        with client.pipeline(transaction=False) as pipe:
+            for job_id in ids[start : start + PIPELINE_JOBS]:
+                pipe.publish(job_channel(prefix, job_id), done)
+                if job_id not in unstreamed:
+                    _add_entry(pipe, stream_key(prefix, job_id), {"type": DONE})
+            pipe.execute()
 
 
 def is_done(data: bytes | str) -> bool:

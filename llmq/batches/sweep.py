@@ -30,7 +30,8 @@ def stopped_committed(session: Session, stopped: list[Stopped]) -> Committed:
         if job.refund_tokens:
             refunds[job.api_key_id] = refunds.get(job.api_key_id, 0) - job.refund_tokens
     ids = [str(job.id) for job in stopped]
-    return Committed(ended=ids, deliveries=outbox.created_in(session), stop=ids,
+    running = [str(job.id) for job in stopped if job.running]
+    return Committed(ended=ids, deliveries=outbox.created_in(session), stop=running,
                      token_deltas=refunds, unstreamed=set(ids))  # fmt: skip
 
 

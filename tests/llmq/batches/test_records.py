@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
+from llmq import jobs
 from llmq.batches import records
 from llmq.batches.validate import CHAT, FileCheck
 from llmq.catalog import get_catalog
@@ -38,7 +39,7 @@ def create(who: Caller, raw: list[bytes], cost_usd: Decimal | None = None) -> st
     with session_scope() as session:
         batch, admitted = records.create_batch(
             session, who, input_file_id="file-x", endpoint=CHAT, completion_window="24h",
-            window_s=3600, metadata=None, check=FileCheck(CHAT, get_catalog(), 10_000, 100),
+            window_s=3600, metadata=None, check=FileCheck(CHAT, get_catalog(), 10_000, len(raw)),
             lines=lambda: raw, to_job=to_job,
         )  # fmt: skip
         assert admitted.jobs == (0 if batch.errors else len(raw))
@@ -86,3 +87,19 @@ def test_the_budget_is_checked_once_every_chunk_is_written(monkeypatch):
             Job.custom_id == "more", Job.api_key_id == who.key_id
         )
         assert session.scalar(count) == 0
+
+
+def test_a_batch_over_the_drivers_parameter_limit_cancels_in_one_statement():
+    """70,000 lines: more than the 65,535 bind parameters a statement may carry."""
+    who = caller()
+    batch_id = create(who, [line(f"r{i}") for i in range(70_000)])
+    with session_scope() as session:
+        stopped = jobs.cancel_batch_jobs(session, batch_id)
+    assert len(stopped) == 70_000 and not any(s.running for s in stopped)
+    with session_scope() as session:
+        statuses = session.execute(
+            sa.select(Job.status, sa.func.count())
+            .where(Job.batch_id == batch_id)
+            .group_by(Job.status)
+        ).all()
+    assert statuses == [("cancelled", 70_000)]
