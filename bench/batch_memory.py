@@ -111,6 +111,8 @@ def batch_memory_run(
         if batch["status"] != "in_progress":
             raise RuntimeError(f"the batch is {batch['status']}: {batch.get('errors')}")
         admitted_api_mb = sampler.peak["api"]
+        print(f"admitted {lines:,} lines: upload {upload_s:.0f} s, create {create_s:.0f} s, "
+              f"API +{admitted_api_mb:.0f} MB", file=sys.stderr)  # fmt: skip
         leader = LeaderThread(interval_s=2.0)
         time.sleep(work_s)
         done = client.get(f"/v1/batches/{batch['id']}").raise_for_status().json()
