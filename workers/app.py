@@ -62,7 +62,6 @@ class Runtime:
         from workers.engines import build_engine
         from workers.runner import Runner
 
-        loading = time.time()
         settings = get_settings()
         spec = get_catalog().get(model_name)
         if concurrency < spec.max_batch_size:
@@ -74,8 +73,12 @@ class Runtime:
         self.settings, self.model, self.node = settings, model_name, node
         self.redis = redis.Redis.from_url(settings.redis_url)
         engine = build_engine(spec, settings)
+        loaded = time.time()
         self.startup_s = startup.parts_s(
-            startup.requested_at(), startup.process_started_at(), loading, time.time()
+            startup.requested_at(),
+            startup.process_started_at(),
+            startup.weights_started_at(default=loaded),
+            loaded,
         )
         self.runner = Runner(spec, engine, settings, node)  # its loop suits the engine
         self.runner.start()

@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from llmq.catalog import ModelSpec
 from llmq.errors import CatalogError
+from workers import startup
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def prepare_cache(
 
 def load_model(spec: ModelSpec, cache_dir: Path) -> tuple[Any, Any, str]:
     """Returns (model, tokenizer, device); the model is in eval mode on its device."""
+    startup.weights_started()
     device = pick_device(spec.device)
     check_gpu_settings(spec, device)
     dtype = pick_dtype(spec.dtype, device)

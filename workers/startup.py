@@ -1,8 +1,9 @@
 """A worker's start in parts, so a slow scale-up from zero says where its time went.
 
 spawn: from the moment something asked for the worker (`LLMQ_START_REQUESTED_AT`, set by
-whoever starts it) to the process existing; imports: from there to the model's load starting
-(the interpreter, torch, transformers, Celery); weights: the load itself. The heartbeat
+whoever starts it) to the process existing; imports: from there to the loader opening the
+weights (the interpreter, torch, transformers, Celery); weights: the load itself, up to the
+engine being ready (a weightless engine has none). The heartbeat
 record carries them (`startup_s`); the first batch is the job's own time after that.
 """
 
@@ -14,6 +15,18 @@ import time
 from llmq.processes import START_REQUESTED_ENV
 
 PARTS = ("spawn", "imports", "weights")
+
+
+_weights_started_at: list[float] = []  # set by the loader as it opens the weights
+
+
+def weights_started() -> None:
+    """The loader calls this as it starts on the weights: what came before was imports."""
+    _weights_started_at[:] = [time.time()]
+
+
+def weights_started_at(default: float) -> float:
+    return _weights_started_at[0] if _weights_started_at else default
 
 
 def process_started_at() -> float:

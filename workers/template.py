@@ -39,6 +39,14 @@ PRELOADED = (
     "workers.runner",
     "workers.engines.hf",
     "workers.engines.continuous",
+    "celery.bin.celery",  # the worker's command line, with its plugins
+    "celery.bin.worker",
+    "celery.apps.worker",
+    "celery.worker.worker",
+    "celery.worker.consumer.consumer",
+    "celery.concurrency.thread",
+    "celery.events.dispatcher",
+    "kombu.transport.redis",
 )
 _private_fds: list[int] = []  # the template's own ends of its pipes, closed in each child
 
