@@ -2,8 +2,9 @@
 and forks a new worker on request, so the worker skips the interpreter start and the imports.
 
 The local backend runs it (`python -m workers.template MODEL...`) and speaks to it over its
-stdin and stdout, one JSON line each way: `ready` once the imports are done, then for each
-request `{"model", "node", "env", "log"}` the child's `{"pid"}`. It exits when its stdin
+stdin and stdout, one JSON line each way: `{"ready": true, "gpu": …}` once the imports are done (`gpu`:
+whether it may fork workers that use CUDA), then for each request `{"model", "node", "env",
+"log"}` the child's `{"pid"}`. It exits when its stdin
 closes; the workers it forked live on (they are the backend's, found by their pids).
 
 Forking is safe because this process makes no connection, no CUDA context and no thread of
@@ -130,10 +131,17 @@ def _reap(*_: object) -> None:
             pass
 
 
+def cuda_untouched() -> bool:
+    """Whether this process has left the CUDA driver alone (it is not loaded), so a child may
+    start CUDA on the GPU it is given; a driver started before a fork does not work after it."""
+    with open("/proc/self/maps") as f:
+        return "libcuda.so" not in f.read()
+
+
 def serve(requests: IO[str], replies: IO[str]) -> None:
     """Answer fork requests until the backend closes its end."""
     signal.signal(signal.SIGCHLD, _reap)
-    print(READY, file=replies, flush=True)
+    print(json.dumps({READY: True, "gpu": cuda_untouched()}), file=replies, flush=True)
     for line in requests:
         try:
             reply = {"pid": fork_worker(json.loads(line))}

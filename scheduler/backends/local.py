@@ -207,7 +207,9 @@ class LocalBackend:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / f"{node.split('@')[0]}.log"
-        pid = self.template.fork(model, node, own_env, log_path) if self.template else None
+        pid = None
+        if self.template is not None:
+            pid = self.template.fork(model, node, own_env, log_path, gpu=gpu is not None)
         proc = None
         if pid is None:
             proc = self._spawn(model, node, own_env, log_path)

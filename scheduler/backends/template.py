@@ -33,6 +33,7 @@ class WarmTemplate:
         self.models, self.env, self.log_path = models, env, log_path
         self.proc: subprocess.Popen | None = None
         self._ready = False
+        self.gpu = False  # whether it may fork workers that use CUDA (it has not started CUDA)
         self._buffer = b""
         self._died_at: float | None = None
 
@@ -56,7 +57,12 @@ class WarmTemplate:
     def ready(self) -> bool:
         """Done importing and answering; never waits."""
         if not self._ready and self.alive():
-            self._ready = self._read_line(0.0) == READY
+            line = self._read_line(0.0)
+            try:
+                hello = json.loads(line) if line else {}
+            except ValueError:
+                hello = {}
+            self._ready, self.gpu = bool(hello.get(READY)), bool(hello.get("gpu"))
         return self._ready and self.alive()
 
     def tick(self) -> None:
@@ -70,9 +76,11 @@ class WarmTemplate:
         if self._died_at is None or now - self._died_at >= RESTART_AFTER_S:
             self.start()
 
-    def fork(self, model: str, node: str, env: dict[str, str], log_path: Path | None) -> int | None:
+    def fork(
+        self, model: str, node: str, env: dict[str, str], log_path: Path | None, gpu: bool = False
+    ) -> int | None:
         """The pid of a new worker forked from the template, or None: start it plainly."""
-        if not self.ready():
+        if not self.ready() or (gpu and not self.gpu):
             return None
         request = {"model": model, "node": node, "env": env, "log": str(log_path or "")}
         assert self.proc is not None and self.proc.stdin is not None

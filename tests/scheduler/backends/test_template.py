@@ -47,6 +47,7 @@ def test_workers_fork_from_the_template_and_start_plainly_once_it_is_gone(client
     assert template is not None
     try:
         wait_for(template.ready, 300, "the template to finish its imports")
+        assert template.gpu  # it never started CUDA: it may fork GPU workers too
         backend.scale(model, 1)
         forked = backend.workers[0]
         assert forked.proc is None and parent_pid(forked.pid) == template.proc.pid
