@@ -4,6 +4,7 @@ is gone, losing nothing."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 import redis
@@ -86,3 +87,26 @@ def test_a_template_that_is_not_ready_forks_nothing(tmp_path):
         assert template.fork("tiny", "n@h", {}, None) is None
     finally:
         template.stop()
+
+
+def test_the_scheduler_serves_a_pool_from_zero_through_its_template(client, auth, start_scheduler):
+    model = "tiny"
+    sched = start_scheduler(model, LLMQ_WARM_TEMPLATE="true")
+    found = wait_for(
+        lambda: re.search(r"warm template ready \(pid (\d+)\)", sched.output()),
+        300,
+        "the template to finish its imports",
+        process=sched,
+    )
+    assert run_job(client, auth, model)["status"] == "succeeded"
+    assert "from the warm template" in sched.output()
+    sched.stop()
+    assert not pid_alive(int(found.group(1)))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
