@@ -63,6 +63,7 @@ def preload(models: list[str]) -> None:
     from llmq.catalog import get_catalog
     from llmq.settings import get_settings
 
+    _warm_transformers()
     catalog, cache_dir = get_catalog(), get_settings().cache_dir
     for name in models:
         with contextlib.suppress(Exception):  # a model that cannot load fails in its worker
@@ -71,6 +72,16 @@ def preload(models: list[str]) -> None:
                 continue
             model_class = MODEL_FOR_CAUSAL_LM_MAPPING[_config_class(spec, cache_dir)]
             importlib.import_module(model_class.__module__)
+
+
+def _warm_transformers() -> None:
+    """Build what transformers builds on a process's first load and keeps for the next: its
+    table of checkpoint conversions (a few hundred compiled patterns, a third of a small
+    model's load). Plain Python objects, no tensors."""
+    with contextlib.suppress(Exception):  # an internal that may move between versions
+        from transformers import conversion_mapping
+
+        conversion_mapping.get_checkpoint_conversion_mapping("llama")
 
 
 def _config_class(spec: ModelSpec, cache_dir: Path) -> type:
