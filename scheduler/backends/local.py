@@ -74,7 +74,7 @@ class LocalWorker:
     model: str
     node: str
     pid: int
-    proc: subprocess.Popen | None  # None for a worker adopted from another scheduler
+    proc: subprocess.Popen | None  # None: forked from the warm template, or adopted
     gpu: int | None
     started_s: float = 0.0
     draining_since: float | None = None
