@@ -153,12 +153,15 @@ def webhook_sender(env: BenchEnv, loglevel: str = "WARNING") -> Proc:
     return Proc(argv, env.env, env.dir / "webhook-sender.log")
 
 
-def api(env: BenchEnv, port: int, access_log: bool = False) -> Proc:
-    """One uvicorn API process; with `access_log`, it logs at info as a deployment does."""
+def api(
+    env: BenchEnv, port: int, access_log: bool = False, extra: dict[str, str] | None = None
+) -> Proc:
+    """One uvicorn API process; with `access_log`, it logs at info as a deployment does;
+    `extra`: environment variables of its own."""
     argv = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--port", str(port),
             "--host", "127.0.0.1"]  # fmt: skip
     argv += ["--log-level", "info"] if access_log else ["--log-level", "warning", "--no-access-log"]
-    proc = Proc(argv, env.env, env.dir / "api.log")
+    proc = Proc(argv, dict(env.env, **(extra or {})), env.dir / "api.log")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
