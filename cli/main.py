@@ -1,5 +1,5 @@
-"""The `llmq` command: local stack, processes, keys, usage, submit, get, prune, batch, ab,
-demo.
+"""The `llmq` command: local stack, processes, keys, models, usage, submit, get, prune, batch,
+ab, demo.
 
 Each command lives in the module of its kind; this one only puts them together, in the
 order `llmq --help` lists them.
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import typer
 
-from cli import ab, batches, jobs, keys, local, processes, retention
+from cli import ab, batches, jobs, keys, local, models, processes, retention
 
 app = typer.Typer(
     help="llmq: asynchronous LLM inference jobs on your own GPUs.", no_args_is_help=True
 )
 app.add_typer(keys.app, name="keys")
+app.add_typer(models.app, name="models")
 app.command()(processes.worker)
 app.command("webhook-worker")(processes.webhook_worker)
 app.command()(processes.api)

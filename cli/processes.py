@@ -24,19 +24,10 @@ def worker(
 ) -> None:
     """Run one worker process for MODEL: Celery threads pool on the model's queue."""
     require_secret_key()
-    from llmq.catalog import get_catalog
-    from llmq.queues import worker_queues
+    from workers.app import run_worker, worker_argv
 
-    spec = get_catalog().get(model)
     node = node or f"{model}-{os.getpid()}@%h"
-    argv = [
-        "worker", "--model", model, "-P", "threads", "-c", str(concurrency or spec.max_batch_size),
-        "--prefetch-multiplier", "1", "-Q", ",".join(worker_queues(model)), "-n", node, "-E",
-        "--without-mingle", "--without-gossip", "-l", loglevel,
-    ]  # fmt: skip
-    from workers.app import run_worker
-
-    code = run_worker(argv)  # in this process: no second interpreter start
+    code = run_worker(worker_argv(model, node, concurrency, loglevel))  # no second interpreter
     if code:
         raise typer.Exit(code)
 

@@ -15,6 +15,9 @@ import subprocess
 import time
 from collections.abc import Sequence
 
+# Unix time a worker was asked for, in its environment: its start's `spawn` part counts from it.
+START_REQUESTED_ENV = "LLMQ_START_REQUESTED_AT"
+
 
 def send_signal(pid: int, sig: int, *, group: bool = False) -> bool:
     """Signal a process (or its group); False when none is left to signal."""

@@ -195,6 +195,12 @@ class Settings(BaseSettings):
         description="GPUs the local backend may hand out (one per GPU worker); unset: "
         "counted with `nvidia-smi -L` (0 when it is missing).",
     )
+    warm_template: bool = Field(
+        True,
+        description="The local backend keeps a warm template process (torch, transformers "
+        "and Celery imported, no model) and forks each new worker from it, so a worker "
+        "skips the interpreter start and the imports; false: every worker starts afresh.",
+    )
     drain_timeout_s: float = Field(
         660.0,
         description="How long a worker leaving its pool may take to finish what it holds "

@@ -50,6 +50,9 @@ os.environ.update(
     # The exact cache would answer one test's greedy job from another's, and most tests are
     # about the worker that runs it; the cache's own tests turn it on (`cache_on`).
     LLMQ_CACHE_TTL_S="0",
+    # A warm template imports torch in every local backend the suite builds, on a machine the
+    # tests share; the template's own tests turn it on.
+    LLMQ_WARM_TEMPLATE="false",
 )
 os.environ.pop("LLMQ_API_KEY", None)
 

@@ -28,6 +28,7 @@ from llmq import events, metrics
 from llmq.catalog import get_catalog
 from llmq.queues import make_celery
 from llmq.settings import get_settings
+from workers import startup
 from workers.tasks import register_tasks
 
 log = logging.getLogger("llmq.worker")
@@ -72,12 +73,25 @@ class Runtime:
         self.settings, self.model, self.node = settings, model_name, node
         self.redis = redis.Redis.from_url(settings.redis_url)
         engine = build_engine(spec, settings)
+        loaded = time.time()
+        self.startup_s = startup.parts_s(
+            startup.requested_at(),
+            startup.process_started_at(),
+            startup.weights_started_at(default=loaded),
+            loaded,
+        )
         self.runner = Runner(spec, engine, settings, node)  # its loop suits the engine
         self.runner.start()
         self.metrics_port = self._serve_metrics(model_name, str(getattr(engine, "device", "cpu")))
         for target in (self._heartbeat, self._listen_cancels):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
-        log.info("worker %s serves %s on %s", node, model_name, getattr(engine, "device", "?"))
+        log.info(
+            "worker %s serves %s on %s; started in %s",
+            node,
+            model_name,
+            getattr(engine, "device", "?"),
+            ", ".join(f"{part} {s:.2f} s" for part, s in self.startup_s.items()),
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -109,6 +123,7 @@ class Runtime:
                 "pid": os.getpid(),
                 "metrics_host": metrics.advertised_host(self.settings.metrics_advertise_host),
                 "metrics_port": self.metrics_port,
+                "startup_s": self.startup_s,
             }
         )
         while not self._stop.is_set():
@@ -158,6 +173,19 @@ _workers: list[WorkController] = []
 def _remember_worker(sender: WorkController, **_) -> None:
     """Keep the worker so `run_worker` can read its exit code once it has stopped."""
     _workers.append(sender)
+
+
+def worker_argv(model: str, node: str, concurrency: int | None, loglevel: str) -> list[str]:
+    """`celery worker` arguments for a worker of `model`: a threads pool on its queues, as many
+    threads as its batches hold unless `concurrency` says otherwise."""
+    from llmq.queues import worker_queues
+
+    threads = concurrency or get_catalog().get(model).max_batch_size
+    return [
+        "worker", "--model", model, "-P", "threads", "-c", str(threads),
+        "--prefetch-multiplier", "1", "-Q", ",".join(worker_queues(model)), "-n", node, "-E",
+        "--without-mingle", "--without-gossip", "-l", loglevel,
+    ]  # fmt: skip
 
 
 def run_worker(argv: list[str]) -> int:

@@ -2,7 +2,8 @@
 
 GGUF weights take seconds to dequantize, so the first load saves the dequantized weights as
 safetensors (with config and tokenizer) under the cache directory, keyed by source and dtype;
-later starts load from there.
+later starts load from there. `prepare_cache` builds that copy ahead of time (`llmq models
+prepare`, run by `make install` and the container build), so no user's job waits on it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from llmq.catalog import ModelSpec
 from llmq.errors import CatalogError
+from workers import startup
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,33 @@ def cache_path(spec: ModelSpec, cache_dir: Path, dtype: torch.dtype) -> Path:
     return cache_dir / f"{spec.name}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
 
 
+def needs_cache(spec: ModelSpec) -> bool:
+    """Whether a worker of this model loads GGUF weights, which the cache holds dequantized."""
+    return spec.loads_weights and spec.source is not None and bool(spec.resolve_source().gguf_file)
+
+
+def prepare_cache(
+    spec: ModelSpec, cache_dir: Path, dtype: torch.dtype | None = None
+) -> tuple[Path, bool]:
+    """The cache entry a worker of this model loads, built now if missing: (its path, built).
+
+    `dtype` defaults to the one a worker on this machine picks; a build without the GPU it
+    will run on (a container image) names the GPU's dtype.
+    """
+    source = spec.resolve_source()
+    if not source.gguf_file:
+        raise CatalogError(f"model {spec.name!r} has no GGUF source: it loads without a cache")
+    dtype = dtype or pick_dtype(spec.dtype, pick_device(spec.device))
+    directory = cache_path(spec, cache_dir, dtype)
+    if (directory / "model.safetensors").is_file():
+        return directory, False
+    _dequantize_to_cache(source.directory, source.gguf_file, dtype, directory)
+    return directory, True
+
+
 def load_model(spec: ModelSpec, cache_dir: Path) -> tuple[Any, Any, str]:
     """Returns (model, tokenizer, device); the model is in eval mode on its device."""
+    startup.weights_started()
     device = pick_device(spec.device)
     check_gpu_settings(spec, device)
     dtype = pick_dtype(spec.dtype, device)
@@ -91,10 +118,8 @@ def load_model(spec: ModelSpec, cache_dir: Path) -> tuple[Any, Any, str]:
     started = time.perf_counter()
     directory = source.directory
     if source.gguf_file:
-        directory = cache_path(spec, cache_dir, dtype)
-        if not (directory / "model.safetensors").is_file():
-            _dequantize_to_cache(source.directory, source.gguf_file, dtype, directory)
-        else:
+        directory, built = prepare_cache(spec, cache_dir, dtype)
+        if not built:
             log.info("loading %s from the cache %s", spec.name, directory)
     extra: dict[str, Any] = {}
     if spec.device_map:
@@ -131,7 +156,11 @@ def _dequantize_to_cache(directory: Path, gguf_file: str, dtype: torch.dtype, ta
     """Dequantize a GGUF model once and save it in a form `from_pretrained` loads fast."""
     from safetensors.torch import save_file
 
-    log.info("dequantizing %s (first start; later starts load the cache)", gguf_file)
+    log.info(
+        "dequantizing %s (once; later starts load the cache; `llmq models prepare` does it "
+        "ahead of time)",
+        gguf_file,
+    )
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=dtype)
     config = AutoConfig.from_pretrained(directory, gguf_file=gguf_file)

@@ -7,6 +7,10 @@ end, so the sweeper puts its jobs back at once.
 
 Workers this backend starts are named `<model>-pool-<hex>@<host>`; a new leader adopts the
 live ones another scheduler on this host left behind (it sees them by their heartbeats).
+
+With `warm_template` on, a new worker is forked from a warm template process that has done
+the imports already (`scheduler.backends.template`); while the template is not ready, or once
+it has failed, workers start as plain processes.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from llmq.backoff import restart_delay_s
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.models import Job, JobStatus
-from llmq.processes import send_signal, stop_process
+from llmq.processes import START_REQUESTED_ENV, send_signal, stop_process
 from llmq.queues import worker_queues
 from llmq.settings import Settings
+from scheduler.backends.template import WarmTemplate
 
 log = logging.getLogger("llmq.scheduler")
 
@@ -69,7 +74,7 @@ class LocalWorker:
     model: str
     node: str
     pid: int
-    proc: subprocess.Popen | None  # None for a worker adopted from another scheduler
+    proc: subprocess.Popen | None  # None: forked from the warm template, or adopted
     gpu: int | None
     started_s: float = 0.0
     draining_since: float | None = None
@@ -105,6 +110,13 @@ class LocalBackend:
         # model -> (workers that died on their own in a row, no new start before this time)
         self._crashes: dict[str, tuple[int, float]] = {}
         self._waiting_for_gpu: set[str] = set()
+        self.template: WarmTemplate | None = None
+        if settings.warm_template and models:
+            log_path = log_dir / "warm-template.log" if log_dir is not None else None
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+            self.template = WarmTemplate(sorted(self.models), dict(os.environ), log_path)
+            self.template.start()  # it imports while the pools are still idle
 
     def uses_gpu(self, model: str) -> bool:
         spec = self.catalog.get(model)
@@ -136,6 +148,8 @@ class LocalBackend:
 
     def tick(self) -> int:
         self._adopt()
+        if self.template is not None:
+            self.template.tick()
         killed = 0
         for worker in list(self.workers):
             if not worker.alive():
@@ -169,12 +183,14 @@ class LocalBackend:
         for worker in self.workers:
             self._kill(worker)
         self.workers.clear()
+        if self.template is not None:
+            self.template.stop()
 
     # -- starting and stopping --------------------------------------------------------------
 
     def _start(self, model: str) -> None:
         node = f"{model}{NODE_MARK}{uuid.uuid4().hex[:8]}@{self.host}"
-        env = dict(os.environ)
+        own_env = {START_REQUESTED_ENV: repr(time.time())}
         gpu = None
         if self.uses_gpu(model):
             taken = {w.gpu for w in self.workers if w.gpu is not None}
@@ -186,24 +202,42 @@ class LocalBackend:
                 return
             self._waiting_for_gpu.discard(model)
             gpu = free[0]
-            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        argv = [sys.executable, "-m", "cli", "worker", "--model", model, "--node", node]
-        out = None
+            own_env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        log_path = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = (self.log_dir / f"{node.split('@')[0]}.log").open("ab")
+            log_path = self.log_dir / f"{node.split('@')[0]}.log"
+        pid = None
+        if self.template is not None:
+            pid = self.template.fork(model, node, own_env, log_path, gpu=gpu is not None)
+        proc = None
+        if pid is None:
+            proc = self._spawn(model, node, own_env, log_path)
+            pid = proc.pid
+        self.workers.append(LocalWorker(model, node, pid, proc, gpu, time.monotonic()))
+        log.info(
+            "started worker %s (pid %d%s%s)",
+            node,
+            pid,
+            f", GPU {gpu}" if gpu is not None else "",
+            "" if proc else ", from the warm template",
+        )
+
+    def _spawn(
+        self, model: str, node: str, own_env: dict[str, str], log_path: Path | None
+    ) -> subprocess.Popen:
+        """A worker as a process of its own: the interpreter starts and imports everything."""
+        argv = [sys.executable, "-m", "cli", "worker", "--model", model, "--node", node]
+        out = log_path.open("ab") if log_path is not None else None
         proc = subprocess.Popen(
-            argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None
+            argv,
+            env=dict(os.environ, **own_env),
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
         )
         if out is not None:
             out.close()
-        self.workers.append(LocalWorker(model, node, proc.pid, proc, gpu, time.monotonic()))
-        log.info(
-            "started worker %s (pid %d%s)",
-            node,
-            proc.pid,
-            f", GPU {gpu}" if gpu is not None else "",
-        )
+        return proc
 
     def _drain(self, worker: LocalWorker) -> None:
         worker.draining_since = time.monotonic()

@@ -54,7 +54,17 @@ def fake_results() -> dict:
         "p99": 60.0,
         "submit": 250.0,
         "bulk": 4000.0,
-        "cold": (20.0, 3.5, [3.4, 3.5, 3.6]),
+        "cold": {
+            "prepare_s": 25.0,
+            "template": [
+                {"total": t, "spawn": 0.02, "imports": 0.1, "weights": 0.6, "first batch": 0.3}
+                for t in (1.1, 1.2, 1.4)
+            ],
+            "plain": [
+                {"total": t, "spawn": 0.02, "imports": 3.0, "weights": 0.6, "first batch": 0.3}
+                for t in (4.0, 4.1)
+            ],
+        },
         "rss_mb": 1200.0,
         "chat": {"chat_per_s": 60.0, "jobs_per_s": 55.0, "ratios": [1.1, 1.05, 0.85]},
         "cache": {"hits": 300, "p50_ms": 4.2, "p99_ms": 11.0},
@@ -115,6 +125,8 @@ def test_the_how_column_follows_the_parameters_used():
     assert "threads -c 16" in how["Overhead"]
     assert "(700 per request)" in how["Submit rate"]
     assert "batches of 8" in how["Memory"]
+    assert "imports 0.10" in how["Cold start"] and "median of 1.10, 1.20, 1.40" in how["Cold start"]
+    assert "imports 3.00" in how["Cold start"] and "once in 25.0 s" in how["Cold start"]
     assert "(echo, 50 requests from 4 threads); 3 pairs" in how["Chat completions / jobs"]
     assert "300 in a row" in how["Cache hit submit → result"]
     assert "a 50 MB file" in how["Upload memory"]
