@@ -76,6 +76,7 @@ BatchId = Annotated[str, Path(max_length=200, pattern=NO_NUL)]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512, pattern=NO_NUL)]
 WINDOWS_S = {"24h": 86_400}
+INLINE_FINALIZE_LINES = 10_000  # a cancelled batch this small gets its files in the request
 
 
 class BatchCreate(BaseModel):
@@ -257,15 +258,22 @@ def cancel_batch(
     store: FileStore = Depends(deps.file_store),
 ) -> BatchObject:
     """Cancel the batch's queued and running jobs (as `POST /v1/jobs/{id}/cancel` does each);
-    it is `cancelling` until its last job ends, then `cancelled` with its files."""
+    it is `cancelling` until its last job ends, then `cancelled` with its files. A batch of
+    up to `INLINE_FINALIZE_LINES` lines is finalized before the answer when none of its
+    jobs runs; a larger one's files are written by the webhook worker (or the sweeper's
+    pass), not while the client waits."""
     with session_scope() as session:
         batch = records.get_batch(session, batch_id, caller.key_id, lock=True)
         stopped = records.start_cancel(session, batch)
         committed = stopped_committed(session, stopped)
+        inline = batch.total <= INLINE_FINALIZE_LINES
+    if not inline:
+        committed.batches.append(batch_id)
     announcer = deps.announcer(request)
     announcer.announce(committed)
     try:
-        finalize_batch(store, batch_id, announcer)
+        if inline:
+            finalize_batch(store, batch_id, announcer)
     except Exception:  # the sweeper's pass finalizes it
         log.warning("could not finalize batch %s yet", batch_id, exc_info=True)
     return _read(batch_id, caller, request)

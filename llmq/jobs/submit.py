@@ -185,13 +185,18 @@ class Stopped:
 
 _CANCEL_BATCH = sa.text(
     """
-    UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL,
-                    error = CAST(:error AS jsonb)
-      FROM (SELECT id, status, attempts FROM jobs
-             WHERE batch_id = :batch_id AND status IN ('queued', 'running')
-             FOR UPDATE) AS before
-     WHERE jobs.id = before.id
-    RETURNING jobs.id, jobs.api_key_id, before.status, before.attempts, jobs.reserved_tokens
+    WITH before AS (
+      SELECT id, status, attempts FROM jobs
+       WHERE batch_id = :batch_id AND status IN ('queued', 'running')
+         FOR UPDATE
+    ), cancelled AS (
+      UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+                      error = CAST(:error AS jsonb)
+        FROM before
+       WHERE jobs.id = before.id
+      RETURNING jobs.id, jobs.api_key_id, before.status, before.attempts, jobs.reserved_tokens
+    )
+    SELECT * FROM cancelled WHERE status = 'running' OR reserved_tokens IS NOT NULL
     """
 )
 
@@ -202,7 +207,10 @@ def cancel_batch_jobs(
     """Cancel every queued or running job of a batch (a batch cancelled, or past its
     window: then `error` says so on each), in one statement however many lines the batch
     has. Rows are locked as in `cancel_job`, so a job a worker finishes meanwhile keeps its
-    result. A batch's jobs have no webhook events of their own (the batch has one)."""
+    result. Returns only the jobs someone is to be told of: those running (their worker
+    stops them) and those holding a token reservation (given back). A queued line, which
+    reserves nothing, ends silently: it has no stream and no webhook of its own (the batch
+    has one), and a million of them would otherwise be a million announcements."""
     rows = session.execute(
         _CANCEL_BATCH, {"batch_id": batch_id, "error": json.dumps(error) if error else None}
     ).all()

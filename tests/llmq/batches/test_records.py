@@ -95,7 +95,7 @@ def test_a_batch_over_the_drivers_parameter_limit_cancels_in_one_statement():
     batch_id = create(who, [line(f"r{i}") for i in range(70_000)])
     with session_scope() as session:
         stopped = jobs.cancel_batch_jobs(session, batch_id)
-    assert len(stopped) == 70_000 and not any(s.running for s in stopped)
+    assert stopped == []  # queued lines reserve nothing: none is announced
     with session_scope() as session:
         statuses = session.execute(
             sa.select(Job.status, sa.func.count())
