@@ -153,12 +153,19 @@ def webhook_sender(env: BenchEnv, loglevel: str = "WARNING") -> Proc:
     return Proc(argv, env.env, env.dir / "webhook-sender.log")
 
 
-def api(env: BenchEnv, port: int, access_log: bool = False) -> Proc:
-    """One uvicorn API process; with `access_log`, it logs at info as a deployment does."""
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--port", str(port),
-            "--host", "127.0.0.1"]  # fmt: skip
+def api(
+    env: BenchEnv,
+    port: int,
+    access_log: bool = False,
+    factory: str = "api.app:create_app",
+    workers: int = 1,
+) -> Proc:
+    """The API under uvicorn (`workers` processes); with `access_log`, it logs at info as a
+    deployment does. `factory`: another app served the same way (a benchmark's baseline)."""
+    argv = [sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port),
+            "--host", "127.0.0.1", "--workers", str(workers)]  # fmt: skip
     argv += ["--log-level", "info"] if access_log else ["--log-level", "warning", "--no-access-log"]
-    proc = Proc(argv, env.env, env.dir / "api.log")
+    proc = Proc(argv, env.env, env.dir / f"{factory.split(':')[0]}-{port}.log")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
