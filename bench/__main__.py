@@ -33,7 +33,7 @@ from bench import (
     submit_path,
     uploads,
 )
-from bench.env import ROOT, BenchEnv, api, wait_for_worker, worker
+from bench.env import ROOT, BenchEnv, api, api_workers, wait_for_worker, worker
 from bench.report import Figure, Goal
 from cli.devstack import free_port
 from llmq.catalog import ModelSpec, load_catalog
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         console.print("POST /v1/jobs and a bare endpoint, in turns…")
         r["submit_path"] = submit_path.submit_vs_bare(
-            env, client, p.submit_jobs, p.submit_threads, p.submit_pairs, workers=1
+            env, client, p.submit_jobs, p.submit_threads, p.submit_pairs, api_workers()
         )
         console.print("chat completions and /v1/jobs, in turns…")
         r["chat"] = openai_path.chat_vs_jobs(client, p.chat_requests, p.chat_threads, p.chat_pairs)

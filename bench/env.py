@@ -18,6 +18,7 @@ import redis
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
+from cli.api_server import multiprocess_env, worker_count
 from llmq.processes import stop_process
 
 T = TypeVar("T")
@@ -158,14 +159,17 @@ def api(
     port: int,
     access_log: bool = False,
     factory: str = "api.app:create_app",
-    workers: int = 1,
+    workers: int | None = None,
 ) -> Proc:
-    """The API under uvicorn (`workers` processes); with `access_log`, it logs at info as a
-    deployment does. `factory`: another app served the same way (a benchmark's baseline)."""
+    """The API under uvicorn, with `workers` processes (default `LLMQ_API_WORKERS`, as
+    `llmq api` starts it); with `access_log`, it logs at info as a deployment does.
+    `factory`: another app served the same way (a benchmark's baseline)."""
+    workers = workers or api_workers()
     argv = [sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port),
             "--host", "127.0.0.1", "--workers", str(workers)]  # fmt: skip
     argv += ["--log-level", "info"] if access_log else ["--log-level", "warning", "--no-access-log"]
-    proc = Proc(argv, env.env, env.dir / f"{factory.split(':')[0]}-{port}.log")
+    proc_env = multiprocess_env(env.env, workers)
+    proc = Proc(argv, proc_env, env.dir / f"{factory.split(':')[0]}-{port}.log")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -174,6 +178,13 @@ def api(
         except httpx.HTTPError:
             time.sleep(0.2)
     raise RuntimeError("the API did not start")
+
+
+def api_workers() -> int:
+    """How many processes `llmq api` would start here."""
+    from llmq.settings import get_settings
+
+    return worker_count(get_settings().api_workers)
 
 
 def wait_for_worker(env: BenchEnv, model: str, timeout_s: float = 300) -> None:
