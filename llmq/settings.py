@@ -130,6 +130,14 @@ class Settings(BaseSettings):
     flower_purge_offline_workers_s: int = Field(
         300, description="Flower forgets a worker this many seconds after it went offline."
     )
+    auth_cache_ttl_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long an API process may answer for a key without reading Postgres. "
+        "A revoked key is refused at once all the same: revoking tells every API process "
+        "through Redis, and while that subscription is down the cache is not used. 0 turns "
+        "it off.",
+    )
     api_workers: int = Field(
         0,
         ge=0,
