@@ -48,7 +48,7 @@ from llmq.generation import GenerationParams
 from llmq.job_queries import IDLE, activity_by_model
 from llmq.keys import Caller
 from llmq.ledger import token_cost_usd
-from llmq.queues import Message, interactive_room, publish_generate, publish_generate_many
+from llmq.queues import Message, interactive_room, publish_generate_many
 from llmq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -215,10 +215,7 @@ def publish(celery: Celery, messages: list[Message]) -> None:
     twice.
     """
     try:
-        if len(messages) == 1:
-            publish_generate(celery, messages[0])
-        else:
-            publish_generate_many(celery, messages)
+        publish_generate_many(celery, messages)  # the message and its sent event: one round trip
     except Exception as exc:  # whatever kombu raises, the jobs are safe in Postgres
         log.warning(
             "%d job(s) committed but not published (%s); the sweeper will publish them",
