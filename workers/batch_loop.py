@@ -91,6 +91,7 @@ class BatchLoop:
             waiting = waiting_count(self.runner.redis, self.spec.name, settings.redis_prefix)
         except redis.RedisError:
             waiting = 0
+        waiting += self.runner.in_transit()
         return batch_ready(dataclasses.replace(state, broker_waiting=waiting), *limits)
 
     def _run_batch(self, batch: list[Waiting]) -> None:

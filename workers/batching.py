@@ -21,7 +21,7 @@ class BatchState:
     pending: int  # jobs handed to the engine and not yet run
     oldest_wait_ms: float  # how long the oldest of them has waited
     idle_ms: float  # time since the last job arrived
-    broker_waiting: int  # messages still in the model's Redis queue
+    broker_waiting: int  # messages in the model's Redis queue, or taken and not handed in
     quiet_before_ms: float = 0.0  # from the previous batch's last arrival to this one's first
     last_batch_ms: float | None = None  # how long the previous batch took (None: no batch yet)
 
