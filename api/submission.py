@@ -40,6 +40,7 @@ from llmq import (
     metrics,
     ssrf,
 )
+from llmq import messages as task_messages
 from llmq.announce import Committed
 from llmq.catalog import Catalog
 from llmq.db import session_scope
@@ -48,7 +49,7 @@ from llmq.generation import GenerationParams
 from llmq.job_queries import IDLE, activity_by_model
 from llmq.keys import Caller
 from llmq.ledger import token_cost_usd
-from llmq.queues import Message, interactive_room, publish_generate_many
+from llmq.queues import Message, interactive_room
 from llmq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -205,8 +206,9 @@ class RateCharge:
             ratelimits.refund_tokens(self.request, self.caller, self.tokens)
 
 
-def publish(celery: Celery, messages: list[Message]) -> None:
-    """Put committed jobs' messages on their queues.
+def publish(celery: Celery, client: redis.Redis, prefix: str, messages: list[Message]) -> None:
+    """Put committed jobs' messages, and their task-sent events, on their queues in one
+    Redis round trip (`llmq.messages`).
 
     A failure here never undoes the submit. The rows are committed as queued, and the
     sweeper publishes every queued job whose message it cannot find, so the jobs run once
@@ -215,8 +217,8 @@ def publish(celery: Celery, messages: list[Message]) -> None:
     twice.
     """
     try:
-        publish_generate_many(celery, messages)  # the message and its sent event: one round trip
-    except Exception as exc:  # whatever kombu raises, the jobs are safe in Postgres
+        task_messages.publish(celery, client, prefix, messages)
+    except Exception as exc:  # whatever Redis raises, the jobs are safe in Postgres
         log.warning(
             "%d job(s) committed but not published (%s); the sweeper will publish them",
             len(messages), type(exc).__name__,
@@ -307,7 +309,8 @@ class Submission:
             if new.answer is None and not new.in_backlog
         ]
         if messages:
-            publish(self.request.app.state.celery, messages)
+            state = self.request.app.state
+            publish(state.celery, state.sync_redis, self.settings.redis_prefix, messages)
         for new in new_jobs:
             metrics.JOBS_SUBMITTED.labels(new.model).inc()
             if new.cache_key is not None:
