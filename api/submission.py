@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -245,6 +246,23 @@ def hold_over_room(client: redis.Redis, prefix: str, new_jobs: list[jobs.NewJob]
             new.in_backlog = True
 
 
+def count_submitted(new_jobs: list[jobs.NewJob]) -> None:
+    """The submit counters, one increment per model and counter rather than per job (with
+    several API processes each increment is a write to a shared file)."""
+    counts = Counter(
+        (counter, new.model)
+        for new in new_jobs
+        for counter in (
+            metrics.JOBS_SUBMITTED,
+            None if new.cache_key is None
+            else metrics.CACHE_MISSES if new.answer is None else metrics.CACHE_HITS,
+        )
+        if counter is not None
+    )  # fmt: skip
+    for (counter, model), n in counts.items():
+        counter.labels(model).inc(n)
+
+
 class Submission:
     """What both submit routes need, as one FastAPI dependency: the caller, the catalog and
     settings, the `Idempotency-Key`, and the steps after validation."""
@@ -311,11 +329,7 @@ class Submission:
         if messages:
             state = self.request.app.state
             publish(state.celery, state.sync_redis, self.settings.redis_prefix, messages)
-        for new in new_jobs:
-            metrics.JOBS_SUBMITTED.labels(new.model).inc()
-            if new.cache_key is not None:
-                counter = metrics.CACHE_MISSES if new.answer is None else metrics.CACHE_HITS
-                counter.labels(new.model).inc()
+        count_submitted(new_jobs)
         if admitted.answered:
             self.announce_answered(admitted, new_jobs)
         return admitted
