@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -231,6 +232,32 @@ def resolved_params(new: jobs.NewJob, default_max_tokens: int) -> GenerationPara
     return new.params.model_copy(update={"max_tokens": new.params.max_tokens or default_max_tokens})
 
 
+def answer_key(new: jobs.NewJob, catalog: Catalog, scope: str, revision: str | None = None) -> str:
+    """The exact-cache key of a job (`llmq.cache.cache_key`): equal for requests that
+    determine the same answer. `revision`: the model's, when the caller has it already."""
+    spec = catalog.get(new.model)
+    params = resolved_params(new, spec.default_max_tokens)
+    revision = revision if revision is not None else cache.model_revision(spec)
+    return cache.cache_key(new.model, revision, scope, new.prompt, new.messages, params)
+
+
+def dedup_keys(catalog: Catalog, key_id: uuid.UUID) -> Callable[[jobs.NewJob], str | None]:
+    """A batch line's key for running equal lines once (None: the line always runs), each
+    model's revision computed once per batch. Only a greedy line gets one: seeded lines that
+    repeat within one request are each expected to differ (`llmq.cache.usable`), and a seeded
+    line that does not repeat has nothing to share."""
+    revisions: dict[str, str] = {}
+
+    def key(new: jobs.NewJob) -> str | None:
+        if not new.params.greedy:
+            return None
+        if new.model not in revisions:
+            revisions[new.model] = cache.model_revision(catalog.get(new.model))
+        return answer_key(new, catalog, str(key_id), revisions[new.model])
+
+    return key
+
+
 def hold_over_room(client: redis.Redis, prefix: str, new_jobs: list[jobs.NewJob]) -> None:
     """Mark for the backlog the jobs their model's interactive queue has no room for; the
     others go straight to the queue. One Redis round trip per model; with no answer (no
@@ -406,11 +433,8 @@ class Submission:
         new = prepared.new
         if not prepared.cache or not cache.is_deterministic(new.params):
             return None
-        spec = self.catalog.get(new.model)
-        params = resolved_params(new, spec.default_max_tokens)
         scope = cache.scope(self.caller.key_id, self.settings.cache_shared_across_keys)
-        revision = cache.model_revision(spec)
-        return cache.cache_key(new.model, revision, scope, new.prompt, new.messages, params)
+        return answer_key(new, self.catalog, scope)
 
     def announce_answered(self, admitted: admission.Admitted, new_jobs: list[jobs.NewJob]) -> None:
         """What follows the commit of jobs the cache answered: their text on their streams,

@@ -29,6 +29,7 @@ from bench import (
     overhead,
     pipeline,
     report,
+    scale,
     semantic,
     submit_path,
     uploads,
@@ -68,6 +69,7 @@ class Params:
     semantic_entries: int = 100_000  # random unit vectors in one semantic cache namespace
     semantic_lookups: int = 1000  # near-duplicate lookups, each beside a random one
     backlog_lines: int = 20_000  # another key's batch beside interactive jobs
+    scale_rows: int = 1_000_000  # finished jobs and ledger rows for the flat-costs figure
 
     @property
     def prompts(self) -> list[str]:
@@ -195,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         r["upload"] = uploads.upload_memory(env, p.upload_bytes)
         console.print(f"semantic cache lookups among {p.semantic_entries:,} entries…")
         r["semantic"] = semantic.lookup_latency(env, p.semantic_entries, p.semantic_lookups)
+        console.print(f"everyday operations, empty and with {p.scale_rows:,} finished jobs…")
+        r["scale"] = scale.scale_run(env, p.scale_rows)
     finally:
         client.close()
         api_proc.stop()
@@ -245,6 +249,7 @@ def measured(r: dict, p: Params) -> list[Figure]:
         *batches.figures(r["batch"]),
         *semantic.figures(r["semantic"]),
         *backlog.figures(r["backlog"]),
+        *scale.figures(r["scale"]),
     ]  # fmt: skip
 
 

@@ -160,15 +160,17 @@ def api(
     access_log: bool = False,
     factory: str = "api.app:create_app",
     workers: int | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Proc:
     """The API under uvicorn, with `workers` processes (default `LLMQ_API_WORKERS`, as
     `llmq api` starts it); with `access_log`, it logs at info as a deployment does.
-    `factory`: another app served the same way (a benchmark's baseline)."""
+    `factory`: another app served the same way (a benchmark's baseline); `extra`:
+    environment variables of its own."""
     workers = workers or api_workers()
     argv = [sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port),
             "--host", "127.0.0.1", "--workers", str(workers)]  # fmt: skip
     argv += ["--log-level", "info"] if access_log else ["--log-level", "warning", "--no-access-log"]
-    proc_env = multiprocess_env(env.env, workers)
+    proc_env = multiprocess_env(dict(env.env, **(extra or {})), workers)
     proc = Proc(argv, proc_env, env.dir / f"{factory.split(':')[0]}-{port}.log")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -1,4 +1,5 @@
-"""The `llmq` command: local stack, processes, keys, usage, submit, get, batch, ab, demo.
+"""The `llmq` command: local stack, processes, keys, usage, submit, get, prune, batch, ab,
+demo.
 
 Each command lives in the module of its kind; this one only puts them together, in the
 order `llmq --help` lists them.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import ab, batches, jobs, keys, local, processes
+from cli import ab, batches, jobs, keys, local, processes, retention
 
 app = typer.Typer(
     help="llmq: asynchronous LLM inference jobs on your own GPUs.", no_args_is_help=True
@@ -26,6 +27,7 @@ app.command()(local.dev)
 app.command()(jobs.usage)
 app.command()(jobs.submit)
 app.command()(jobs.get)
+app.command()(retention.prune)
 app.add_typer(batches.app, name="batch")
 app.add_typer(ab.app, name="ab")
 app.command()(local.demo)

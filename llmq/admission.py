@@ -76,29 +76,41 @@ def _check_limits(session: Session, caller: Caller, new_jobs: list[jobs.NewJob])
 def check_budget(session: Session, caller: Caller, new_jobs: list[jobs.NewJob]) -> None:
     """Refuse jobs whose worst-case cost together does not fit what is left of the key's
     budget; the caller holds the key's lock (`budgets.lock_key`)."""
+    cost = sum((new.reserved_cost_usd or Decimal(0) for new in new_jobs), Decimal(0))
+    check_budget_cost(session, caller, cost, len(new_jobs))
+
+
+def check_budget_cost(
+    session: Session, caller: Caller, cost: Decimal, count: int, written: bool = False
+) -> None:
+    """Refuse `count` jobs of worst-case `cost` together that do not fit what is left of the
+    key's budget; the caller holds the key's lock. `written`: the jobs are rows of this
+    transaction already, so the key's reserved spend counts them."""
     limits = caller.limits
-    if limits.budget_usd is not None and limits.budget_period is not None:
-        now = datetime.now(UTC)
-        start = budgets.period_start(limits.budget_period, now)
-        spent = budgets.spend(session, caller.key_id, start)
-        cost = sum((new.reserved_cost_usd or Decimal(0) for new in new_jobs), Decimal(0))
-        if spent.total_usd + cost > limits.budget_usd:
-            resets = budgets.period_end(limits.budget_period, now)
-            raise BudgetExceeded(
-                f"{'this job' if len(new_jobs) == 1 else f'these {len(new_jobs)} jobs'} "
-                f"may cost up to ${usd(cost)}; the key has spent "
-                f"${usd(spent.total_usd)} of its {ADJECTIVE[limits.budget_period]} "
-                f"${usd(limits.budget_usd)} budget",
-                budget={
-                    "budget_usd": usd(limits.budget_usd),
-                    "period": limits.budget_period,
-                    "period_start": start.isoformat(),
-                    "period_resets_at": resets.isoformat(),
-                    "spent_usd": usd(spent.settled_usd),
-                    "reserved_usd": usd(spent.reserved_usd),
-                    "job_worst_case_usd": usd(cost),
-                },
-            )
+    if limits.budget_usd is None or limits.budget_period is None:
+        return
+    now = datetime.now(UTC)
+    start = budgets.period_start(limits.budget_period, now)
+    spent = budgets.spend(session, caller.key_id, start)
+    reserved = spent.reserved_usd - cost if written else spent.reserved_usd
+    if spent.settled_usd + reserved + cost <= limits.budget_usd:
+        return
+    resets = budgets.period_end(limits.budget_period, now)
+    raise BudgetExceeded(
+        f"{'this job' if count == 1 else f'these {count} jobs'} "
+        f"may cost up to ${usd(cost)}; the key has spent "
+        f"${usd(spent.settled_usd + reserved)} of its {ADJECTIVE[limits.budget_period]} "
+        f"${usd(limits.budget_usd)} budget",
+        budget={
+            "budget_usd": usd(limits.budget_usd),
+            "period": limits.budget_period,
+            "period_start": start.isoformat(),
+            "period_resets_at": resets.isoformat(),
+            "spent_usd": usd(spent.settled_usd),
+            "reserved_usd": usd(reserved),
+            "job_worst_case_usd": usd(cost),
+        },
+    )
 
 
 def admit(

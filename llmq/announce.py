@@ -47,6 +47,7 @@ class Committed:
     answers: dict[str, Answer] = field(default_factory=dict)  # exact-cache key: answer to keep
     moved: list[Message] = field(default_factory=list)  # jobs queued again on a fallback
     # model, whose messages are to be published
+    unstreamed: set[str] = field(default_factory=set)  # of `ended`, batch lines: no stream
 
 
 def token_deltas(jobs: Iterable[tuple[uuid.UUID, int | None, int]]) -> dict[uuid.UUID, int]:
@@ -93,9 +94,8 @@ class Announcer:
         if committed.stop:
             self._try("tell workers of cancels", self._publish_cancels, committed.stop)
         if committed.ended:
-            self._try(
-                "tell waiters", events.publish_done, self.client, self.prefix, committed.ended
-            )
+            self._try("tell waiters", events.publish_done, self.client, self.prefix,
+                      committed.ended, committed.unstreamed)  # fmt: skip
         if committed.deliveries:
             self._try("send webhooks", publish_webhooks, self.celery, committed.deliveries)
         if committed.batches:

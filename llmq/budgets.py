@@ -19,8 +19,9 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from llmq import usage_daily
 from llmq.ledger import token_cost_usd
-from llmq.models import ACTIVE_STATUSES, Job, LedgerEntry
+from llmq.models import ACTIVE_STATUSES, Job
 
 CHAT_OVERHEAD_TOKENS = 8  # per message, for role markers and separators of chat templates
 
@@ -77,11 +78,8 @@ def lock_key(session: Session, key_id: uuid.UUID) -> None:
 def spend(session: Session, key_id: uuid.UUID, since: datetime) -> Spend:
     """Settled and reserved cost from one statement, so one snapshot: a batch that settles
     while this runs is counted once, as a reservation or as a ledger cost, never zero times."""
-    settled = (
-        sa.select(sa.func.coalesce(sa.func.sum(LedgerEntry.cost_usd), 0))
-        .where(LedgerEntry.api_key_id == key_id, LedgerEntry.created_at >= since)
-        .scalar_subquery()
-    )
+    ledger = usage_daily.totals(key_id, since, None)  # a period starts at a UTC midnight
+    settled = sa.select(sa.func.coalesce(sa.func.sum(ledger.c.cost_usd), 0)).scalar_subquery()
     reserved = (
         sa.select(sa.func.coalesce(sa.func.sum(Job.reserved_cost_usd), 0))
         .where(Job.api_key_id == key_id, Job.status.in_(ACTIVE_STATUSES))

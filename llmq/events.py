@@ -2,7 +2,8 @@
 
 Each job has a pub/sub channel (long-poll waits on its "done") and a Redis stream of its text as
 it is generated, ending with a "done" entry; the stream lets a late or reconnecting SSE client
-replay from the start or from its Last-Event-ID. Stream entries are written and read only
+replay from the start or from its Last-Event-ID. A batch's line has no stream: nobody watches
+a line's tokens, and a million lines' streams would fill Redis for the hour they are kept. Stream entries are written and read only
 through the helpers here (`append_text`, `publish_done`, `read_entries`, `read_streams`,
 `stream_ended`).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import redis
@@ -20,6 +21,7 @@ DONE = "done"
 TOKEN = "token"
 STREAM_TTL_S = 3600
 STREAM_MAXLEN = 20_000
+PIPELINE_JOBS = 1000  # jobs told per round trip, so a pipeline's buffer stays small
 
 
 def job_channel(prefix: str, job_id: str) -> str:
@@ -95,13 +97,21 @@ def worker_pattern(prefix: str, model: str) -> str:
     return f"{prefix}worker:{model}:*"
 
 
-def publish_done(client: redis.Redis, prefix: str, job_ids: Iterable[str]) -> None:
-    """Tell waiting pollers (long-poll, SSE) that these jobs reached a final state."""
-    with client.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.publish(job_channel(prefix, job_id), json.dumps({"type": DONE}))
-            _add_entry(pipe, stream_key(prefix, job_id), {"type": DONE})
-        pipe.execute()
+def publish_done(
+    client: redis.Redis, prefix: str, job_ids: Iterable[str], unstreamed: Collection[str] = ()
+) -> None:
+    """Tell waiting pollers (long-poll, SSE) that these jobs reached a final state. The jobs
+    in `unstreamed` (a batch's lines) get no stream: their end goes to their channel only,
+    and an SSE client of one finds it final on its next read of the row."""
+    done = json.dumps({"type": DONE})
+    ids = list(job_ids)
+    for start in range(0, len(ids), PIPELINE_JOBS):  # a cancelled batch's million lines
+        with client.pipeline(transaction=False) as pipe:
+            for job_id in ids[start : start + PIPELINE_JOBS]:
+                pipe.publish(job_channel(prefix, job_id), done)
+                if job_id not in unstreamed:
+                    _add_entry(pipe, stream_key(prefix, job_id), {"type": DONE})
+            pipe.execute()
 
 
 def is_done(data: bytes | str) -> bool:

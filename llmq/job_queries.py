@@ -34,12 +34,14 @@ def not_paused():
 
 
 def unpublished_for(older_than: timedelta):
-    """Queued, out of the backlog (a backlog job has no message to lose), not paused, and
-    neither created nor published within `older_than`."""
+    """Queued, out of the backlog (a backlog job has no message to lose), no follower of
+    another job (`llmq.jobs.dedup`: it never has a message), not paused, and neither created
+    nor published within `older_than`."""
     last = sa.func.coalesce(Job.published_at, Job.created_at)
     return sa.and_(
         Job.status == JobStatus.QUEUED,
         ~Job.in_backlog,
+        Job.same_as.is_(None),
         last < sa.func.now() - older_than,
         not_paused(),
     )
@@ -160,7 +162,8 @@ def activity_by_model(session: Session, models: list[str] | None = None) -> dict
     """One grouped read for every model with queued or running jobs (others are absent).
 
     An age is never below zero: a job committed after this transaction began can look
-    younger than `now()`. A paused batch's lines wait for no worker: they do not age it."""
+    younger than `now()`. A paused batch's lines wait for no worker, nor does a follower
+    (`llmq.jobs.dedup`), which waits for its leader: they do not age it."""
     rows = session.execute(
         sa.select(
             Job.model,
@@ -169,7 +172,9 @@ def activity_by_model(session: Session, models: list[str] | None = None) -> dict
             sa.func.extract(
                 "epoch",
                 sa.func.now()
-                - sa.func.min(Job.created_at).filter(Job.status == JobStatus.QUEUED, not_paused()),
+                - sa.func.min(Job.created_at).filter(
+                    Job.status == JobStatus.QUEUED, Job.same_as.is_(None), not_paused()
+                ),
             ).label("oldest_s"),
         )
         .where(Job.status.in_(ACTIVE_STATUSES), of_models(models))
@@ -190,7 +195,8 @@ def due_work(
 ) -> dict[str, list[tuple[str | None, float, int]]]:
     """Each model's unfinished work by deadline: (batch id, seconds left, estimated tokens),
     one entry per batch and per minute of `expires_at` for other jobs. Tokens are estimated as
-    the job's `max_tokens` plus a quarter of its prompt's characters."""
+    the job's `max_tokens` plus a quarter of its prompt's characters. A follower
+    (`llmq.jobs.dedup`) needs no worker: it gets its leader's answer."""
     prompt_chars = sa.func.coalesce(
         sa.func.length(Job.prompt), sa.func.length(sa.cast(Job.messages, sa.Text)), 0
     )
@@ -206,6 +212,7 @@ def due_work(
             sa.func.sum(tokens).label("tokens"),
         )
         .where(Job.status.in_(ACTIVE_STATUSES), Job.expires_at.is_not(None), of_models(models))
+        .where(Job.same_as.is_(None))
         .group_by(Job.model, due)
     ).all()
     out: dict[str, list[tuple[str | None, float, int]]] = {}

@@ -112,7 +112,8 @@ SCALING_EVENTS = Counter(
 )
 SWEEPER_ACTIONS = Counter(
     "llmq_sweeper_actions_total",
-    "Jobs the sweeper acted on, by action (republished, requeued, expired, failed, fell_back)",
+    "Jobs the sweeper acted on, by action (republished, requeued, expired, failed, fell_back, "
+    "pruned)",
     ["action"],
 )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -108,8 +109,25 @@ class Job(Base):
             f"status IN ({','.join(repr(s.value) for s in JobStatus)})", name="ck_jobs_status"
         ),
         CheckConstraint("priority BETWEEN 0 AND 9", name="ck_jobs_priority"),
-        CheckConstraint("prompt IS NOT NULL OR messages IS NOT NULL", name="ck_jobs_input"),
+        CheckConstraint(
+            "prompt IS NOT NULL OR messages IS NOT NULL OR pruned_at IS NOT NULL",
+            name="ck_jobs_input",
+        ),
         Index("ix_jobs_key_created", "api_key_id", text("created_at DESC"), text("id DESC")),
+        Index(  # a key's pages of one status: a rare one is not found by reading every job
+            "ix_jobs_key_status_created",
+            "api_key_id",
+            "status",
+            text("created_at DESC"),
+            text("id DESC"),
+        ),
+        Index(  # the same for one model
+            "ix_jobs_key_model_created",
+            "api_key_id",
+            "model",
+            text("created_at DESC"),
+            text("id DESC"),
+        ),
         Index(
             "ix_jobs_active_model",
             "model",
@@ -122,6 +140,11 @@ class Job(Base):
             postgresql_where=text("status = 'running'"),
         ),
         Index("ix_jobs_queued_created", "created_at", postgresql_where=text("status = 'queued'")),
+        Index(  # retention's scan (`llmq.retention`): finished jobs not pruned yet, oldest first
+            "ix_jobs_prunable",
+            "finished_at",
+            postgresql_where=text("pruned_at IS NULL AND finished_at IS NOT NULL"),
+        ),
         Index("ix_jobs_queued_expires", "expires_at", postgresql_where=text("status = 'queued'")),
         Index("ix_jobs_batch", "batch_id", "status", postgresql_where=text("batch_id IS NOT NULL")),
         Index("ix_jobs_alias", "alias", "created_at", postgresql_where=text("alias IS NOT NULL")),
@@ -143,6 +166,13 @@ class Job(Base):
             "created_at",
             postgresql_where=text("status = 'queued' AND in_backlog AND batch_id IS NULL"),
         ),
+        Index(  # the followers still waiting for their leader (`llmq.jobs.dedup`)
+            "ix_jobs_same_as",
+            "same_as",
+            postgresql_where=text("status = 'queued' AND same_as IS NOT NULL"),
+        ),
+        # the leaders, by status: the ended ones whose followers are still to be resolved
+        Index("ix_jobs_leads", "status", postgresql_where=text("leads")),
     )
     # The INSERT returns the server's defaults (created_at, attempts, ...): no second query.
     __mapper_args__ = {"eager_defaults": True}
@@ -201,6 +231,15 @@ class Job(Base):
     cached: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     # The models the job moved away from: [{model, to, reason, at}], oldest first.
     hops: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'"))
+    # A batch line whose answer its parameters determine: equal lines of one batch share the
+    # key (`llmq.batches.records.mark_duplicates`). A follower is queued but never published:
+    # `same_as` names the line it waits for, whose answer it gets (`llmq.jobs.dedup`).
+    dedup_key: Mapped[str | None] = mapped_column(Text)
+    same_as: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # Followers wait for this job; cleared once none is left queued.
+    leads: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # When retention (`llmq.retention`) cleared the job's prompt, messages and output.
+    pruned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class LedgerEntry(Base):
@@ -226,6 +265,30 @@ class LedgerEntry(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     alias: Mapped[str | None] = mapped_column(Text)  # copied from the job
     variant: Mapped[str | None] = mapped_column(Text)
+
+
+class UsageDaily(Base):
+    """The ledger summed by key, UTC day and model, so usage and budgets read a row a day
+    whatever the number of jobs (`llmq.usage_daily`).
+
+    Triggers on `usage_ledger` (migration 0017) keep it current in the transaction of every
+    ledger write, whoever writes. Each connection adds to its own `shard` of a day, so
+    concurrent writers for one key and model do not wait on one row; readers sum the shards.
+    A deleted ledger row is subtracted, so a group whose `jobs` sums to 0 has no ledger rows.
+    """
+
+    __tablename__ = "usage_daily"
+
+    api_key_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    model: Mapped[str] = mapped_column(Text, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    cached_jobs: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[Decimal] = mapped_column(MONEY)
+    gpu_cost_usd: Mapped[Decimal] = mapped_column(MONEY)
 
 
 class IdempotencyKey(Base):

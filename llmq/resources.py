@@ -40,6 +40,7 @@ def job_resource(job: Job, cost: tuple[Decimal, Decimal] | None, flower_url: str
         "cached": job.cached,
         "cache_similarity": job.cache_similarity,
         "hops": job.hops or [],
+        "pruned_at": _iso(job.pruned_at),
         "expires_at": _iso(job.expires_at),
         "metadata": job.meta or {},
         "user": job.user,

@@ -257,6 +257,13 @@ class Settings(BaseSettings):
         description="Longest queue the sweeper reads to find queued jobs that have no "
         "message; longer queues are checked once they are shorter.",
     )
+    retention_days: float = Field(
+        0.0,
+        ge=0,
+        description="Finished jobs' prompts, messages and outputs are cleared this many days "
+        "after they finished (`llmq prune`, and the scheduler leader's sweeper as it goes); "
+        "ids, status, tokens and the usage ledger are kept. 0: kept forever.",
+    )
     scheduler_metrics_port: int = Field(
         9102, description="Port of the scheduler's Prometheus endpoint; 0 turns it off."
     )

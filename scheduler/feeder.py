@@ -9,6 +9,9 @@ marks the chosen ones published in one transaction, commits, then publishes them
 on the batch lane). It also writes the bound to Redis, where the API reads it to decide
 whether an interactive submit goes straight to the queue.
 
+Before feeding, it answers a batch's repeated lines whose leader has ended, or sends one of
+them to the backlog to run when the leader's end answers nothing (`llmq.jobs.dedup`).
+
 Postgres is the truth, so a feeder that dies loses nothing: before the commit the jobs are
 still in the backlog; after it, a job whose message never went out is found by the
 sweeper's lost-message check and published again. A duplicate message is harmless (claims
@@ -24,7 +27,8 @@ from collections.abc import Hashable, Mapping
 import redis
 from celery import Celery
 
-from llmq import backlog, jobs, keys, metrics
+from llmq import backlog, jobs, keys, metrics, outbox
+from llmq.announce import Announcer, Committed
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.pools import Backlog, PoolObservation
@@ -40,12 +44,17 @@ class Feeder:
     ) -> None:
         self.settings, self.catalog, self.redis, self.celery = settings, catalog, client, celery
         self.served: dict[str, dict[Hashable, float]] = {}  # model -> key -> recent picks
+        self.announcer = Announcer.for_settings(settings, client, celery)
 
     def feed(
         self, seen: Mapping[str, Backlog | PoolObservation], bound_ttl_s: int
     ) -> dict[str, int]:
         """One round over every model (`seen`: each one's waiting messages and live workers);
         returns how many jobs each had published."""
+        try:
+            self.resolve_followers(list(seen))
+        except Exception:  # the next round tries again; feeding goes on
+            log.exception("could not resolve repeated batch lines")
         fed = {}
         for model, obs in seen.items():
             spec = self.catalog.get(model)
@@ -59,6 +68,23 @@ class Feeder:
                 except Exception:  # one model's failure skips its round; the others go on
                     log.exception("could not feed %s", model)
         return fed
+
+    def resolve_followers(self, models: list[str]) -> jobs.Resolved:
+        """End the followers whose leader answered them, or promote one to run; after the
+        commit, tell their waiters, send their webhooks and ask for their batches' ends."""
+        with session_scope() as session:
+            resolved = jobs.resolve_followers(session, self.catalog, models)
+            deliveries = outbox.created_in(session)
+        if resolved.ended:
+            self.announcer.announce(
+                Committed(
+                    ended=[str(i) for i in resolved.ended],
+                    deliveries=deliveries,
+                    batches=resolved.batches,
+                    unstreamed={str(i) for i in resolved.ended},
+                )
+            )
+        return resolved
 
     def feed_model(self, model: str, room: int) -> int:
         """Publish up to `room` of the model's backlog jobs, in the policy's order."""

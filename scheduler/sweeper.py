@@ -10,6 +10,8 @@
 - Queued jobs of a model whose circuit breaker is open move to the first fallback of its
   chain whose circuit is not open, as do those that have waited past the model's
   `fallback_after_queue_s` (`llmq.jobs.fallback`); they are published on their new queue.
+- Once `retention_days` is set, a chunk of the jobs that finished longer ago than that is
+  pruned each pass (`llmq.retention`).
 - A queued job with no live message (the API died between commit and publish, Redis lost
   its data, or a worker died holding its message before it claimed the job) is published
   again. This is checked, not guessed (`llmq.broker`): the job is stale and no message in
@@ -34,7 +36,7 @@ from datetime import timedelta
 import redis
 from celery import Celery
 
-from llmq import breakers, fallbacks, job_queries, jobs, metrics, outbox
+from llmq import breakers, fallbacks, job_queries, jobs, metrics, outbox, retention
 from llmq.announce import Announcer, Committed
 from llmq.batches import sweep as batches
 from llmq.broker import held_since, waiting_task_ids
@@ -61,6 +63,7 @@ class SweepReport:
     fell_back: list[str] = field(default_factory=list)
     batches_expired: list[str] = field(default_factory=list)
     batches_finalized: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in vars(self).items()}
@@ -87,6 +90,7 @@ class Sweeper:
         self._republish_lost(report)
         report.batches_expired += batches.expire_due(self.announcer)
         report.batches_finalized += batches.finalize_ready(self.store, self.announcer)
+        self._prune(report)
         for action, n in report.counts().items():
             if n:
                 metrics.SWEEPER_ACTIONS.labels(action).inc(n)
@@ -110,7 +114,8 @@ class Sweeper:
             requeued, failed = jobs.requeue_orphans(
                 session, self.settings.max_attempts, self.models
             )
-            committed = Committed([str(j.id) for j in failed], outbox.created_in(session))
+            committed = Committed([str(j.id) for j in failed], outbox.created_in(session),
+                                  unstreamed={str(j.id) for j in failed if j.batch})  # fmt: skip
         self._publish(requeued)
         self.announcer.announce(committed)
         report.requeued += [str(j.id) for j in requeued]
@@ -119,7 +124,8 @@ class Sweeper:
     def _expire(self, report: SweepReport) -> None:
         with session_scope() as session:
             expired = jobs.expire_queued(session, self.models)
-            committed = Committed([str(j.id) for j in expired], outbox.created_in(session))
+            committed = Committed([str(j.id) for j in expired], outbox.created_in(session),
+                                  unstreamed={str(j.id) for j in expired if j.batch})  # fmt: skip
         self.announcer.announce(committed)
         report.expired += committed.ended
 
@@ -158,6 +164,15 @@ class Sweeper:
             if moved:
                 metrics.FALLBACKS.labels(spec.name, to, reason).inc(len(moved))
             report.fell_back += [str(j.id) for j in moved]
+
+    def _prune(self, report: SweepReport) -> None:
+        """One chunk of retention a pass: old jobs are pruned as they come of age, in
+        bounded transactions (`llmq prune` does a backlog at once)."""
+        if self.settings.retention_days <= 0:
+            return
+        older_than = timedelta(days=self.settings.retention_days)
+        with session_scope() as session:
+            report.pruned += [str(i) for i in retention.prune_chunk(session, older_than)]
 
     def _republish_lost(self, report: SweepReport) -> None:
         prefix = self.settings.redis_prefix

@@ -148,6 +148,15 @@ price_input_per_mtok_usd = "1000"
 price_output_per_mtok_usd = "2000"
 batch_price_factor = "0.5"
 
+[models.echo-dedup]  # a batch's repeated lines: runs and copies priced apart, at half price
+engine = "echo"
+max_batch_size = 16
+max_batch_wait_ms = 20
+price_input_per_mtok_usd = "1000"
+price_output_per_mtok_usd = "2000"
+price_cache_hit_per_mtok_usd = "100"
+batch_price_factor = "0.5"
+
 [models.echo-long]  # runs longer than the lease the lease tests give their worker
 engine = "echo"
 max_batch_size = 2

@@ -44,6 +44,7 @@ class ResultWriter:
         self.spec, self.redis, self.prefix = spec, client, prefix
         self.claims, self.announcer = claims, announcer
         self.streamed: dict[str, str] = {}  # job id -> text already on its stream
+        self.unstreamed: set[str] = set()  # claimed batch lines: no stream (`llmq.events`)
 
     def outcome(
         self, job: Job, result: GenerationResult, seconds: float, gpu_cost: Decimal
@@ -107,11 +108,13 @@ class ResultWriter:
                 batches=sorted({job.batch_id for job in ended if job.batch_id}),
                 answers=answers_to_keep(ended, outcome_of, self.spec.default_max_tokens),
                 moved=[m.message() for m in moved],
+                unstreamed={str(job.id) for job in ended if job.batch_id},
             )
         )
         reports = {}
         for out in outcomes:
             self.streamed.pop(str(out.job_id), None)
+            self.unstreamed.discard(str(out.job_id))
             if out.job_id in moved_ids:
                 reports[str(out.job_id)] = MOVED
             elif out.job_id in done:
@@ -165,6 +168,7 @@ class ResultWriter:
         """Give claimed jobs back to the queue when their results could not be written, so
         the tasks' retries can claim them again at once."""
         self.claims.let_go(claimed)
+        self.unstreamed.difference_update(str(job.id) for job in claimed)
         try:
             with session_scope() as session:
                 jobs.release_jobs(session, [(job.id, job.attempts) for job in claimed])
@@ -177,6 +181,7 @@ class ResultWriter:
         """A job claimed again starts its stream afresh, so the stream matches this attempt."""
         for job in claimed:
             self.streamed.pop(str(job.id), None)
+        self.unstreamed.update(str(job.id) for job in claimed if job.batch_id)
         if any(job.attempts > 1 for job in claimed):
             try:
                 self.redis.delete(*[events.stream_key(self.prefix, str(j.id)) for j in claimed])
@@ -184,7 +189,9 @@ class ResultWriter:
                 log.warning("could not reset streams", exc_info=True)
 
     def stream(self, deltas: dict[str, str]) -> None:
-        """Publish text as it is generated; a Redis hiccup costs the stream, never the job."""
+        """Publish text as it is generated; a Redis hiccup costs the stream, never the job.
+        A batch line's text goes nowhere until its result is written."""
+        deltas = {k: v for k, v in deltas.items() if k not in self.unstreamed}
         for job_id, text in deltas.items():
             self.streamed[job_id] = self.streamed.get(job_id, "") + text
         try:

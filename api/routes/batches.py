@@ -4,11 +4,13 @@ Create is one transaction. With an `Idempotency-Key` it first takes that key's l
 it up (`llmq.idempotency`, as on submit): a retry of the same request answers with the batch
 the first one made (`Idempotent-Replayed: true`) before anything is charged, a twin sent
 meanwhile waits for the first and does the same, and the same key with another body is a 422.
-Then the create counts as one request against the key's `rpm` (429 past it). Then it reads the
-whole input file from the store and checks every line (`llmq.batches.validate`) before any job
-exists; a broken file makes a `failed` batch with line-numbered errors. Then the key's budget
-is checked for every job together (402 with the estimate), and the batch, its jobs and the
-idempotency key are written, in the backlog: nothing goes to Redis here. The scheduler's
+Then the create counts as one request against the key's `rpm` (429 past it). Then the input
+file streams from the store, line by line: each line is checked (`llmq.batches.validate`) and
+the accepted ones are written as jobs in chunks (`llmq.batches.records.create_batch`), so a
+million-line file takes flat memory; a broken file makes a `failed` batch with line-numbered
+errors and no job. Then the key's budget is checked for every job together (402 with the
+estimate), and the idempotency key is written; the jobs wait in the backlog: nothing goes to
+Redis here. The scheduler's
 feeder publishes them as their model's queue has room, by priority, deadline and fair share
 across keys (`llmq.backlog`), on the model's batch lane, which workers read only when no
 interactive job waits.
@@ -29,7 +31,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, Literal
@@ -42,13 +45,13 @@ from sse_starlette import EventSourceResponse
 
 from api import deps, ratelimits, waits
 from api.openapi import openai_responses
-from api.submission import Submission, reserve
+from api.submission import Submission, dedup_keys, reserve
 from llmq import events, idempotency, metrics, outbox
 from llmq.announce import Committed
 from llmq.batches import pause, records
 from llmq.batches.finalize import finalize_batch
 from llmq.batches.sweep import stopped_committed
-from llmq.batches.validate import Checked, Refused, check_lines
+from llmq.batches.validate import Accepted, FileCheck, Refused
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.errors import InvalidField, JobStateConflict
@@ -57,7 +60,7 @@ from llmq.files.store import FileStore
 from llmq.jobs import NewJob
 from llmq.keys import Caller
 from llmq.ledger import QUANTUM
-from llmq.models import BATCH_FINAL_STATUSES
+from llmq.models import BATCH_FINAL_STATUSES, BatchStatus
 from llmq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -125,30 +128,27 @@ def _read(batch_id: str, caller: Caller, request: Request) -> BatchObject:
         return BatchObject(**_render(session, batch, at_risk))
 
 
-def _jobs(
-    checked: Checked, caller: Caller, catalog: Catalog, settings: Settings, window_s: int
-) -> list[NewJob]:
-    """Each accepted line's job, with what it reserves and its deadline, the batch's; a line
-    over the key's per-minute tokens moves to the refused ones."""
-    kept, new_jobs = [], []
-    for line in checked.accepted:
+def _line_job(
+    caller: Caller, catalog: Catalog, settings: Settings, window_s: int
+) -> Callable[[Accepted], NewJob | Refused]:
+    """What turns an accepted line into its job, with what it reserves and its deadline, the
+    batch's; a line over the key's per-minute tokens is refused instead."""
+    dedup_key = dedup_keys(catalog, caller.key_id)
+
+    def to_job(line: Accepted) -> NewJob | Refused:
         try:
             new = reserve(line.job, caller, catalog, settings, window_s).new
         except InvalidField as exc:
-            checked.refused.append(
-                Refused(line.line, line.custom_id, "invalid_request", exc.message, exc.field)
-            )
-            continue
+            return Refused(line.line, line.custom_id, "invalid_request", exc.message, exc.field)
         new.reserved_tokens = None  # not charged to the rates: nothing to reconcile
         if new.reserved_cost_usd is not None:  # a batch line is priced at the batch factor
             factor = catalog.get(new.model).price_factor(batch=True)
             new.reserved_cost_usd = (new.reserved_cost_usd * factor).quantize(QUANTUM)
         new.in_backlog = True  # the scheduler's feeder publishes it
-        kept.append(line)
-        new_jobs.append(new)
-    checked.accepted = kept
-    checked.refused.sort(key=lambda r: r.line)
-    return new_jobs
+        new.dedup_key = dedup_key(new)  # equal lines run once
+        return new
+
+    return to_job
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class Created:
     batch_id: str
     replayed: bool  # an identical earlier request made the batch; nothing new was written
     deliveries: list[str] = field(default_factory=list)  # a failed batch's webhook
-    models: list[str] = field(default_factory=list)  # each new job's model, for the counters
+    models: Counter[str] = field(default_factory=Counter)  # new jobs by model, for the counters
     unended: bool = False  # every line was refused: no job's end will finalize it
 
 
@@ -177,28 +177,26 @@ def _create(
         files.get_file(session, body.input_file_id, caller.key_id)
         rates = ratelimits.enforce_rules(request, caller, ratelimits.rpm_rules(caller))
         submission.response.headers.update(rates)
-        lines = store.lines(body.input_file_id, settings.max_batch_line_bytes)
-        checked = check_lines(
-            lines, body.endpoint, catalog, settings.max_prompt_chars, settings.max_batch_lines,
-            str(caller.key_id),
-        )  # fmt: skip
         window_s = min(WINDOWS_S[body.completion_window], settings.batch_completion_window_s)
-        new_jobs = [] if checked.broken else _jobs(checked, caller, catalog, settings, window_s)
-        batch, ids = records.create_batch(
+        batch, admitted = records.create_batch(
             session, caller, input_file_id=body.input_file_id, endpoint=body.endpoint,
             completion_window=body.completion_window, window_s=window_s,
-            metadata=body.metadata, checked=checked, new_jobs=new_jobs,
+            metadata=body.metadata,
+            check=FileCheck(body.endpoint, catalog, settings.max_prompt_chars,
+                            settings.max_batch_lines, str(caller.key_id)),
+            lines=lambda: store.lines(body.input_file_id, settings.max_batch_line_bytes),
+            to_job=_line_job(caller, catalog, settings, window_s),
         )  # fmt: skip
         # Under the lock no twin can have recorded the key since `find_batch`.
         if claim is not None and not idempotency.record(
-            session, caller.key_id, claim, ids, retention, batch_id=batch.id
+            session, caller.key_id, claim, [], retention, batch_id=batch.id
         ):
             raise JobStateConflict(
                 f"a request with {idempotency.HEADER} {claim.key!r} is in progress; retry"
             )
         deliveries = outbox.created_in(session)
-    unended = not ids and not checked.broken
-    return Created(batch.id, False, deliveries, [n.model for n in new_jobs], unended)
+        unended = admitted.jobs == 0 and batch.status != BatchStatus.FAILED
+        return Created(batch.id, False, deliveries, admitted.models, unended)
 
 
 @router.post("", responses=openai_responses(402, 404, 409, 422, 429))
@@ -216,8 +214,8 @@ def create_batch(
         return _read(created.batch_id, submission.caller, request)
     announcer = deps.announcer(request)
     announcer.announce(Committed(deliveries=created.deliveries))
-    for model in created.models:
-        metrics.JOBS_SUBMITTED.labels(model).inc()
+    for model, count in created.models.items():
+        metrics.JOBS_SUBMITTED.labels(model).inc(count)
     if created.unended:
         finalize_batch(store, created.batch_id, announcer)
     return _read(created.batch_id, submission.caller, request)

@@ -1,5 +1,5 @@
-"""/v1/usage: totals from the ledger by model, day or key, or an A/B report by alias variant.
-A key sees its own; admins see all."""
+"""/v1/usage: totals from the ledger by model, UTC day or key (`llmq.usage_daily`), or an
+A/B report by alias variant. A key sees its own; admins see all."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from api import deps
 from api.openapi import responses
+from llmq import usage_daily
 from llmq.db import session_scope
 from llmq.keys import Caller
 from llmq.ledger import usd
@@ -30,9 +31,10 @@ router = APIRouter(
 SUMS = ("prompt_tokens", "completion_tokens", "cost_usd", "gpu_cost_usd")  # ledger columns
 
 
-def _sums() -> list:
-    """The ledger's sums, labelled as their columns (0 where a group has no ledger row)."""
-    return [sa.func.coalesce(sa.func.sum(getattr(LedgerEntry, c)), 0).label(c) for c in SUMS]
+def _sums(source=LedgerEntry) -> list:
+    """The sums of the ledger's columns (or of `source`'s columns of the same names), labelled
+    as the columns (0 where a group has no ledger row)."""
+    return [sa.func.coalesce(sa.func.sum(getattr(source, c)), 0).label(c) for c in SUMS]
 
 
 def _amounts(r) -> dict:
@@ -81,23 +83,29 @@ def usage(
 ):
     if group_by == "variant":
         return _variants(caller, start, end, alias, format)
+    src = usage_daily.totals(None if caller.is_admin else caller.key_id, start, end)
     group = {
-        "model": LedgerEntry.model,
-        "day": sa.func.to_char(sa.func.date_trunc("day", LedgerEntry.created_at), "YYYY-MM-DD"),
+        "model": src.c.model,
+        "day": sa.func.to_char(src.c.day, "YYYY-MM-DD"),
         "key": ApiKey.name,
     }[group_by]
+    jobs = sa.cast(sa.func.sum(src.c.jobs), sa.BigInteger)
     query = (
         sa.select(
             group.label("group"),
-            sa.func.count().label("jobs"),
-            sa.func.count().filter(LedgerEntry.cached).label("cached_jobs"),
-            *_sums(),
+            jobs.label("jobs"),
+            sa.cast(sa.func.sum(src.c.cached_jobs), sa.BigInteger).label("cached_jobs"),
+            *_sums(src.c),
         )
-        .join(ApiKey, ApiKey.id == LedgerEntry.api_key_id)
+        .select_from(src)
         .group_by(group)
+        .having(jobs > 0)
         .order_by(group)
     )
-    rows = _run(query, LedgerEntry.api_key_id, LedgerEntry.created_at, caller, start, end)
+    if group_by == "key":
+        query = query.join(ApiKey, ApiKey.id == src.c.api_key_id)
+    with session_scope() as session:
+        rows = session.execute(query).all()
     data = [
         {group_by: r.group, "jobs": r.jobs, "cached_jobs": r.cached_jobs, **_amounts(r)}
         for r in rows

@@ -47,13 +47,14 @@ def pause(session: Session, batch: Batch) -> None:
 
 def resume(session: Session, batch: Batch) -> int:
     """Clear the mark and put every line still queued back in the backlog (the feeder
-    publishes it); returns how many."""
+    publishes it), but a follower, which waits for its leader's answer instead
+    (`llmq.jobs.dedup`); returns how many."""
     _check(RESUME, batch)
     batch.paused_at = None
     session.flush()
     return session.execute(
         sa.update(Job)
-        .where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED)
+        .where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED, Job.same_as.is_(None))
         .values(in_backlog=True)
         .execution_options(synchronize_session=False)
     ).rowcount

@@ -4,15 +4,18 @@ listed by key, cancelled. No HTTP: the API's routes and the sweeper call these."
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from llmq import admission, budgets, jobs, outbox
-from llmq.batches.validate import Checked
+from llmq.batches.validate import Accepted, FileCheck, Refused
 from llmq.errors import BatchNotFound, InvalidField, JobStateConflict
 from llmq.keys import Caller
 from llmq.models import Batch, BatchStatus, Job, JobStatus, LedgerEntry
@@ -24,6 +27,23 @@ def new_batch_id() -> str:
     return f"batch_{uuid.uuid4().hex}"
 
 
+CHUNK_LINES = 2000  # accepted lines turned into jobs and written (one COPY) at a time
+
+
+@dataclass
+class Admitted:
+    """What a batch's create wrote: its jobs' count, models and worst-case cost together."""
+
+    jobs: int = 0
+    models: Counter[str] = field(default_factory=Counter)
+    cost_usd: Decimal = Decimal(0)
+
+    def add(self, new_jobs: list[jobs.NewJob]) -> None:
+        self.jobs += len(new_jobs)
+        self.models.update(new.model for new in new_jobs)
+        self.cost_usd += sum((n.reserved_cost_usd or Decimal(0) for n in new_jobs), Decimal(0))
+
+
 def create_batch(
     session: Session,
     caller: Caller,
@@ -33,37 +53,99 @@ def create_batch(
     completion_window: str,
     window_s: int,
     metadata: dict[str, str] | None,
-    checked: Checked,
-    new_jobs: list[jobs.NewJob],
-) -> tuple[Batch, list[uuid.UUID]]:
-    """The batch row and its jobs (`new_jobs`, one per accepted line, in order), or a failed
-    batch with the file's line errors and no job. The key's budget is checked for every job
-    together, under the key's lock, before anything is written. A failed batch's webhook
-    event is written with it (`outbox.created_in`)."""
+    check: FileCheck,
+    lines: Callable[[], Iterable[bytes]],
+    to_job: Callable[[Accepted], jobs.NewJob | Refused],
+) -> tuple[Batch, Admitted]:
+    """The batch row and a job for each accepted line of the input file (`lines()` reads
+    it), or a failed batch with the file's line errors and no job.
+
+    The file streams through `check` once; its accepted lines become jobs (`to_job`, which
+    may still refuse one) written `CHUNK_LINES` at a time under a savepoint, so memory stays
+    flat however long the file. A file found broken (a repeated `custom_id` is only known at
+    the end) rolls the savepoint back. The key's budget is checked last, for every job
+    together, under the key's lock, taken only now so that the key's other submits wait for
+    the check and the commit, not for the whole file. A failed batch's webhook event is
+    written with it (`outbox.created_in`)."""
     now = datetime.now(UTC)
     batch = Batch(
         id=new_batch_id(), api_key_id=caller.key_id, endpoint=endpoint,
         input_file_id=input_file_id, completion_window=completion_window,
-        expires_at=now + timedelta(seconds=window_s), meta=metadata,
-        refused=[r.as_dict() for r in checked.refused],
-        total=len(checked.accepted) + len(checked.refused),
+        expires_at=now + timedelta(seconds=window_s), meta=metadata, refused=[], total=0,
+        status=BatchStatus.IN_PROGRESS, in_progress_at=now,
     )  # fmt: skip
-    if checked.broken:
-        batch.status, batch.failed_at, batch.total = BatchStatus.FAILED, now, 0
-        batch.errors = [e.as_dict() for e in checked.errors]
-        batch.refused = []
-        session.add(batch)
-        session.flush()
-        outbox.enqueue_batch_event(session, batch.id)
-        return batch, []
-    batch.status, batch.in_progress_at = BatchStatus.IN_PROGRESS, now
-    budgets.lock_key(session, caller.key_id)
-    admission.check_budget(session, caller, new_jobs)
     session.add(batch)
     session.flush()
-    for new, line in zip(new_jobs, checked.accepted, strict=True):
-        new.batch_id, new.custom_id = batch.id, line.custom_id
-    return batch, jobs.create_jobs(session, caller.key_id, new_jobs)
+    admitted, savepoint = Admitted(), session.begin_nested()
+    for chunk in _chunks(check.accepted(lines()), CHUNK_LINES):
+        new_jobs = []
+        for line in chunk:
+            new = to_job(line)
+            if isinstance(new, Refused):
+                check.refused.append(new)
+                continue
+            new.batch_id, new.custom_id = batch.id, line.custom_id
+            new_jobs.append(new)
+        jobs.create_jobs(session, caller.key_id, new_jobs)
+        admitted.add(new_jobs)
+    check.find_repeats(lines())
+    if check.broken:
+        savepoint.rollback()
+        batch.status, batch.failed_at, batch.in_progress_at = BatchStatus.FAILED, now, None
+        batch.errors = [e.as_dict() for e in check.errors]
+        session.flush()
+        outbox.enqueue_batch_event(session, batch.id)
+        return batch, Admitted()
+    savepoint.commit()
+    mark_duplicates(session, batch.id)
+    check.refused.sort(key=lambda r: r.line)
+    batch.refused = [r.as_dict() for r in check.refused]
+    batch.total = admitted.jobs + len(check.refused)
+    session.flush()
+    budgets.lock_key(session, caller.key_id)
+    admission.check_budget_cost(session, caller, admitted.cost_usd, admitted.jobs, written=True)
+    return batch, admitted
+
+
+def _chunks(items: Iterable[Accepted], size: int) -> Iterator[list[Accepted]]:
+    chunk: list[Accepted] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# Of each group of two or more of the batch's lines with one `dedup_key`, the first by
+# `custom_id` leads; the others follow it, out of the backlog. Postgres sorts, so Python
+# holds no line.
+_MARK_DUPLICATES = sa.text(
+    """
+    WITH marked AS (
+      UPDATE jobs SET same_as = NULLIF(groups.leader, jobs.id),
+                      leads = groups.leader = jobs.id,
+                      in_backlog = jobs.in_backlog AND groups.leader = jobs.id
+        FROM (SELECT id,
+                     first_value(id) OVER (PARTITION BY dedup_key ORDER BY custom_id, id)
+                       AS leader,
+                     count(*) OVER (PARTITION BY dedup_key) AS lines
+                FROM jobs
+               WHERE batch_id = :batch_id AND dedup_key IS NOT NULL) AS groups
+       WHERE jobs.id = groups.id AND groups.lines > 1
+      RETURNING jobs.same_as
+    )
+    SELECT count(same_as) FROM marked
+    """
+)
+
+
+def mark_duplicates(session: Session, batch_id: str) -> int:
+    """Make every line that repeats an earlier line of the batch (equal `dedup_key`) a
+    follower of the first: queued, never published, answered by `llmq.jobs.dedup` once its
+    leader ends. Returns how many lines follow; one statement for any batch size."""
+    return int(session.execute(_MARK_DUPLICATES, {"batch_id": batch_id}).scalar_one())
 
 
 def get_batch(session: Session, batch_id: str, key_id: uuid.UUID, lock: bool = False) -> Batch:

@@ -30,8 +30,9 @@ def stopped_committed(session: Session, stopped: list[Stopped]) -> Committed:
         if job.refund_tokens:
             refunds[job.api_key_id] = refunds.get(job.api_key_id, 0) - job.refund_tokens
     ids = [str(job.id) for job in stopped]
-    return Committed(ended=ids, deliveries=outbox.created_in(session), stop=ids,
-                     token_deltas=refunds)  # fmt: skip
+    running = [str(job.id) for job in stopped if job.running]
+    return Committed(ended=ids, deliveries=outbox.created_in(session), stop=running,
+                     token_deltas=refunds, unstreamed=set(ids))  # fmt: skip
 
 
 def expire_due(announcer: Announcer, limit: int = 100) -> list[str]:

@@ -1,8 +1,9 @@
 """Every transition of a job's state, and the only place one happens; reads are in
 `llmq.job_queries`. One module per mover: a client submits and cancels (`submit`), a worker
 claims and holds (`leases`) and writes results (`finish`), a job moves to its fallback model
-(`fallback`), the scheduler's feeder takes jobs out of the backlog (`feeds`), the sweeper moves
-what nobody else will (`sweeps`).
+(`fallback`), the scheduler's feeder takes jobs out of the backlog (`feeds`) and answers a
+batch's repeated lines from their leader's (`dedup`), the sweeper moves what nobody else will
+(`sweeps`).
 
 A job that ends (finish, cancel) gets its webhook outbox row in the same transaction.
 
@@ -11,6 +12,7 @@ never runs a finished or cancelled job again; a finish is fenced by the claim's 
 number; the ledger row is unique per job.
 """
 
+from llmq.jobs.dedup import Resolved, resolve_followers
 from llmq.jobs.fallback import Hop, move_failed, move_queued
 from llmq.jobs.feeds import backlog_candidates, take_from_backlog
 from llmq.jobs.finish import Outcome, finish_jobs
@@ -32,6 +34,7 @@ __all__ = [
     "Moved",
     "NewJob",
     "Outcome",
+    "Resolved",
     "Stopped",
     "backlog_candidates",
     "cancel_batch_jobs",
@@ -49,6 +52,7 @@ __all__ = [
     "release_jobs",
     "renew_leases",
     "requeue_orphans",
+    "resolve_followers",
     "take_from_backlog",
     "tokens_to_refund",
 ]

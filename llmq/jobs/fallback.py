@@ -86,12 +86,13 @@ def move_queued(
 ) -> list[Moved]:
     """Move jobs still queued for `model` to `to` (its circuit opened: all of them; its queue
     waits too long: those queued longer than `older_than`). Their old messages stay behind;
-    a claim on the old queue skips them (a claim takes only its own model's jobs). SKIP
-    LOCKED: two sweepers never move the same job."""
+    a claim on the old queue skips them (a claim takes only its own model's jobs). A follower
+    stays (`llmq.jobs.dedup`): it has no message, and runs only if its leader's answer does
+    not serve it. SKIP LOCKED: two sweepers never move the same job."""
     waited = sa.true() if older_than is None else Job.created_at < sa.func.now() - older_than
     ids = (
         sa.select(Job.id)
-        .where(Job.model == model, Job.status == JobStatus.QUEUED, waited)
+        .where(Job.model == model, Job.status == JobStatus.QUEUED, Job.same_as.is_(None), waited)
         .order_by(Job.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -5,6 +5,7 @@ ledger row and webhook outbox row in the same transaction (`record_answers`)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,6 +46,7 @@ class NewJob:
     finished_at: datetime | None = None  # at this time (its ledger row's time too)
     hops: list[dict[str, Any]] = field(default_factory=list)  # routed away at submit
     in_backlog: bool = False  # held in Postgres for the feeder rather than published now
+    dedup_key: str | None = None  # a determined batch line: equal lines run once
 
 
 def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any]:
@@ -79,6 +81,7 @@ def _row(job_id: uuid.UUID, api_key_id: uuid.UUID, new: NewJob) -> dict[str, Any
         "finished_at": new.finished_at if answer else None,
         "hops": new.hops,
         "in_backlog": new.in_backlog,
+        "dedup_key": new.dedup_key,
     }
 
 
@@ -177,35 +180,39 @@ class Stopped:
     id: uuid.UUID
     api_key_id: uuid.UUID
     refund_tokens: int
+    running: bool = False  # a worker may still be running it: it is told to stop
+
+
+_CANCEL_BATCH = sa.text(
+    """
+    UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+                    error = CAST(:error AS jsonb)
+      FROM (SELECT id, status, attempts FROM jobs
+             WHERE batch_id = :batch_id AND status IN ('queued', 'running')
+             FOR UPDATE) AS before
+     WHERE jobs.id = before.id
+    RETURNING jobs.id, jobs.api_key_id, before.status, before.attempts, jobs.reserved_tokens
+    """
+)
 
 
 def cancel_batch_jobs(
     session: Session, batch_id: str, error: dict[str, str] | None = None
 ) -> list[Stopped]:
     """Cancel every queued or running job of a batch (a batch cancelled, or past its
-    window: then `error` says so on each). Rows are locked as in `cancel_job`, so a job
-    a worker finishes meanwhile keeps its result."""
+    window: then `error` says so on each), in one statement however many lines the batch
+    has. Rows are locked as in `cancel_job`, so a job a worker finishes meanwhile keeps its
+    result. A batch's jobs have no webhook events of their own (the batch has one)."""
     rows = session.execute(
-        sa.select(Job.id, Job.api_key_id, Job.status, Job.attempts, Job.reserved_tokens)
-        .where(Job.batch_id == batch_id, Job.status.in_(ACTIVE_STATUSES))
-        .with_for_update()
+        _CANCEL_BATCH, {"batch_id": batch_id, "error": json.dumps(error) if error else None}
     ).all()
-    if not rows:
-        return []
-    session.execute(
-        sa.update(Job)
-        .where(Job.id.in_([r.id for r in rows]))
-        .values(
-            status=JobStatus.CANCELLED,
-            finished_at=sa.func.now(),
-            lease_expires_at=None,
-            error=error,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    outbox.enqueue_final_events(session, [r.id for r in rows])
     return [
-        Stopped(r.id, r.api_key_id, tokens_to_refund(r.status, r.attempts, r.reserved_tokens))
+        Stopped(
+            r.id,
+            r.api_key_id,
+            tokens_to_refund(r.status, r.attempts, r.reserved_tokens),
+            r.status == JobStatus.RUNNING,
+        )
         for r in rows
     ]
 

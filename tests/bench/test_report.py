@@ -6,6 +6,7 @@ import pytest
 
 from bench.__main__ import Params, measured
 from bench.report import Figure, Goal, markdown_table, missed, summary
+from bench.scale import Loaded
 
 
 @pytest.mark.parametrize(
@@ -99,6 +100,14 @@ def fake_results() -> dict:
             "fair_done": {2.0: 3300, 1.0: 1700},
             "fairness_error": abs(3300 / 1700 / 2 - 1),
         },
+        "scale": {
+            "rows": 20_000,
+            "baseline_rows": 1000,
+            "keys": 4,
+            "load": Loaded(20_000, 19_600, 3.0),
+            "empty": {"get": 4.0, "usage by day": 5.0},
+            "full": {"get": 4.4, "usage by day": 12.5},
+        },
     }
 
 
@@ -123,6 +132,7 @@ def test_the_how_column_follows_the_parameters_used():
     assert "300 near-duplicate lookups among 50,000 entries" in how["Semantic lookup"]
     assert "another key's 20,000-line batch" in how["Interactive queue time, beside a batch"]
     assert "3,300:1,700" in how["Fairness error"]
+    assert "usage by day 5.0 → 12.5 (2.50x)" in how["Cost at 20,000 jobs / 1,000"]
     verdicts = {f.name: f.verdict for f in measured(fake_results(), params)}
     assert verdicts == {
         "Pipeline efficiency": "met",
@@ -145,4 +155,5 @@ def test_the_how_column_follows_the_parameters_used():
         "Interactive queue time, alone": "",
         "Interactive queue time, beside a batch": "MISSED",  # p99 500 ms, 2.5x 200 ms
         "Fairness error": "met",  # 3300:1700 is 1.94, 2.9 % under 2
+        "Cost at 20,000 jobs / 1,000": "MISSED",  # usage by day 2.5x, over 2x
     }

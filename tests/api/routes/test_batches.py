@@ -18,6 +18,7 @@ import redis
 import sqlalchemy as sa
 from standardwebhooks import Webhook
 
+from llmq import events
 from llmq.announce import Announcer
 from llmq.batches.finalize import finalize_batch
 from llmq.catalog import get_catalog
@@ -114,6 +115,7 @@ def test_a_batch_of_good_and_bad_lines_completes_with_both_files(api, echo_worke
         assert all(abs(d.timestamp() - batch.expires_at) < 5 for d in deadlines)
         ledger = session.scalar(sa.select(sa.func.count()).where(LedgerEntry.job_id.in_(job_ids)))
     assert len(job_ids) == 5 and ledger == 5
+    assert no_streams(job_ids)  # nobody watches a line's tokens: Redis keeps nothing of them
     assert done.usage.input_tokens == 15 and done.usage.output_tokens == 10
     assert [b.id for b in client.batches.list(limit=1)][:1] == [batch.id]
     with pytest.raises(openai.NotFoundError):
@@ -181,8 +183,16 @@ def test_a_cancelled_batch_writes_its_unrun_lines_to_the_error_file(api):
     errors = lines(client, cancelled.error_file_id)
     assert sorted(e["custom_id"] for e in errors) == ["c0", "c1", "c2"]
     assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+    with session_scope() as session:
+        assert no_streams(session.scalars(sa.select(Job.id).where(Job.batch_id == batch.id)))
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(batch.id)
+
+
+def no_streams(job_ids) -> bool:
+    """Whether none of these jobs has a Redis stream of its text or its end."""
+    keys = [events.stream_key(REDIS_PREFIX, str(job_id)) for job_id in job_ids]
+    return redis.Redis.from_url(REDIS_URL).exists(*keys) == 0
 
 
 def test_the_budget_is_checked_for_the_whole_batch(api):

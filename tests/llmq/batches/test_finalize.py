@@ -16,7 +16,7 @@ from llmq.announce import Announcer
 from llmq.batches import records
 from llmq.batches.finalize import error_file_id, finalize_batch, output_file_id
 from llmq.batches.sweep import expire_due, finalize_ready
-from llmq.batches.validate import CHAT, check_lines
+from llmq.batches.validate import CHAT, FileCheck
 from llmq.catalog import get_catalog
 from llmq.db import session_scope
 from llmq.files import file_store
@@ -45,14 +45,18 @@ def make_batch(
         for i in range(lines)
     ] + [json.dumps({"custom_id": "bad", "method": "POST", "url": CHAT,
                      "body": {"model": "nope", "messages": [{"role": "user", "content": "x"}]}}).encode()]  # fmt: skip
-    checked = check_lines(raw, CHAT, get_catalog(), 10_000, 100)
     with session_scope() as session:
-        batch, _ = records.create_batch(
-            session, caller, input_file_id="file-x", endpoint=CHAT, completion_window="24h",
-            window_s=3600, metadata=None, checked=checked,
-            new_jobs=[a.job for a in checked.accepted],
-        )  # fmt: skip
-        return batch.id, caller
+        return create(session, caller, raw).id, caller
+
+
+def create(session, caller: Caller, raw: list[bytes]) -> Batch:
+    """The batch of these input lines, as the create route makes it (no budget, no rates)."""
+    batch, _ = records.create_batch(
+        session, caller, input_file_id="file-x", endpoint=CHAT, completion_window="24h",
+        window_s=3600, metadata=None, check=FileCheck(CHAT, get_catalog(), 10_000, 100),
+        lines=lambda: raw, to_job=lambda line: line.job,
+    )  # fmt: skip
+    return batch
 
 
 def end_jobs(batch_id: str) -> None:
@@ -160,13 +164,8 @@ def test_a_broken_file_fails_the_batch_with_its_webhook_event_in_the_same_transa
     with session_scope() as session:
         key, _ = create_key(session, "failed", webhook_url="http://127.0.0.1:9/hook")
         caller = Caller(key.id, key.name, False)
-    checked = check_lines([b"not json"], CHAT, get_catalog(), 10_000, 100)
     with session_scope() as session:
-        batch, _ = records.create_batch(
-            session, caller, input_file_id="file-x", endpoint=CHAT, completion_window="24h",
-            window_s=3600, metadata=None, checked=checked, new_jobs=[],
-        )  # fmt: skip
-        batch_id = batch.id
+        batch_id = create(session, caller, [b"not json"]).id
         assert outbox.created_in(session) == [f"msg_{batch_id}"]
     assert [d[1] for d in deliveries(batch_id)] == ["batch.failed"]
 

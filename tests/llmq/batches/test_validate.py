@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from llmq.batches.validate import CHAT, TEXT, check_lines
+from llmq.batches.validate import CHAT, TEXT, FileCheck, check_lines
 from llmq.catalog import Catalog, ModelSpec
 from llmq.errors import LineTooLong
 from llmq.files.store import iter_lines
@@ -119,4 +119,47 @@ def test_a_line_may_name_an_alias_sticky_per_batch_key():
     assert [(a.job.model, a.job.alias, a.job.variant) for a in checked.accepted] == [
         ("m", "al", "only"),
         ("m", "al", "big"),
+    ]
+
+
+def test_lines_are_checked_and_yielded_while_the_file_is_read():
+    """A caller writes each chunk of jobs before the rest of the file is read."""
+    read = []
+
+    def file():
+        for i in range(5):
+            read.append(i)
+            yield line(f"r{i}")
+
+    checker = FileCheck(CHAT, CATALOG, 1000, 10)
+    lines = checker.accepted(file())
+    assert next(lines).custom_id == "r0" and read == [0]
+    assert [a.custom_id for a in lines] == ["r1", "r2", "r3", "r4"]
+    assert checker.lines == 5 and not checker.broken
+
+
+class Colliding(FileCheck):
+    """Every `custom_id` of one length shares a hash, as distinct ids rarely do."""
+
+    @staticmethod
+    def id_hash(custom_id: str) -> int:
+        return len(custom_id)
+
+
+def test_a_shared_hash_is_a_repeat_only_when_the_ids_are_equal():
+    raw = [line("ab"), line("cd"), line("ef"), line("cd"), line("xyz")]
+    checker = Colliding(CHAT, CATALOG, 1000, 10)
+    assert len(list(checker.accepted(raw))) == 5
+    checker.find_repeats(raw)
+    assert [(e.line, e.code) for e in checker.errors] == [(4, "duplicate_custom_id")]
+
+
+def test_repeats_found_at_the_end_take_their_place_among_the_line_errors():
+    raw = [line("a"), line("b"), line("a"), b"not json"]
+    checker = FileCheck(CHAT, CATALOG, 1000, 10)
+    list(checker.accepted(raw))
+    checker.find_repeats(raw)
+    assert [(e.line, e.code) for e in checker.errors] == [
+        (3, "duplicate_custom_id"),
+        (4, "invalid_json_line"),
     ]
