@@ -48,12 +48,18 @@ def may_run_early(state: BatchState, settle_ms: float) -> bool:
     return state.idle_ms >= settle_ms or lone(state, settle_ms)
 
 
+LONE_CONFIRM_MS = 3.0  # a lone job waits this long for messages already on their way
+
+
 def lone(state: BatchState, settle_ms: float) -> bool:
     """Jobs that came after a quiet spell of `settle_ms`, to an engine whose last batch took
     less than that: waiting for companions would cost them more than a batch of their own
-    costs the jobs behind them. An engine whose batches are slow keeps its settle."""
+    costs the jobs behind them. An engine whose batches are slow keeps its settle. The jobs
+    still wait `LONE_CONFIRM_MS`: the messages a bulk submit published with them reach the
+    worker one BRPOP at a time, and are briefly in neither the queue nor the worker's count."""
     return (
         state.quiet_before_ms >= settle_ms
+        and state.idle_ms >= min(settle_ms, LONE_CONFIRM_MS)
         and state.last_batch_ms is not None
         and state.last_batch_ms < settle_ms
     )

@@ -78,8 +78,8 @@ def test_plan_sub_batches(lengths, new, budget, plan):
 
 
 def lone_state(**changes) -> BatchState:
-    """One job, 1 ms old, after 500 ms of quiet, on an engine whose last batch took 3 ms."""
-    base = {"pending": 1, "oldest_wait_ms": 1, "idle_ms": 1, "broker_waiting": 0,
+    """One job, 4 ms old, after 500 ms of quiet, on an engine whose last batch took 3 ms."""
+    base = {"pending": 1, "oldest_wait_ms": 4, "idle_ms": 4, "broker_waiting": 0,
             "quiet_before_ms": 500, "last_batch_ms": 3}  # fmt: skip
     return BatchState(**{**base, **changes})
 
@@ -93,6 +93,7 @@ def lone_state(**changes) -> BatchState:
         ({"last_batch_ms": 40}, False),  # slow batches: one more costs those behind it
         ({"last_batch_ms": None}, False),  # no batch yet to judge the engine by
         ({"pending": 2}, True),  # two that came together after the quiet
+        ({"idle_ms": 1, "oldest_wait_ms": 1}, False),  # just arrived: others may be in flight
     ],
 )
 def test_a_lone_job_does_not_wait_out_the_settle(changes, ready):
