@@ -17,6 +17,7 @@ from api.routes import admin, batches, chat, files, health, jobs, models, stream
 from llmq import __version__
 from llmq.catalog import Catalog, load_catalog
 from llmq.files import file_store
+from llmq.key_cache import KeyCache, subscriber_client
 from llmq.queue_metrics import QueueCollector
 from llmq.queues import make_celery
 from llmq.settings import Settings, get_settings
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with metrics_server(internal, settings.api_metrics_host, settings.api_metrics_port):
             yield
         await app.state.redis.aclose()
+        app.state.key_cache.close()
         app.state.sync_redis.close()
         app.state.limit_redis.close()
 
@@ -67,6 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.catalog = load_catalog(settings.catalog_path)
     app.state.file_store = file_store(settings)
     app.state.celery = make_celery(settings)  # sends tasks by name; never runs them
+    app.state.key_cache = KeyCache(
+        subscriber_client(settings.redis_url), settings.redis_prefix, settings.auth_cache_ttl_s
+    )
     app.state.queue_registry = CollectorRegistry()
     app.state.queue_registry.register(
         QueueCollector(

@@ -47,16 +47,21 @@ def announcer(request: Request) -> Announcer:
 
 
 def authenticate_request(request: Request) -> Caller:
-    """The key in `Authorization: Bearer <key>`, looked up once per request."""
+    """The key in `Authorization: Bearer <key>`, looked up once per request (in this
+    process's key cache, `llmq.key_cache`, else in Postgres)."""
     known: Caller | None = getattr(request.state, "caller", None)
     if known is not None:
         return known
     scheme, key = get_authorization_scheme_param(request.headers.get("authorization"))
     if not key or scheme.lower() != "bearer":
         raise Unauthorized("missing bearer API key (Authorization: Bearer <key>)")
-    with session_scope() as db:
-        request.state.caller = authenticate(db, key)
+    request.state.caller = request.app.state.key_cache.authenticate(key, lookup)
     return request.state.caller
+
+
+def lookup(plain: str) -> Caller:
+    with session_scope() as db:
+        return authenticate(db, plain)
 
 
 def caller(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:

@@ -6,14 +6,16 @@ are for Prometheus on the internal network, not for API clients: the public app 
 A tiny FastAPI app serves them from a uvicorn server in a thread of the API process, started
 and stopped with the public app, so a slow scrape never holds the public event loop.
 
-The counters are this process's: run one API process per container or pod and scale with
-replicas. With several in one (uvicorn `--workers`), the first binds the port and the others
-run without it (a warning says so); Prometheus' multiprocess mode is not used.
+With several API processes in one container (`LLMQ_API_WORKERS`), `llmq api` runs them in
+Prometheus' multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`, see `cli.api_server`): each writes
+its counters to files there, the first to bind the port serves the sum of all of them, and
+the others run without the port. Without that directory the counters are this process's.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -22,7 +24,13 @@ from contextlib import contextmanager
 import redis
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 
 from llmq.queue_metrics import scrape_targets
 from llmq.settings import Settings
@@ -45,8 +53,17 @@ _NOT_SCRAPES = _NotFromMetricsServer()
 @router.get("/metrics")
 def metrics(request: Request) -> Response:
     """This process's metrics, then the queue gauges read from Redis and Postgres now."""
-    body = generate_latest(REGISTRY) + generate_latest(request.app.state.queue_registry)
+    body = generate_latest(process_registry()) + generate_latest(request.app.state.queue_registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def process_registry() -> CollectorRegistry:
+    """The API's own metrics: summed over every API process in multiprocess mode."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
 
 
 @router.get("/metrics/targets")
@@ -75,7 +92,8 @@ def metrics_server(app: FastAPI, host: str, port: int) -> Iterator[int | None]:
     try:
         sock = socket.create_server((host, port), backlog=128)
     except OSError as exc:  # another process has the port: the API runs on without it
-        log.warning("no metrics endpoint on %s:%d: %s", host, port, exc)
+        level = logging.DEBUG if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else logging.WARNING
+        log.log(level, "no metrics endpoint on %s:%d: %s", host, port, exc)
         yield None
         return
     # None: leave the logging of the public server as it is; scrapes stay out of its access log.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ from llmq import (
     metrics,
     ssrf,
 )
+from llmq import messages as task_messages
 from llmq.announce import Committed
 from llmq.catalog import Catalog
 from llmq.db import session_scope
@@ -49,7 +51,7 @@ from llmq.generation import GenerationParams
 from llmq.job_queries import IDLE, activity_by_model
 from llmq.keys import Caller
 from llmq.ledger import token_cost_usd
-from llmq.queues import Message, interactive_room, publish_generate, publish_generate_many
+from llmq.queues import Message, interactive_room
 from llmq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -206,8 +208,9 @@ class RateCharge:
             ratelimits.refund_tokens(self.request, self.caller, self.tokens)
 
 
-def publish(celery: Celery, messages: list[Message]) -> None:
-    """Put committed jobs' messages on their queues.
+def publish(celery: Celery, client: redis.Redis, prefix: str, messages: list[Message]) -> None:
+    """Put committed jobs' messages, and their task-sent events, on their queues in one
+    Redis round trip (`llmq.messages`).
 
     A failure here never undoes the submit. The rows are committed as queued, and the
     sweeper publishes every queued job whose message it cannot find, so the jobs run once
@@ -216,11 +219,8 @@ def publish(celery: Celery, messages: list[Message]) -> None:
     twice.
     """
     try:
-        if len(messages) == 1:
-            publish_generate(celery, messages[0])
-        else:
-            publish_generate_many(celery, messages)
-    except Exception as exc:  # whatever kombu raises, the jobs are safe in Postgres
+        task_messages.publish(celery, client, prefix, messages)
+    except Exception as exc:  # whatever Redis raises, the jobs are safe in Postgres
         log.warning(
             "%d job(s) committed but not published (%s); the sweeper will publish them",
             len(messages), type(exc).__name__,
@@ -271,6 +271,23 @@ def hold_over_room(client: redis.Redis, prefix: str, new_jobs: list[jobs.NewJob]
             continue
         for new in [n for n in new_jobs if n.model == model][max(room, 0) :]:
             new.in_backlog = True
+
+
+def count_submitted(new_jobs: list[jobs.NewJob]) -> None:
+    """The submit counters, one increment per model and counter rather than per job (with
+    several API processes each increment is a write to a shared file)."""
+    counts = Counter(
+        (counter, new.model)
+        for new in new_jobs
+        for counter in (
+            metrics.JOBS_SUBMITTED,
+            None if new.cache_key is None
+            else metrics.CACHE_MISSES if new.answer is None else metrics.CACHE_HITS,
+        )
+        if counter is not None
+    )  # fmt: skip
+    for (counter, model), n in counts.items():
+        counter.labels(model).inc(n)
 
 
 class Submission:
@@ -337,12 +354,9 @@ class Submission:
             if new.answer is None and not new.in_backlog
         ]
         if messages:
-            publish(self.request.app.state.celery, messages)
-        for new in new_jobs:
-            metrics.JOBS_SUBMITTED.labels(new.model).inc()
-            if new.cache_key is not None:
-                counter = metrics.CACHE_MISSES if new.answer is None else metrics.CACHE_HITS
-                counter.labels(new.model).inc()
+            state = self.request.app.state
+            publish(state.celery, state.sync_redis, self.settings.redis_prefix, messages)
+        count_submitted(new_jobs)
         if admitted.answered:
             self.announce_answered(admitted, new_jobs)
         return admitted

@@ -31,9 +31,10 @@ from bench import (
     report,
     scale,
     semantic,
+    submit_path,
     uploads,
 )
-from bench.env import ROOT, BenchEnv, api, wait_for_worker, worker
+from bench.env import ROOT, BenchEnv, api, api_workers, wait_for_worker, worker
 from bench.report import Figure, Goal
 from cli.devstack import free_port
 from llmq.catalog import ModelSpec, load_catalog
@@ -56,6 +57,7 @@ class Params:
     steady_seconds: float = 10
     submit_jobs: int = 400
     submit_threads: int = 8
+    submit_pairs: int = 3  # POST /v1/jobs and the bare endpoint, in turns
     bulk_jobs: int = 5000  # in one bulk request
     chat_requests: int = 200  # per side of each chat/jobs pair
     chat_threads: int = 16
@@ -158,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         r["submit"], r["bulk"] = overhead.submit_rates(
             client, p.submit_jobs, p.submit_threads, p.bulk_jobs
         )
+        console.print("POST /v1/jobs and a bare endpoint, in turns…")
+        r["submit_path"] = submit_path.submit_vs_bare(
+            env, client, p.submit_jobs, p.submit_threads, p.submit_pairs, api_workers()
+        )
         console.print("chat completions and /v1/jobs, in turns…")
         r["chat"] = openai_path.chat_vs_jobs(client, p.chat_requests, p.chat_threads, p.chat_pairs)
         console.print("exact cache hits…")
@@ -213,6 +219,7 @@ def measured(r: dict, p: Params) -> list[Figure]:
         coldstart.figure(r["cold"]),
         Figure("Memory", r["rss_mb"], f"{r['rss_mb']:.0f} MB",
                f"peak resident memory of the SmolLM2 worker after batches of {p.batch}"),
+        submit_path.figure(r["submit_path"]),
         chat_figure(r["chat"], p),
         cache.figure(r["cache"]),
         uploads.figure(r["upload"], p.upload_bytes),

@@ -141,7 +141,7 @@ def run(env: BenchEnv, port: int, lines: int, work_s: float) -> dict:
     """On a running bench environment: its own API process (allowed `lines` lines per batch)
     and one echo worker, stopped after."""
     big = {"LLMQ_MAX_BATCH_LINES": str(lines), "LLMQ_MAX_FILE_BYTES": str(2**31)}
-    api_proc = api(env, port, extra=big)
+    api_proc = api(env, port, workers=1, extra=big)  # one process: its memory is measured
     echo = worker(env, MODEL)
     try:
         wait_for_worker(env, MODEL)

@@ -18,6 +18,7 @@ import redis
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
+from cli.api_server import multiprocess_env, worker_count
 from llmq.processes import stop_process
 
 T = TypeVar("T")
@@ -154,14 +155,23 @@ def webhook_sender(env: BenchEnv, loglevel: str = "WARNING") -> Proc:
 
 
 def api(
-    env: BenchEnv, port: int, access_log: bool = False, extra: dict[str, str] | None = None
+    env: BenchEnv,
+    port: int,
+    access_log: bool = False,
+    factory: str = "api.app:create_app",
+    workers: int | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Proc:
-    """One uvicorn API process; with `access_log`, it logs at info as a deployment does;
-    `extra`: environment variables of its own."""
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--port", str(port),
-            "--host", "127.0.0.1"]  # fmt: skip
+    """The API under uvicorn, with `workers` processes (default `LLMQ_API_WORKERS`, as
+    `llmq api` starts it); with `access_log`, it logs at info as a deployment does.
+    `factory`: another app served the same way (a benchmark's baseline); `extra`:
+    environment variables of its own."""
+    workers = workers or api_workers()
+    argv = [sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port),
+            "--host", "127.0.0.1", "--workers", str(workers)]  # fmt: skip
     argv += ["--log-level", "info"] if access_log else ["--log-level", "warning", "--no-access-log"]
-    proc = Proc(argv, dict(env.env, **(extra or {})), env.dir / "api.log")
+    proc_env = multiprocess_env(dict(env.env, **(extra or {})), workers)
+    proc = Proc(argv, proc_env, env.dir / f"{factory.split(':')[0]}-{port}.log")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -170,6 +180,13 @@ def api(
         except httpx.HTTPError:
             time.sleep(0.2)
     raise RuntimeError("the API did not start")
+
+
+def api_workers() -> int:
+    """How many processes `llmq api` would start here."""
+    from llmq.settings import get_settings
+
+    return worker_count(get_settings().api_workers)
 
 
 def wait_for_worker(env: BenchEnv, model: str, timeout_s: float = 300) -> None:

@@ -48,7 +48,7 @@ def upload_memory(env: BenchEnv, size_bytes: int) -> dict[str, float]:
     """Upload `size_bytes` to a fresh API process; RSS is sampled every 10 ms, and the
     kernel's high-water mark catches what sampling misses."""
     port = free_port()
-    proc = api(env, port)
+    proc = api(env, port, workers=1)  # one process: its memory is the one measured
     try:
         url, headers = f"http://127.0.0.1:{port}/v1/files", {"Authorization": f"Bearer {env.key()}"}
         warm = httpx.post(

@@ -142,22 +142,8 @@ class Stack:
         if ensure_database(database_url):
             self.log(f"created database {make_url(database_url).database}")
         migrate(database_url)
-        self._spawn(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "api.app:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-            ],
-        )
+        api = ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+        self._spawn("api", [sys.executable, "-m", "cli", "api", *api])
         scheduler = [sys.executable, "-m", "cli", "scheduler", "--backend", "local"]
         for model in self.models:
             scheduler += ["--model", model]

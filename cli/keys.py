@@ -81,9 +81,12 @@ def keys_list() -> None:
 
 @app.command("revoke")
 def keys_revoke(ident: Annotated[str, typer.Argument(help="Key id or display prefix.")]) -> None:
-    """Revoke a key; its next request is refused."""
+    """Revoke a key; its next request is refused, by every API process."""
+    import redis
+
     from llmq.db import session_scope
     from llmq.errors import KeyNotFound
+    from llmq.key_cache import announce_changed
     from llmq.keys import revoke_key
 
     try:
@@ -91,4 +94,12 @@ def keys_revoke(ident: Annotated[str, typer.Argument(help="Key id or display pre
             row = revoke_key(session, ident)
     except KeyNotFound as exc:
         fail(str(exc))
+    settings = get_settings()
+    try:
+        announce_changed(redis.Redis.from_url(settings.redis_url), settings.redis_prefix, row.id)
+    except redis.RedisError as exc:
+        fail(
+            f"revoked {row.prefix}…, but the API processes could not be told ({exc}): they may "
+            f"accept it for up to {settings.auth_cache_ttl_s:g} s; run this again to tell them"
+        )
     console.print(f"revoked {row.prefix}… ({row.name})")

@@ -53,12 +53,25 @@ def webhook_worker(
 def api(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
+    log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
-    """Run the HTTP API (uvicorn); its metrics are on LLMQ_API_METRICS_PORT."""
+    """Run the HTTP API (uvicorn, LLMQ_API_WORKERS processes); its metrics are on
+    LLMQ_API_METRICS_PORT."""
     require_secret_key()
     import uvicorn
 
-    uvicorn.run("api.app:create_app", factory=True, host=host, port=port)
+    from cli.api_server import multiprocess_env, worker_count
+
+    workers = worker_count(get_settings().api_workers)
+    os.environ.update(multiprocess_env(dict(os.environ), workers))
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+    )
 
 
 def flower(

@@ -2,8 +2,8 @@
 
 A key is `llmq_` + 32 random base62 characters (about 190 bits) + a 6-character checksum
 (CRC-32 of the random part, base62), so a mistyped or made-up key is refused before any
-database query. Authentication reads Postgres on every request (no cache), so a revoked key
-fails at once.
+database query. The API caches lookups per process (`llmq.key_cache`); revoking a key
+announces it there, so a revoked key fails at once.
 """
 
 from __future__ import annotations

@@ -130,11 +130,26 @@ class Settings(BaseSettings):
     flower_purge_offline_workers_s: int = Field(
         300, description="Flower forgets a worker this many seconds after it went offline."
     )
+    auth_cache_ttl_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long an API process may answer for a key without reading Postgres. "
+        "A revoked key is refused at once all the same: revoking tells every API process "
+        "through Redis, and while that subscription is down the cache is not used. 0 turns "
+        "it off.",
+    )
+    api_workers: int = Field(
+        0,
+        ge=0,
+        description="API worker processes `llmq api` (and `llmq dev`) starts behind one port; "
+        "0: one per CPU core this process may use. In a container with a CPU limit, set it to "
+        "that limit.",
+    )
     api_metrics_port: int = Field(
         9101,
         description="Internal port of the API's Prometheus `/metrics` and `/metrics/targets`, "
-        "apart from the public port; 0 turns it off. One API process per container or pod: "
-        "with several in one, only the first to bind it is scraped.",
+        "apart from the public port; 0 turns it off. With several API processes the first to "
+        "bind it serves the counters of all of them (Prometheus multiprocess mode).",
     )
     api_metrics_host: str = Field(
         "0.0.0.0",

@@ -7,7 +7,9 @@ settings, one transaction for results and ledger rows, one pipeline of "done" no
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -18,7 +20,7 @@ from llmq import jobs, metrics
 from llmq.ledger import split_gpu_cost_usd
 from llmq.models import Job
 from llmq.queues import waiting_count
-from workers.batching import BatchState, batch_ready, group_by_key, sampling_key
+from workers.batching import BatchState, batch_ready, group_by_key, may_run_early, sampling_key
 from workers.engines.base import (
     BatchControl,
     Engine,
@@ -40,6 +42,8 @@ class BatchLoop:
     def __init__(self, runner: Runner, engine: Engine):
         self.runner, self.engine, self.spec = runner, engine, runner.spec
         self.writer, self.claims = runner.writer, runner.claims
+        self.previous_arrival = -math.inf  # the last job of the last batch run
+        self.last_batch_ms: float | None = None
 
     def run(self) -> None:
         pending: list[Waiting] = []
@@ -59,7 +63,10 @@ class BatchLoop:
         if self._ready(pending):
             size = self.spec.max_batch_size
             batch, pending = pending[:size], pending[size:]
+            self.previous_arrival = batch[-1].arrived
+            started = time.monotonic()
             self._run_batch(batch)
+            self.last_batch_ms = (time.monotonic() - started) * 1000
         else:
             pending += self.runner.next(BROKER_POLL_MS / 1000)
         return pending
@@ -70,19 +77,22 @@ class BatchLoop:
             pending=len(pending),
             oldest_wait_ms=(now - pending[0].arrived) * 1000,
             idle_ms=(now - pending[-1].arrived) * 1000,
-            broker_waiting=0,
+            broker_waiting=1,  # until Redis says otherwise
+            quiet_before_ms=(pending[0].arrived - self.previous_arrival) * 1000,
+            last_batch_ms=self.last_batch_ms,
         )
         limits = (self.spec.max_batch_size, self.spec.max_batch_wait_ms, self.spec.batch_settle_ms)
-        quick = batch_ready(state, *limits)
-        if quick or state.idle_ms < self.spec.batch_settle_ms:
-            return quick
+        if batch_ready(state, *limits):
+            return True
+        if not may_run_early(state, self.spec.batch_settle_ms):
+            return False  # no need to ask Redis
         settings = self.runner.settings
         try:
             waiting = waiting_count(self.runner.redis, self.spec.name, settings.redis_prefix)
         except redis.RedisError:
             waiting = 0
-        state = BatchState(state.pending, state.oldest_wait_ms, state.idle_ms, waiting)
-        return batch_ready(state, *limits)
+        waiting += self.runner.in_transit()
+        return batch_ready(dataclasses.replace(state, broker_waiting=waiting), *limits)
 
     def _run_batch(self, batch: list[Waiting]) -> None:
         try:

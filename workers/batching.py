@@ -21,7 +21,9 @@ class BatchState:
     pending: int  # jobs handed to the engine and not yet run
     oldest_wait_ms: float  # how long the oldest of them has waited
     idle_ms: float  # time since the last job arrived
-    broker_waiting: int  # messages still in the model's Redis queue
+    broker_waiting: int  # messages in the model's Redis queue, or taken and not handed in
+    quiet_before_ms: float = 0.0  # from the previous batch's last arrival to this one's first
+    last_batch_ms: float | None = None  # how long the previous batch took (None: no batch yet)
 
 
 def batch_ready(
@@ -30,14 +32,37 @@ def batch_ready(
     """Run now, or wait for companions?
 
     Run when the batch is full, when the oldest job has waited long enough, or when nothing
-    more is on its way (the queue is empty and no job arrived for `settle_ms`). A fixed window
-    alone closes batches early while messages are still streaming in from Redis.
+    more is on its way: the queue is empty and either no job arrived for `settle_ms` or the
+    batch is a lone job (`lone`). A fixed window alone closes batches early while messages
+    are still streaming in from Redis.
     """
     if state.pending == 0:
         return False
     if state.pending >= max_batch_size or state.oldest_wait_ms >= max_batch_wait_ms:
         return True
-    return state.broker_waiting == 0 and state.idle_ms >= settle_ms
+    return state.broker_waiting == 0 and may_run_early(state, settle_ms)
+
+
+def may_run_early(state: BatchState, settle_ms: float) -> bool:
+    """Whether an empty queue would let the batch run before it is full or has waited."""
+    return state.idle_ms >= settle_ms or lone(state, settle_ms)
+
+
+LONE_CONFIRM_MS = 3.0  # a lone job waits this long for messages already on their way
+
+
+def lone(state: BatchState, settle_ms: float) -> bool:
+    """Jobs that came after a quiet spell of `settle_ms`, to an engine whose last batch took
+    less than that: waiting for companions would cost them more than a batch of their own
+    costs the jobs behind them. An engine whose batches are slow keeps its settle. The jobs
+    still wait `LONE_CONFIRM_MS`: the messages a bulk submit published with them reach the
+    worker one BRPOP at a time, and are briefly in neither the queue nor the worker's count."""
+    return (
+        state.quiet_before_ms >= settle_ms
+        and state.idle_ms >= min(settle_ms, LONE_CONFIRM_MS)
+        and state.last_batch_ms is not None
+        and state.last_batch_ms < settle_ms
+    )
 
 
 def sampling_key(params: GenerationParams) -> Hashable:

@@ -129,6 +129,15 @@ class Runner:
             return [self.inbox.get(timeout=timeout_s)]
         return []
 
+    def in_transit(self) -> int:
+        """Messages this worker took from Redis whose task has not handed its job in yet:
+        they are no longer in the queue, but they are on their way to a batch."""
+        from celery.worker import state  # the worker's own bookkeeping of received messages
+
+        with self._lock:
+            handed_in = len(self._open)
+        return max(0, len(state.reserved_requests) - handed_in)
+
     def _settled(self, future: Future) -> None:
         with self._lock:
             self._open.discard(future)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from api import deps
 from api.openapi import responses
-from llmq import keys, ssrf
+from llmq import key_cache, keys, ssrf
 from llmq.db import session_scope
 from llmq.errors import Forbidden, InvalidField
 from llmq.keys import Caller
@@ -78,7 +78,12 @@ def list_keys(_: Caller = Depends(admin)) -> dict:
 
 
 @router.post("/{key_id}/revoke", responses=responses(404))
-def revoke(key_id: str, _: Caller = Depends(admin)) -> dict:
-    """Revoked keys fail authentication on their next request (there is no auth cache)."""
+def revoke(key_id: str, request: Request, _: Caller = Depends(admin)) -> dict:
+    """A revoked key fails authentication on its next request, in every API process: each
+    one's key cache drops it when told (`llmq.key_cache`)."""
     with session_scope() as session:
-        return keys.describe(keys.revoke_key(session, key_id))
+        resource = keys.describe(keys.revoke_key(session, key_id))
+    state = request.app.state
+    state.key_cache.drop(resource["id"])
+    key_cache.announce_changed(state.sync_redis, state.settings.redis_prefix, resource["id"])
+    return resource

@@ -65,6 +65,14 @@ def fake_results() -> dict:
                 for t in (4.0, 4.1)
             ],
         },
+        "submit_path": {
+            "jobs_per_s": 300.0,
+            "bare_per_s": 500.0,
+            "ratios": [0.5, 0.6, 0.7],
+            "count": 400,
+            "threads": 8,
+            "workers": 2,
+        },
         "rss_mb": 1200.0,
         "chat": {"chat_per_s": 60.0, "jobs_per_s": 55.0, "ratios": [1.1, 1.05, 0.85]},
         "cache": {"hits": 300, "p50_ms": 4.2, "p99_ms": 11.0},
@@ -127,6 +135,7 @@ def test_the_how_column_follows_the_parameters_used():
     assert "batches of 8" in how["Memory"]
     assert "imports 0.10" in how["Cold start"] and "median of 1.10, 1.20, 1.40" in how["Cold start"]
     assert "imports 3.00" in how["Cold start"] and "once in 25.0 s" in how["Cold start"]
+    assert "400 submits from 8 client threads, 3 pairs" in how["Submit path"]
     assert "(echo, 50 requests from 4 threads); 3 pairs" in how["Chat completions / jobs"]
     assert "300 in a row" in how["Cache hit submit → result"]
     assert "a 50 MB file" in how["Upload memory"]
@@ -146,6 +155,7 @@ def test_the_how_column_follows_the_parameters_used():
         "Submit → result visible": "",
         "Cold start": "met",
         "Memory": "",
+        "Submit path": "met",  # the median of 0.5, 0.6, 0.7
         "Chat completions / jobs": "met",  # the median of 1.1, 1.05, 0.85
         "Cache hit submit → result": "met",  # p50 4.2 ms
         "Upload memory": "MISSED",  # 140 MB above idle, over 100

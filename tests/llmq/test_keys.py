@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from llmq import keys
-from tests.conftest import make_key
+from llmq.key_cache import announce_changed
+from tests.conftest import REDIS_PREFIX, make_key
 
 
 def test_keys_have_prefix_checksum_and_enough_entropy():
@@ -76,7 +77,8 @@ def test_a_revoked_key_fails_at_once(client):
     from llmq.db import session_scope
 
     with session_scope() as session:
-        keys.revoke_key(session, plain[: keys.DISPLAY_PREFIX_CHARS])
+        row = keys.revoke_key(session, plain[: keys.DISPLAY_PREFIX_CHARS])
+    announce_changed(client.app.state.sync_redis, REDIS_PREFIX, row.id)  # as every revoker does
     response = client.get("/v1/jobs", headers=headers)
     assert response.status_code == 401
     assert "revoked" in response.json()["detail"]

@@ -9,12 +9,12 @@ import uuid
 import redis
 from celery.events.state import State
 
+from llmq import messages
 from llmq.queues import (
     GENERATE_TASK,
     Message,
     display_name,
     make_celery,
-    publish_generate,
     queue_keys,
 )
 from tests.conftest import REDIS_PREFIX, REDIS_URL, wait_for
@@ -34,7 +34,8 @@ def _sent_event(model: str) -> dict:
                 return bool(seen)
 
             received()  # Redis subscribes to the event channel on the first poll
-            publish_generate(app, Message(str(uuid.uuid4()), model, 0))
+            client = redis.Redis.from_url(REDIS_URL)
+            messages.publish(app, client, REDIS_PREFIX, [Message(str(uuid.uuid4()), model, 0)])
 
             wait_for(received, 30, "the task-sent event")
     redis.Redis.from_url(REDIS_URL).delete(*queue_keys(model, REDIS_PREFIX))

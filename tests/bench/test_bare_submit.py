@@ -1,0 +1,29 @@
+"""The submit path's floor does what it claims: one row and one queued id per submit."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from bench import bare_submit, submit_path
+from llmq.db import get_engine
+from tests.conftest import REDIS_PREFIX
+
+
+def test_the_bare_endpoint_writes_one_row_and_pushes_one_id(environment, redis_client):
+    bare_submit.create_table(get_engine())
+    with TestClient(bare_submit.create_app()) as bare:
+        job = bare.post("/submit", json=submit_path.BODY).raise_for_status().json()
+    with get_engine().connect() as conn:
+        rows = conn.execute(
+            sa.text(f"SELECT status FROM {bare_submit.TABLE} WHERE id = :id"), {"id": job["id"]}
+        ).all()
+    assert rows == [("queued",)]
+    assert redis_client.lrange(bare_submit.queue_key(REDIS_PREFIX), 0, -1) == [job["id"].encode()]
+
+
+def test_the_figure_is_the_median_ratio_against_its_goal():
+    r = {"jobs_per_s": 600, "bare_per_s": 900, "ratios": [0.5, 0.7, 0.65], "count": 10,
+         "threads": 2, "workers": 2}  # fmt: skip
+    figure = submit_path.figure(r)
+    assert figure.value == 0.65 and figure.verdict == "met"
