@@ -258,13 +258,16 @@ def dedup_keys(catalog: Catalog, key_id: uuid.UUID) -> Callable[[jobs.NewJob], s
     return key
 
 
-def hold_over_room(client: redis.Redis, prefix: str, new_jobs: list[jobs.NewJob]) -> None:
-    """Mark for the backlog the jobs their model's interactive queue has no room for; the
-    others go straight to the queue. One Redis round trip per model; with no answer (no
-    feeder, or Redis down) every job is published at once, as without a backlog."""
+def hold_over_room(
+    client: redis.Redis, prefix: str, api_key_id: uuid.UUID, new_jobs: list[jobs.NewJob]
+) -> None:
+    """Mark for the backlog the jobs their model's interactive queue has no room for, or
+    whose key the feeder holds back (past its fair share); the others go straight to the
+    queue. One Redis round trip per model; with no answer (no feeder, or Redis down) every
+    job is published at once, as without a backlog."""
     for model in dict.fromkeys(new.model for new in new_jobs):
         try:
-            room = interactive_room(client, model, prefix)
+            room = interactive_room(client, model, prefix, str(api_key_id))
         except redis.RedisError:
             room = None
         if room is None:
@@ -337,7 +340,10 @@ class Submission:
         new_jobs = [p.new for p in prepared]
         self.consult_cache(prepared)
         to_run = [new for new in new_jobs if new.answer is None]
-        hold_over_room(self.request.app.state.sync_redis, self.settings.redis_prefix, to_run)
+        hold_over_room(
+            self.request.app.state.sync_redis, self.settings.redis_prefix, self.caller.key_id,
+            to_run,
+        )  # fmt: skip
         # A cache hit is charged its answer's real tokens, a job to run its worst case.
         charge = RateCharge(
             self.request, self.caller, sum(n.reserved_tokens or 0 for n in new_jobs)

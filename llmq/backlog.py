@@ -108,6 +108,13 @@ def served_after(
     return counts
 
 
+def held_keys(candidates: list[Candidate], chosen: list[Candidate]) -> set[Hashable]:
+    """The keys with interactive jobs the policy left in the backlog this round: past their
+    share, so their next interactive submits join them there rather than jump the queue."""
+    taken = {c.id for c in chosen}
+    return {c.key for c in candidates if not c.batch and c.id not in taken}
+
+
 def queue_bound(workers: int, max_batch_size: int, depth_per_worker: float) -> int:
     """Messages a model's Redis queue may hold: `depth_per_worker` batches for each live
     worker, and never less than one batch, so a pool at zero still has work waiting the

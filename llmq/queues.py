@@ -81,16 +81,29 @@ def bound_key(prefix: str, model: str) -> str:
     return f"{prefix}scheduler:bound:{model}"
 
 
-def interactive_room(client: redis.Redis, model: str, prefix: str) -> int | None:
-    """How many more interactive messages the model's queue takes now, in one round trip:
-    its bound less the messages on its interactive lane (the batch lane never delays them).
-    None: no bound, so no feeder runs and a job must be published at once."""
+def held_key(prefix: str, model: str) -> str:
+    """The API keys whose interactive jobs of the model the feeder's last round left in the
+    backlog (they are past their fair share): their next submits wait there too, behind
+    them, rather than going straight to the queue. It expires with the bound."""
+    return f"{prefix}scheduler:held:{model}"
+
+
+def interactive_room(
+    client: redis.Redis, model: str, prefix: str, api_key_id: str | None = None
+) -> int | None:
+    """How many more interactive messages the model's queue takes now from the key, in one
+    round trip: its bound less the messages on its interactive lane (the batch lane never
+    delays them), or none while the feeder holds the key's earlier jobs back. None: no
+    bound, so no feeder runs and a job must be published at once."""
     with client.pipeline(transaction=False) as pipe:
         pipe.get(bound_key(prefix, model))
+        pipe.sismember(held_key(prefix, model), api_key_id or "")
         for key in priority_keys(queue_name(model), prefix):
             pipe.llen(key)
-        bound, *lengths = pipe.execute()
-    return None if bound is None else int(bound) - int(sum(lengths))
+        bound, held, *lengths = pipe.execute()
+    if bound is None:
+        return None
+    return 0 if held else int(bound) - int(sum(lengths))
 
 
 def celery_config(settings: Settings) -> dict:

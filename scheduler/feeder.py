@@ -7,7 +7,8 @@ batch (`llmq.backlog.queue_bound`); room = bound - messages waiting. The feeder 
 key's next `room` backlog jobs (SKIP LOCKED), lets the policy (`llmq.backlog.pick`) choose,
 marks the chosen ones published in one transaction, commits, then publishes them (batch lines
 on the batch lane). It also writes the bound to Redis, where the API reads it to decide
-whether an interactive submit goes straight to the queue.
+whether an interactive submit goes straight to the queue, and the keys whose interactive jobs
+it left waiting: past their fair share, their next submits wait in the backlog behind them.
 
 Before feeding, it answers a batch's repeated lines whose leader has ended, or sends one of
 them to the backlog to run when the leader's end answers nothing (`llmq.jobs.dedup`).
@@ -32,7 +33,7 @@ from llmq.announce import Announcer, Committed
 from llmq.catalog import Catalog
 from llmq.db import session_scope
 from llmq.pools import Backlog, PoolObservation
-from llmq.queues import bound_key, publish_generate_many
+from llmq.queues import bound_key, held_key, publish_generate_many
 from llmq.settings import Settings
 
 log = logging.getLogger("llmq.feeder")
@@ -64,7 +65,7 @@ class Feeder:
             self.redis.set(bound_key(self.settings.redis_prefix, model), bound, ex=bound_ttl_s)
             if bound - obs.waiting > 0:
                 try:
-                    fed[model] = self.feed_model(model, bound - obs.waiting)
+                    fed[model] = self.feed_model(model, bound - obs.waiting, bound_ttl_s)
                 except Exception:  # one model's failure skips its round; the others go on
                     log.exception("could not feed %s", model)
         return fed
@@ -86,17 +87,20 @@ class Feeder:
             )
         return resolved
 
-    def feed_model(self, model: str, room: int) -> int:
-        """Publish up to `room` of the model's backlog jobs, in the policy's order."""
+    def feed_model(self, model: str, room: int, held_ttl_s: int = 5) -> int:
+        """Publish up to `room` of the model's backlog jobs, in the policy's order, and tell
+        the API which keys' interactive jobs it left waiting (`llmq.queues.held_key`)."""
         served = self.served.get(model, {})
         with session_scope() as session:
-            candidates = jobs.backlog_candidates(session, model, room)
+            # One more than fits per key, so a key with jobs left over shows it.
+            candidates = jobs.backlog_candidates(session, model, room + 1)
             waiting = [c.key for c in candidates]
             weights = keys.fair_share_weights(session, list(dict.fromkeys(waiting)))
             chosen = backlog.pick(
                 candidates, room, served, weights, self.settings.backlog_deadline_bucket_s
             )
             moved = jobs.take_from_backlog(session, [c.id for c in chosen])
+        self.hold(model, backlog.held_keys(candidates, chosen), held_ttl_s)
         if candidates:
             self.served[model] = backlog.served_after(served, waiting, chosen, weights)
         else:
@@ -105,6 +109,19 @@ class Feeder:
             self.publish(moved)
             metrics.BACKLOG_FED.labels(model).inc(len(moved))
         return len(moved)
+
+    def hold(self, model: str, held: set, ttl_s: int) -> None:
+        """Replace the model's held keys; a Redis failure leaves the old set to expire."""
+        key = held_key(self.settings.redis_prefix, model)
+        try:
+            with self.redis.pipeline() as pipe:
+                pipe.delete(key)
+                if held:
+                    pipe.sadd(key, *(str(k) for k in held))
+                    pipe.expire(key, ttl_s)
+                pipe.execute()
+        except redis.RedisError:
+            log.warning("could not write the held keys of %s", model, exc_info=True)
 
     def publish(self, moved: list[jobs.Moved]) -> None:
         """After the commit: a failure leaves the jobs to the sweeper's lost-message check."""

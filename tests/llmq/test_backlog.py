@@ -8,7 +8,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from llmq.backlog import Candidate, deadline_bucket, level, pick, queue_bound, served_after
+from llmq.backlog import (
+    Candidate,
+    deadline_bucket,
+    held_keys,
+    level,
+    pick,
+    queue_bound,
+    served_after,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -117,3 +125,13 @@ def test_deadline_bucket(expires, bucket_s, expected):
 )
 def test_queue_bound_is_batches_per_worker_and_at_least_one_batch(workers, batch, depth, expected):
     assert queue_bound(workers, batch, depth) == expected
+
+
+def test_a_key_is_held_while_the_policy_leaves_its_interactive_jobs_waiting():
+    def job(key: str, batch: bool = False) -> Candidate:
+        return Candidate(uuid.uuid4(), key, 0, T0 + HOUR, T0, batch=batch)
+
+    a1, a2, b1, c_line = job("A"), job("A"), job("B"), job("C", batch=True)
+    assert held_keys([a1, a2, b1, c_line], [a1, b1]) == {"A"}  # a batch line holds no key
+    assert held_keys([a1, a2, b1, c_line], [a1, a2, b1]) == set()
+    assert held_keys([], []) == set()

@@ -173,6 +173,30 @@ def test_an_interactive_submit_goes_to_the_backlog_only_when_the_queue_is_full(
     assert waiting_count(redis_client, model, REDIS_PREFIX) == 3
 
 
+def test_a_key_past_its_share_waits_in_the_backlog_though_the_queue_has_room(client, redis_client):
+    """The feeder left some of A's interactive jobs in the backlog: A's next submit joins
+    them there; B's goes straight to the queue."""
+    model = "backlog-hold"
+    a, a_plain = new_key("over-share")
+    _, b_plain = new_key("within-share")
+    backlogged(a, model, 30)
+    redis_client.set(bound_key(REDIS_PREFIX, model), 100, ex=60)
+    assert feeder().feed_model(model, 9, held_ttl_s=60) == 9
+    body = {"model": model, "prompt": "hi", "max_tokens": 1}
+    ids = {}
+    for name, plain in (("a", a_plain), ("b", b_plain)):
+        response = client.post("/v1/jobs", json=body, headers={"Authorization": f"Bearer {plain}"})
+        assert response.status_code == 202, response.text
+        ids[name] = uuid.UUID(response.json()["id"])
+    with session_scope() as session:
+        held = {name: session.get(Job, job_id).in_backlog for name, job_id in ids.items()}
+    assert held == {"a": True, "b": False}
+    feeder().feed_model(model, 100, held_ttl_s=60)  # room for all: nobody is held any more
+    response = client.post("/v1/jobs", json=body, headers={"Authorization": f"Bearer {a_plain}"})
+    with session_scope() as session:
+        assert not session.get(Job, uuid.UUID(response.json()["id"])).in_backlog
+
+
 CRASH = """
 import os, signal, sys
 import redis
