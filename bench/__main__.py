@@ -35,10 +35,10 @@ from bench import (
     backlog,
     batches,
     cache,
+    charts,
     openai_path,
     overhead,
     pipeline,
-    plots,
     report,
     results,
     semantic,
@@ -315,7 +315,7 @@ def throughput_figures(r: dict, p: Params) -> list[Figure]:
                "SmolLM2 through one batched generate call in the bench process, "
                f"{pipeline.NEW_TOKENS} new tokens: "
                + ", ".join(f"{x['batch']}: {x['tokens_per_s']:.0f}" for x in points)
-               + f" tok/s ([plot](bench/plots/{plots.THROUGHPUT_PNG}))"),
+               + f" tok/s ([plot](bench/plots/{charts.THROUGHPUT_PNG}))"),
     ]  # fmt: skip
 
 
@@ -335,7 +335,7 @@ def latency_figures(r: dict, p: Params) -> list[Figure]:
     return [
         Figure("Submit → result visible", p99, f"p50 {p50:.0f} ms, p99 {p99:.0f} ms",
                f"echo engine, {p.steady_jobs_per_s:g} jobs/s for {p.steady_seconds:g} s, long-poll "
-               f"([distribution](bench/plots/{plots.LATENCY_PNG}))"),
+               f"([distribution](bench/plots/{charts.LATENCY_PNG}))"),
     ]  # fmt: skip
 
 
@@ -494,22 +494,23 @@ def header(store: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_plots(store: dict[str, Any], directory: Path = plots.PLOTS) -> list[Path]:
+def write_plots(store: dict[str, Any], directory: Path = charts.PLOTS) -> list[Path]:
     """The plots the stored sections have samples for."""
     entries, written = store.get("sections", {}), []
     if "latency" in entries:
         e = entries["latency"]
         p = Params.stored(e["params"])
         title = f"echo jobs at {p.steady_jobs_per_s:g}/s for {p.steady_seconds:g} s ({e['date']})"
-        written.append(
-            plots.latency_cdf(e["result"]["samples_ms"], directory / plots.LATENCY_PNG, title)
-        )
+        samples = e["result"]["samples_ms"]
+        p50, p99 = overhead.p50_p99(samples)
+        marks = {"p50": p50, "p99": p99}
+        written.append(charts.latency_cdf(samples, directory / charts.LATENCY_PNG, title, marks))
     if "throughput" in entries:
         e = entries["throughput"]
         points = [(x["batch"], x["tokens_per_s"]) for x in e["result"]["batches"]]
         title = f"SmolLM2 bare generate, {pipeline.NEW_TOKENS} new tokens ({e['date']})"
         written.append(
-            plots.throughput_by_batch({"cpu": points}, directory / plots.THROUGHPUT_PNG, title)
+            charts.throughput_by_batch({"cpu": points}, directory / charts.THROUGHPUT_PNG, title)
         )
     return written
 
@@ -548,8 +549,8 @@ def write(store: dict[str, Any], gpu: dict[str, Any]) -> list[Figure]:
         "this machine's and move with its load. Raw samples: "
         "[bench/results/latest.json](bench/results/latest.json).",
         "",
-        f"![submit → result latency](bench/plots/{plots.LATENCY_PNG}) "
-        f"![tokens/s by batch size](bench/plots/{plots.THROUGHPUT_PNG})",
+        f"![submit → result latency](bench/plots/{charts.LATENCY_PNG}) "
+        f"![tokens/s by batch size](bench/plots/{charts.THROUGHPUT_PNG})",
         "",
         *gpu_bench.markdown(gpu),
     ]

@@ -1,5 +1,6 @@
-"""The benchmark plots linked from BENCHMARKS.md: the submit → result latency distribution,
-and tokens/s against batch size. Written by `make bench` from the raw samples, never edited."""
+"""The benchmark plots linked from BENCHMARKS.md (bench/plots/*.png): the submit → result
+latency distribution, and tokens/s against batch size. `make bench` draws them from the raw
+samples; they are never edited by hand."""
 
 from __future__ import annotations
 
@@ -22,17 +23,20 @@ def _pyplot():
     return plt
 
 
-def latency_cdf(samples_ms: Sequence[float], path: Path, title: str) -> Path:
-    """The share of jobs whose result was visible within each latency, p50 and p99 marked."""
+def latency_cdf(
+    samples_ms: Sequence[float], path: Path, title: str, marks: dict[str, float]
+) -> Path:
+    """The share of jobs whose result was visible within each latency; `marks` (e.g. the
+    table's p50 and p99) drawn as lines."""
     plt = _pyplot()
     ordered = sorted(samples_ms)
     n = len(ordered)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(ordered, [(i + 1) / n for i in range(n)], drawstyle="steps-post")
-    for q in (0.5, 0.99):
-        at = ordered[min(n - 1, max(0, round(q * n) - 1))]
+    for label, at in marks.items():
+        share = sum(x <= at for x in ordered) / n
         ax.axvline(at, linestyle="--", linewidth=1, color="grey")
-        ax.annotate(f"p{q * 100:g} {at:.0f} ms", (at, q), textcoords="offset points",
+        ax.annotate(f"{label} {at:.0f} ms", (at, share), textcoords="offset points",
                     xytext=(4, -12))  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("submit → result visible (ms, log scale)")
