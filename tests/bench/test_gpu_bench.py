@@ -58,8 +58,8 @@ def test_each_model_gets_an_entry_per_engine(tmp_path):
     path = tmp_path / "models.toml"
     path.write_text(gpu.catalog({"small": gpu.SMOLLM2}, gpu.GpuParams()))
     catalog = load_catalog(path)
-    hf, cb = catalog.get("small-hf"), catalog.get("small-cb")
-    assert (hf.engine, cb.engine) == ("hf", "hf-continuous")
+    hf, cb, bare = catalog.get("small-hf"), catalog.get("small-cb"), catalog.get("small-bare")
+    assert (hf.engine, cb.engine, bare.engine) == ("hf", "hf-continuous", "hf")
     assert hf.max_batch_size == cb.max_batch_size == 128
     assert (hf.device, hf.dtype) == ("cuda", "bfloat16")
 
