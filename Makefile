@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo up test lint format bench reliability chaos fuzz load migrate services docs clean
+.PHONY: install demo up test lint format bench bench-gpu reliability chaos fuzz load migrate services docs clean
 
 install: $(STAMP)
 
@@ -45,8 +45,13 @@ format: install
 docs: install
 	$(PY) -m cli.gendocs
 
+# Every benchmark section; ONLY=a,b runs some (`python -m bench --list`) and keeps the others' rows.
 bench: install services
-	$(PY) -m bench
+	$(PY) -m bench $(if $(ONLY),--only $(ONLY))
+
+# The engines on a GPU (a CUDA torch: TORCH_SPEC); DRY=1 proves it on the CPU with a tiny model.
+bench-gpu: install services
+	$(PY) -m bench.gpu $(if $(DRY),--dry-run --out .llmq/bench-gpu-dry)
 
 # Reliability suites write RELIABILITY.md; QUICK=1 runs the short versions CI runs.
 RELIABILITY := $(PY) -m reliability $(if $(QUICK),--quick)

@@ -1,7 +1,14 @@
-"""`make bench`: run every benchmark side by side, print the table, write BENCHMARKS.md.
+"""`make bench`: run the benchmarks side by side, print the table, write BENCHMARKS.md.
 
-The table's "how" column is written from `Params` and the catalog the run used, and each goal
-sits beside the figure it judges; `--fail-on-missed` turns a missed goal into exit status 1.
+The run is made of sections, each measuring one or more figures; `--only a,b` runs some of
+them (`--list` names them all). Each section's raw samples go to bench/results/latest.json,
+where a partial run replaces only its own sections; BENCHMARKS.md and its plots are then
+rendered from that file (and bench/results/gpu.json from `make bench-gpu`), so the rows of
+sections that did not run are the ones their own run measured, dated in the header.
+
+The table's "how" column is written from the `Params` each section ran with and the catalog,
+and each goal sits beside the figure it judges; `--fail-on-missed` turns a goal this run
+missed into exit status 1.
 """
 
 from __future__ import annotations
@@ -13,8 +20,11 @@ import platform
 import signal
 import statistics
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, fields
+from functools import cache as once
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -22,22 +32,24 @@ from rich.table import Table
 
 from bench import (
     backlog,
+    batch_memory,
     batches,
     cache,
+    charts,
     coldstart,
     openai_path,
     overhead,
     pipeline,
     report,
+    results,
     scale,
     semantic,
     submit_path,
     uploads,
 )
-from bench.env import ROOT, BenchEnv, api, api_workers, wait_for_worker, worker
-from bench.report import Figure, Goal
+from bench.env import ROOT, BenchEnv, Proc, api, api_workers, catalog_spec, wait_for_worker, worker
+from bench.report import Figure, Goal, paired_ratio, ratio_figure
 from cli.devstack import free_port
-from llmq.catalog import ModelSpec, load_catalog
 
 console = Console()
 
@@ -47,11 +59,12 @@ class Params:
     """What a run does; the table describes the run from these, never from separate text."""
 
     batch: int = 32  # the worker's batch limit, and the jobs submitted at once
-    paired_runs: int = 5  # pipeline and bare generate, in turns so each pair sees one machine
-    serial_jobs: int = 6  # jobs run one after another for the batching gain
+    pairs: int = report.MIN_PAIRS  # runs of each side of every ratio, taken in turns
+    serial_jobs: int = 3  # jobs run one after another for the batching gain
+    continuous_jobs: int = 8  # concurrent jobs of each continuous / static pair
+    throughput_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # bare generate batch sizes
     cold_runs: int = 3  # starts from zero of each kind (warm template, plain process)
     echo_jobs: int = 2000  # per echo and no-op run
-    echo_repeats: int = 3  # the median of this many runs
     noop_concurrency: int = 64  # threads of the no-op Celery worker
     steady_jobs_per_s: float = 40
     steady_seconds: float = 10
@@ -61,19 +74,27 @@ class Params:
     bulk_jobs: int = 5000  # in one bulk request
     chat_requests: int = 200  # per side of each chat/jobs pair
     chat_threads: int = 16
-    chat_pairs: int = 3
     cache_hits: int = 500  # submits of one job the exact cache answers
     upload_bytes: int = 200_000_000  # one file to POST /v1/files
     batch_lines: int = 10_000  # one OpenAI batch through the echo engine
     batch_max_tokens: int = 4
     semantic_entries: int = 100_000  # random unit vectors in one semantic cache namespace
     semantic_lookups: int = 1000  # near-duplicate lookups, each beside a random one
-    backlog_lines: int = 20_000  # another key's batch beside interactive jobs
+    backlog_lines: int = 50_000  # another key's batch beside interactive jobs
     scale_rows: int = 1_000_000  # finished jobs and ledger rows for the flat-costs figure
+    batch_memory_lines: int = 1_000_000  # one batch admitted, worked and cancelled
+    batch_memory_work_s: float = 60  # how long an echo worker works through it
 
     @property
     def prompts(self) -> list[str]:
-        return pipeline.PROMPTS[: self.batch]
+        return pipeline.prompts(max(self.batch, *self.throughput_batches))[: self.batch]
+
+    @classmethod
+    def stored(cls, values: dict[str, Any]) -> Params:
+        """The parameters a stored section ran with (fields added since take their default)."""
+        known = {f.name for f in fields(cls)}
+        kept = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
+        return cls(**kept)
 
 
 def machine() -> str:
@@ -93,167 +114,436 @@ def machine() -> str:
     )
 
 
+HF, CONTINUOUS, ECHO = "smollm2-135m", "smollm2-continuous", "echo"
+
+
+class Workers:
+    """Worker processes the sections need: each started when a section first needs it, and
+    stopped once no section left to run needs it."""
+
+    def __init__(self, env: BenchEnv):
+        self.env, self.procs = env, dict[str, Proc]()
+
+    def need(self, models: Iterable[str]) -> None:
+        models = list(models)
+        for model in models:
+            if model not in self.procs:
+                self.procs[model] = worker(self.env, model)
+        for model in models:
+            wait_for_worker(self.env, model)
+
+    def keep(self, models: set[str]) -> None:
+        for model in [m for m in self.procs if m not in models]:
+            self.procs.pop(model).stop()
+
+    def peak_rss_mb(self, model: str) -> float:
+        return self.procs[model].peak_rss_mb()
+
+
+@dataclass
+class Ctx:
+    """What a section runs with."""
+
+    env: BenchEnv
+    client: httpx.Client  # the exact cache kept out (no-store): jobs that run
+    auth: dict[str, str]
+    p: Params
+    workers: Workers
+
+
+@once
+def bare_model(count: int) -> pipeline.BareGenerate:
+    """SmolLM2 in this process with the first `count` prompts, loaded once for every section."""
+    return pipeline.BareGenerate(pipeline.prompts(count))
+
+
+def tokens_per_s(runs: list[dict]) -> list[float]:
+    return [r["tokens_per_s"] for r in runs]
+
+
+def run_cold(c: Ctx) -> dict:
+    return coldstart.from_zero(c.env, c.client, c.p.cold_runs)
+
+
+def run_submit_path(c: Ctx) -> dict:
+    p = c.p
+    return submit_path.submit_vs_bare(
+        c.env, c.client, p.submit_jobs, p.submit_threads, p.submit_pairs, api_workers()
+    )
+
+
+def run_scale(c: Ctx) -> dict:
+    return scale.scale_run(c.env, c.p.scale_rows)
+
+
+def run_batch_memory(c: Ctx) -> dict:
+    return batch_memory.run(c.env, free_port(), c.p.batch_memory_lines, c.p.batch_memory_work_s)
+
+
+def run_pipeline(c: Ctx) -> dict:
+    """Pipeline at the batch limit, bare generate, and a few jobs one at a time, in turns."""
+    p, prompts = c.p, c.p.prompts
+    bare = bare_model(len(prompts))
+    pipeline.run_jobs(c.client, HF, prompts, concurrent=True)  # warm up
+    bare.run(len(prompts))  # both sides have run the full batch once
+    runs, bare_runs, serial = [], [], []
+    for _ in range(p.pairs):
+        runs.append(pipeline.run_jobs(c.client, HF, prompts, True))
+        bare_runs.append(bare.run(len(prompts)))
+        serial.append(pipeline.run_jobs(c.client, HF, prompts[: p.serial_jobs], False))
+    return {
+        "pipeline": runs,
+        "bare": bare_runs,
+        "serial": serial,
+        "rss_mb": c.workers.peak_rss_mb(HF),
+    }
+
+
+def run_continuous(c: Ctx) -> dict:
+    prompts = c.p.prompts[: c.p.continuous_jobs]
+    for model in (CONTINUOUS, HF):  # warm up
+        pipeline.run_jobs(c.client, model, prompts, True)
+    continuous, static = [], []
+    for _ in range(c.p.pairs):
+        continuous.append(pipeline.run_jobs(c.client, CONTINUOUS, prompts, True))
+        static.append(pipeline.run_jobs(c.client, HF, prompts, True))
+    return {"continuous": continuous, "static": static}
+
+
+def run_throughput(c: Ctx) -> dict:
+    bare = bare_model(max(c.p.throughput_batches))
+    bare.run(1)  # warm up
+    return {"batches": [{"batch": n, **bare.run(n)} for n in c.p.throughput_batches]}
+
+
+def run_overhead(c: Ctx) -> dict:
+    """Echo jobs end to end and no-op Celery tasks, in turns, both workers up throughout."""
+    overhead.echo_jobs_per_s(c.client, 200)  # warm up
+    noop = overhead.NoopWorker(c.env, c.p.noop_concurrency)
+    echo, tasks = [], []
+    try:
+        for _ in range(c.p.pairs):
+            echo.append(overhead.echo_jobs_per_s(c.client, c.p.echo_jobs))
+            tasks.append(noop.tasks_per_s(c.p.echo_jobs))
+    finally:
+        noop.stop()
+    return {"echo_per_s": echo, "noop_per_s": tasks}
+
+
+def run_latency(c: Ctx) -> dict:
+    samples = overhead.steady_latency_ms(c.client, c.p.steady_jobs_per_s, c.p.steady_seconds)
+    return {"samples_ms": samples}
+
+
+def run_submit(c: Ctx) -> dict:
+    single, bulk = overhead.submit_rates(
+        c.client, c.p.submit_jobs, c.p.submit_threads, c.p.bulk_jobs
+    )
+    return {"single_per_s": single, "bulk_per_s": bulk}
+
+
+def run_chat(c: Ctx) -> dict:
+    return openai_path.chat_vs_jobs(c.client, c.p.chat_requests, c.p.chat_threads, c.p.pairs)
+
+
+def run_cache(c: Ctx) -> dict:
+    with httpx.Client(base_url=c.client.base_url, headers=c.auth, timeout=300) as cached:
+        return cache.hit_latency_ms(cached, c.p.cache_hits)
+
+
+def run_batch(c: Ctx) -> dict:
+    return batches.batch_run(c.env, c.client, c.p.batch_lines, c.p.batch_max_tokens)
+
+
+def run_backlog(c: Ctx) -> dict:
+    return backlog.backlog_run(c.client, c.p.backlog_lines)
+
+
+def run_upload(c: Ctx) -> dict:
+    return uploads.upload_memory(c.env, c.p.upload_bytes)
+
+
+def run_semantic(c: Ctx) -> dict:
+    return semantic.lookup_latency(c.env, c.p.semantic_entries, c.p.semantic_lookups)
+
+
+def pipeline_figures(r: dict, p: Params) -> list[Figure]:
+    runs, bare, serial = (
+        tokens_per_s(r["pipeline"]),
+        tokens_per_s(r["bare"]),
+        tokens_per_s(r["serial"]),
+    )
+    sizes = sorted({size for run in r["pipeline"] for size in run["batch_sizes"]})
+    n, med = p.batch, statistics.median
+    return [
+        ratio_figure("Pipeline efficiency", paired_ratio(runs, bare),
+                     f"{med(runs):.0f} tok/s through API→Redis→worker→Postgres ({n} jobs, batches {sizes}) "
+                     f"/ {med(bare):.0f} tok/s bare batched generate ({n} prompts), medians",
+                     Goal("≥", 0.90)),
+        ratio_figure("Batching gain", paired_ratio(runs, serial),
+                     f"{med(runs):.0f} tok/s with {n} concurrent jobs / {med(serial):.0f} tok/s with "
+                     f"{p.serial_jobs} jobs one at a time, medians",
+                     Goal("≥", 6, "x"), shown="{:.1f}x"),
+        Figure("Memory", r["rss_mb"], f"{r['rss_mb']:.0f} MB",
+               f"peak resident memory of the SmolLM2 worker after batches of {n}"),
+    ]  # fmt: skip
+
+
+def continuous_figures(r: dict, p: Params) -> list[Figure]:
+    cont, static = tokens_per_s(r["continuous"]), tokens_per_s(r["static"])
+    med = statistics.median
+    return [
+        ratio_figure("Continuous / static batching", paired_ratio(cont, static),
+                     f"{med(cont):.0f} tok/s with the hf-continuous engine / {med(static):.0f} tok/s with hf, "
+                     f"the same {p.continuous_jobs} concurrent jobs through the pipeline (auto picks "
+                     "hf-continuous on CUDA only)"),
+    ]  # fmt: skip
+
+
+def throughput_figures(r: dict, p: Params) -> list[Figure]:
+    points = r["batches"]
+    first, last = points[0], points[-1]
+    return [
+        Figure("Bare generate by batch size", last["tokens_per_s"],
+               f"{first['tokens_per_s']:.0f} → {last['tokens_per_s']:.0f} tok/s (batch {first['batch']} → {last['batch']})",
+               "SmolLM2 through one batched generate call in the bench process, "
+               f"{pipeline.NEW_TOKENS} new tokens: "
+               + ", ".join(f"{x['batch']}: {x['tokens_per_s']:.0f}" for x in points)
+               + f" tok/s ([plot](bench/plots/{charts.THROUGHPUT_PNG}))"),
+    ]  # fmt: skip
+
+
+def overhead_figures(r: dict, p: Params) -> list[Figure]:
+    echo, noop = r["echo_per_s"], r["noop_per_s"]
+    med = statistics.median
+    return [
+        ratio_figure("Overhead", paired_ratio(echo, noop),
+                     f"{med(echo):.0f} echo jobs/s end to end / {med(noop):.0f} no-op Celery tasks/s "
+                     f"(threads -c {p.noop_concurrency}), {p.echo_jobs} of each per run, medians",
+                     Goal("≥", 0.6)),
+    ]  # fmt: skip
+
+
+def latency_figures(r: dict, p: Params) -> list[Figure]:
+    p50, p99 = overhead.p50_p99(r["samples_ms"])
+    return [
+        Figure("Submit → result visible", p99, f"p50 {p50:.0f} ms, p99 {p99:.0f} ms",
+               f"echo engine, {p.steady_jobs_per_s:g} jobs/s for {p.steady_seconds:g} s, long-poll "
+               f"([distribution](bench/plots/{charts.LATENCY_PNG}))"),
+    ]  # fmt: skip
+
+
+def submit_figures(r: dict, p: Params) -> list[Figure]:
+    return [
+        Figure("Submit rate", r["single_per_s"], f"{r['single_per_s']:.0f} jobs/s",
+               f"POST /v1/jobs, {p.submit_jobs} jobs from {p.submit_threads} client threads; bulk route "
+               f"{r['bulk_per_s']:.0f} jobs/s ({p.bulk_jobs:,} per request)"),
+    ]  # fmt: skip
+
+
+def chat_figures(r: dict, p: Params) -> list[Figure]:
+    chat, jobs = r["chat_per_s"], r["jobs_per_s"]
+    med = statistics.median
+    return [
+        ratio_figure("Chat completions / jobs", paired_ratio(chat, jobs),
+                     f"{med(chat):.0f} req/s through POST /v1/chat/completions / {med(jobs):.0f} through "
+                     f"POST /v1/jobs + GET ?wait (echo, {p.chat_requests} requests from {p.chat_threads} "
+                     "threads per run), medians",
+                     Goal("≥", 0.9)),
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the run: the workers it needs up, what it measures, the rows it makes."""
+
+    name: str
+    about: str
+    models: tuple[str, ...]
+    run: Callable[[Ctx], dict]
+    figures: Callable[[dict, Params], list[Figure]]
+
+
+SECTIONS = [
+    Section("cold", "submit → first token with the pool at zero, in parts", (), run_cold,
+            lambda r, p: [coldstart.figure(r)]),
+    Section("pipeline", "pipeline efficiency, batching gain, worker memory", (HF,), run_pipeline,
+            pipeline_figures),
+    Section("continuous", "hf-continuous / hf through the pipeline", (HF, CONTINUOUS),
+            run_continuous, continuous_figures),
+    Section("throughput", "bare generate tokens/s at each batch size (plot)", (), run_throughput,
+            throughput_figures),
+    Section("overhead", "echo jobs / no-op Celery tasks", (ECHO,), run_overhead, overhead_figures),
+    Section("latency", "submit → result at a steady rate (plot)", (ECHO,), run_latency,
+            latency_figures),
+    Section("submit", "submit rates, single and bulk", (), run_submit, submit_figures),
+    Section("submit_path", "POST /v1/jobs beside a bare INSERT + publish endpoint", (),
+            run_submit_path, lambda r, p: [submit_path.figure(r)]),
+    Section("chat", "chat completions / jobs + wait", (ECHO,), run_chat, chat_figures),
+    Section("cache", "exact cache hit latency", (ECHO,), run_cache, lambda r, p: [cache.figure(r)]),
+    Section("batch", "an OpenAI batch: enqueue, finish, finalize", (ECHO,), run_batch,
+            lambda r, p: batches.figures(r)),
+    Section("backlog", "interactive queue time beside a batch, fair share", (ECHO,), run_backlog,
+            lambda r, p: backlog.figures(r)),
+    Section("upload", "API memory during a large upload", (), run_upload,
+            lambda r, p: [uploads.figure(r, p.upload_bytes)]),
+    Section("semantic", "semantic cache lookups, prompt embedding", (), run_semantic,
+            lambda r, p: semantic.figures(r)),
+    Section("scale", "everyday operations, empty and with a million finished jobs", (),
+            run_scale, lambda r, p: scale.figures(r)),
+    Section("batch_memory", "API, worker and Redis memory around a million-line batch", (),
+            run_batch_memory, lambda r, p: batch_memory.figures(r)),
+]  # fmt: skip
+BY_NAME = {s.name: s for s in SECTIONS}
+
+
+def parse_only(text: str | None) -> list[Section]:
+    """The sections a comma list names (every one when there is none), in the run's order."""
+    if not text:
+        return list(SECTIONS)
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    unknown = sorted(names - BY_NAME.keys())
+    if unknown or not names:
+        raise ValueError(
+            f"unknown section {', '.join(unknown) or repr(text)}; one of: {', '.join(BY_NAME)}"
+        )
+    return [s for s in SECTIONS if s.name in names]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument(
         "--fail-on-missed", action="store_true", help="exit 1 when a figure misses its goal"
     )
+    parser.add_argument("--only", metavar="A,B", help="run only these sections (see --list)")
+    parser.add_argument("--list", action="store_true", help="print the section names and exit")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only redraw BENCHMARKS.md and the plots from the JSON",
+    )
     args = parser.parse_args(argv)
+    if args.list:
+        for s in SECTIONS:
+            print(f"{s.name:<12} {s.about}")
+        return 0
+    if args.render:
+        write(results.load(results.LATEST), results.load(results.GPU))
+        return 0
+    try:
+        chosen = parse_only(args.only)
+    except ValueError as e:
+        parser.error(str(e))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     p = Params()
+    new = run(chosen, p)
+    store = results.merge(results.load(results.LATEST), new)
+    results.save(results.LATEST, store)
+    console.print(f"wrote {results.LATEST}")
+    write(results.load(results.LATEST), results.load(results.GPU))  # as --render draws it
+    ran = [f for s in chosen for f in s.figures(new["sections"][s.name]["result"], p)]
+    return 1 if args.fail_on_missed and report.missed(ran) else 0
+
+
+def run(chosen: list[Section], p: Params) -> dict[str, Any]:
+    """Run the sections in order on a private stack; their entries for the results file."""
+    date = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
+    where = machine()
     env = BenchEnv(batch=p.batch)
-    spec = load_catalog(env.catalog).get("smollm2-135m")
     env.setup()
     port = free_port()
     api_proc = api(env, port)
     auth = {"Authorization": f"Bearer {env.key()}"}
-    # Every figure but the cache's measures jobs that run, so the exact cache is kept out.
     client = httpx.Client(
         base_url=f"http://127.0.0.1:{port}",
         headers=auth | {"Cache-Control": "no-store"},
         timeout=300,
     )
-    r: dict = {}
+    ctx = Ctx(env, client, auth, p, Workers(env))
+    sections: dict[str, Any] = {}
     try:
-        console.print("cold start from zero…")
-        r["cold"] = coldstart.from_zero(env, client, p.cold_runs)
-
-        console.print(f"pipeline at batch {p.batch}, bare generate, one at a time…")
-        w = worker(env, "smollm2-135m")
-        wait_for_worker(env, "smollm2-135m")
-        bare = pipeline.BareGenerate(p.prompts)
-        pipeline.run_jobs(client, "smollm2-135m", p.prompts, concurrent=True)  # warm up
-        bare.run()  # both sides have run the full batch once
-        runs, bare_runs = [], []
-        for _ in range(p.paired_runs):
-            runs.append(pipeline.run_jobs(client, "smollm2-135m", p.prompts, True))
-            bare_runs.append(bare.run())
-        del bare
-        r["batched"], r["bare"] = pipeline.median_run(runs), pipeline.median_run(bare_runs)
-        r["ratios"] = [
-            run["tokens_per_s"] / b["tokens_per_s"] for run, b in zip(runs, bare_runs, strict=True)
-        ]
-        r["serial"] = pipeline.run_jobs(client, "smollm2-135m", p.prompts[: p.serial_jobs], False)
-        r["rss_mb"] = w.peak_rss_mb()
-        w.stop()
-        console.print("continuous batching engine…")
-        w = worker(env, "smollm2-continuous")
-        wait_for_worker(env, "smollm2-continuous")
-        pipeline.run_jobs(client, "smollm2-continuous", p.prompts[:4], concurrent=True)
-        r["continuous"] = pipeline.run_jobs(client, "smollm2-continuous", p.prompts, True)
-        w.stop()
-
-        console.print("overhead with the echo engine…")
-        e = worker(env, "echo")
-        wait_for_worker(env, "echo")
-        overhead.echo_jobs_per_s(client, 200)  # warm up
-        r["echo"] = statistics.median(
-            overhead.echo_jobs_per_s(client, p.echo_jobs) for _ in range(p.echo_repeats)
-        )
-        r["noop"] = statistics.median(
-            overhead.noop_tasks_per_s(env, p.echo_jobs, p.noop_concurrency)
-            for _ in range(p.echo_repeats)
-        )
-        r["p50"], r["p99"] = overhead.steady_latency_ms(
-            client, jobs_per_s=p.steady_jobs_per_s, seconds=p.steady_seconds
-        )
-        r["submit"], r["bulk"] = overhead.submit_rates(
-            client, p.submit_jobs, p.submit_threads, p.bulk_jobs
-        )
-        console.print("POST /v1/jobs and a bare endpoint, in turns…")
-        r["submit_path"] = submit_path.submit_vs_bare(
-            env, client, p.submit_jobs, p.submit_threads, p.submit_pairs, api_workers()
-        )
-        console.print("chat completions and /v1/jobs, in turns…")
-        r["chat"] = openai_path.chat_vs_jobs(client, p.chat_requests, p.chat_threads, p.chat_pairs)
-        console.print("exact cache hits…")
-        with httpx.Client(base_url=client.base_url, headers=auth, timeout=300) as cached:
-            r["cache"] = cache.hit_latency_ms(cached, p.cache_hits)
-        console.print(f"a {p.batch_lines:,}-line batch…")
-        r["batch"] = batches.batch_run(env, client, p.batch_lines, p.batch_max_tokens)
-        console.print(f"interactive jobs beside a {p.backlog_lines:,}-line batch, fair share…")
-        r["backlog"] = backlog.backlog_run(client, p.backlog_lines)
-        e.stop()
-        console.print(f"a {p.upload_bytes / 1e6:.0f} MB upload…")
-        r["upload"] = uploads.upload_memory(env, p.upload_bytes)
-        console.print(f"semantic cache lookups among {p.semantic_entries:,} entries…")
-        r["semantic"] = semantic.lookup_latency(env, p.semantic_entries, p.semantic_lookups)
-        console.print(f"everyday operations, empty and with {p.scale_rows:,} finished jobs…")
-        r["scale"] = scale.scale_run(env, p.scale_rows)
+        for i, section in enumerate(chosen):
+            ctx.workers.keep({m for later in chosen[i:] for m in later.models})
+            ctx.workers.need(section.models)
+            console.print(f"{section.name}: {section.about}…")
+            result = section.run(ctx)
+            sections[section.name] = results.entry(date, where, asdict(p), result)
     finally:
+        ctx.workers.keep(set())
         client.close()
         api_proc.stop()
         env.teardown()
-    figures = measured(r, p)
-    write(figures, p, spec)
-    return 1 if args.fail_on_missed and report.missed(figures) else 0
+    return {"sections": sections}
 
 
-def measured(r: dict, p: Params) -> list[Figure]:
-    """The run's figures, each with its goal (if it has one) and how it was measured."""
-    b, s, bare, cont = r["batched"], r["serial"], r["bare"], r["continuous"]
-    efficiency = statistics.median(r["ratios"])
-    gain = b["tokens_per_s"] / s["tokens_per_s"]
-    overhead_ratio = r["echo"] / r["noop"]
-    n = len(p.prompts)
+def measured(store: dict[str, Any]) -> list[Figure]:
+    """Every stored section's rows, in the run's order, each described by its own parameters."""
+    entries = store.get("sections", {})
     return [
-        Figure("Pipeline efficiency", efficiency, f"{efficiency:.2f}",
-               f"{b['tokens_per_s']:.0f} tok/s through API→Redis→worker→Postgres ({n} jobs, batches {b['batch_sizes']}) "
-               f"/ {bare['tokens_per_s']:.0f} tok/s bare batched generate ({n} prompts); {p.paired_runs} runs of each taken in turns, the median of the pair ratios {', '.join(f'{x:.2f}' for x in r['ratios'])}; the tok/s are the medians of each side",
-               Goal("≥", 0.90)),
-        Figure("Batching gain", gain, f"{gain:.1f}x",
-               f"{b['tokens_per_s']:.0f} tok/s with {n} concurrent jobs / {s['tokens_per_s']:.0f} tok/s with {p.serial_jobs} jobs one at a time",
-               Goal("≥", 6, "x")),
-        Figure("Continuous / static batching", cont["tokens_per_s"] / b["tokens_per_s"],
-               f"{cont['tokens_per_s'] / b['tokens_per_s']:.2f}",
-               f"{cont['tokens_per_s']:.0f} tok/s with the hf-continuous engine / {b['tokens_per_s']:.0f} tok/s "
-               f"with hf, same {n} jobs through the pipeline (auto picks hf-continuous on CUDA only)"),
-        Figure("Overhead", overhead_ratio, f"{overhead_ratio:.2f}",
-               f"{r['echo']:.0f} echo jobs/s end to end / {r['noop']:.0f} no-op Celery tasks/s (threads -c {p.noop_concurrency}); "
-               f"{p.echo_jobs} of each, the median of {p.echo_repeats} runs",
-               Goal("≥", 0.6)),
-        Figure("Submit rate", r["submit"], f"{r['submit']:.0f} jobs/s",
-               f"POST /v1/jobs, {p.submit_jobs} jobs from {p.submit_threads} client threads; bulk route {r['bulk']:.0f} jobs/s ({p.bulk_jobs:,} per request)"),
-        Figure("Submit → result visible", r["p99"], f"p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms",
-               f"echo engine, {p.steady_jobs_per_s:g} jobs/s for {p.steady_seconds:g} s, long-poll"),
-        coldstart.figure(r["cold"]),
-        Figure("Memory", r["rss_mb"], f"{r['rss_mb']:.0f} MB",
-               f"peak resident memory of the SmolLM2 worker after batches of {p.batch}"),
-        submit_path.figure(r["submit_path"]),
-        chat_figure(r["chat"], p),
-        cache.figure(r["cache"]),
-        uploads.figure(r["upload"], p.upload_bytes),
-        *batches.figures(r["batch"]),
-        *semantic.figures(r["semantic"]),
-        *backlog.figures(r["backlog"]),
-        *scale.figures(r["scale"]),
-    ]  # fmt: skip
+        figure
+        for s in SECTIONS
+        if s.name in entries
+        for figure in s.figures(entries[s.name]["result"], Params.stored(entries[s.name]["params"]))
+    ]
 
 
-def chat_figure(c: dict, p: Params) -> Figure:
-    ratio = statistics.median(c["ratios"])
-    return Figure(
-        "Chat completions / jobs", ratio, f"{ratio:.2f}",
-        f"{c['chat_per_s']:.0f} req/s through POST /v1/chat/completions / {c['jobs_per_s']:.0f} through "
-        f"POST /v1/jobs + GET ?wait (echo, {p.chat_requests} requests from {p.chat_threads} threads); "
-        f"{p.chat_pairs} pairs in turns, the median of the ratios {', '.join(f'{x:.2f}' for x in c['ratios'])}",
-        Goal("≥", 0.9),
-    )  # fmt: skip
+def header(store: dict[str, Any]) -> list[str]:
+    """Date and machine of the newest run, and of every section kept from an earlier one."""
+    entries = store["sections"]
+    newest = max(e["date"] for e in entries.values())
+    where = next(e["machine"] for e in entries.values() if e["date"] == newest)
+    lines = [f"- Date: {newest}", f"- Machine: {where}"]
+    older = [(n, e) for n, e in entries.items() if e["date"] != newest]
+    if older:
+        lines.append("- Kept from earlier runs (a `--only` run measured the rest): " + "; ".join(
+            f"{n} ({e['date']}" + (f", {e['machine']}" if e["machine"] != where else "") + ")"
+            for n, e in older
+        ))  # fmt: skip
+    return lines
 
 
-def write(figures: list[Figure], p: Params, spec: ModelSpec) -> None:
+def write_plots(store: dict[str, Any], directory: Path = charts.PLOTS) -> list[Path]:
+    """The plots the stored sections have samples for."""
+    entries, written = store.get("sections", {}), []
+    if "latency" in entries:
+        e = entries["latency"]
+        p = Params.stored(e["params"])
+        title = f"echo jobs at {p.steady_jobs_per_s:g}/s for {p.steady_seconds:g} s ({e['date']})"
+        samples = e["result"]["samples_ms"]
+        p50, p99 = overhead.p50_p99(samples)
+        marks = {"p50": p50, "p99": p99}
+        written.append(charts.latency_cdf(samples, directory / charts.LATENCY_PNG, title, marks))
+    if "throughput" in entries:
+        e = entries["throughput"]
+        points = [(x["batch"], x["tokens_per_s"]) for x in e["result"]["batches"]]
+        title = f"SmolLM2 bare generate, {pipeline.NEW_TOKENS} new tokens ({e['date']})"
+        written.append(
+            charts.throughput_by_batch({"cpu": points}, directory / charts.THROUGHPUT_PNG, title)
+        )
+    return written
+
+
+def write(store: dict[str, Any], gpu: dict[str, Any]) -> list[Figure]:
+    """Print the table and write BENCHMARKS.md and its plots from the stored results."""
+    from bench import gpu as gpu_bench
+
+    spec = catalog_spec(HF, Params().batch)
+    figures = measured(store)
     table = Table(title="llmq benchmarks", caption=report.summary(figures))
     for col in report.HEADER:
         table.add_column(col)
     for row in report.rows(figures):
         table.add_row(*row)
     console.print(table)
+    for path in write_plots(store):
+        console.print(f"wrote {path}")
     lines = [
         "# Benchmarks",
         "",
-        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- Machine: {machine()}",
-        "- Command: `make bench` (`python -m bench`)",
+        *header(store),
+        "- Command: `make bench` (`python -m bench`); `make bench ONLY=a,b` re-runs some sections "
+        "(`python -m bench --list`)",
         f"- Model: `{spec.source.file or spec.source.path}` on {spec.device} (dtype {spec.dtype}), "
         "greedy, "
         f"max_tokens {pipeline.NEW_TOKENS}; worker batch limit {spec.max_batch_size}, "
@@ -262,12 +552,20 @@ def write(figures: list[Figure], p: Params, spec: ModelSpec) -> None:
         "",
         *report.markdown_table(figures),
         "",
-        "Every ratio is measured side by side in the same run; the figures are this machine's "
-        "and move with its load.",
+        "Every ratio is the median of pairs of runs taken in turns (A, B, A, B, …), so both "
+        "sides of a pair saw the same machine; its spread (range and IQR of the pair ratios) is "
+        "in the how column, and a goal inside the IQR is judged inconclusive. The figures are "
+        "this machine's and move with its load. Raw samples: "
+        "[bench/results/latest.json](bench/results/latest.json).",
         "",
+        f"![submit → result latency](bench/plots/{charts.LATENCY_PNG}) "
+        f"![tokens/s by batch size](bench/plots/{charts.THROUGHPUT_PNG})",
+        "",
+        *gpu_bench.markdown(gpu),
     ]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
     console.print(f"wrote {ROOT / 'BENCHMARKS.md'}")
+    return figures
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
 from cli.api_server import multiprocess_env, worker_count
+from llmq.catalog import ModelSpec, load_catalog
 from llmq.processes import stop_process
 
 T = TypeVar("T")
@@ -62,10 +63,19 @@ engine = "echo"
 """
 
 
-class BenchEnv:
-    """Environment variables that point every process at this run's own resources."""
+def catalog_spec(model: str, batch: int = 32) -> ModelSpec:
+    """A model of the bench catalog as a run with this batch limit sees it."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "models.toml"
+        path.write_text(CATALOG.format(batch=batch))
+        return load_catalog(path).get(model)
 
-    def __init__(self, batch: int = 32):
+
+class BenchEnv:
+    """Environment variables that point every process at this run's own resources; `catalog`
+    (TOML) replaces the bench catalog."""
+
+    def __init__(self, batch: int = 32, catalog: str | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix=f"llmq-bench-{RUN_ID}-"))
         base = os.environ.get(
             "LLMQ_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/llmq"
@@ -76,7 +86,7 @@ class BenchEnv:
         self.redis_url = os.environ.get("LLMQ_REDIS_URL", "redis://127.0.0.1:6379/0")
         self.prefix = f"llmqbench-{RUN_ID}:"
         self.catalog = self.dir / "models.toml"
-        self.catalog.write_text(CATALOG.format(batch=batch))
+        self.catalog.write_text(catalog or CATALOG.format(batch=batch))
         self.env = dict(
             os.environ,
             LLMQ_DATABASE_URL=self.database_url,

@@ -34,28 +34,38 @@ def echo_jobs_per_s(client: httpx.Client, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def noop_tasks_per_s(env: BenchEnv, count: int, concurrency: int) -> float:
-    from bench.noop import COUNTER, app
+class NoopWorker:
+    """A Celery worker of no-op tasks (threads, `concurrency`), kept up across runs so that
+    each run beside an echo run measures tasks, not a worker's start."""
 
-    argv = [sys.executable, "-m", "celery", "-A", "bench.noop", "worker", "-P", "threads", "-c", str(concurrency),
-            "--prefetch-multiplier", "1", "-Q", "bench.noop", "-l", "WARNING", "--without-mingle",
-            "--without-gossip"]  # fmt: skip
-    worker = Proc(argv, env.env, env.dir / "noop.log")
-    client = redis.Redis.from_url(env.redis_url)
-    try:
-        app.send_task("bench.noop", queue="bench.noop")  # warm up: the worker is consuming
-        while int(client.get(COUNTER) or 0) < 1:
-            time.sleep(0.05)
-        client.set(COUNTER, 0)
-        started = time.perf_counter()
-        with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
-            for _ in range(count):
-                app.send_task("bench.noop", queue="bench.noop", producer=producer)
-        while int(client.get(COUNTER) or 0) < count:
+    def __init__(self, env: BenchEnv, concurrency: int):
+        from bench.noop import COUNTER, app
+
+        argv = [sys.executable, "-m", "celery", "-A", "bench.noop", "worker", "-P", "threads",
+                "-c", str(concurrency), "--prefetch-multiplier", "1", "-Q", "bench.noop",
+                "-l", "WARNING", "--without-mingle", "--without-gossip"]  # fmt: skip
+        self.app, self.counter = app, COUNTER
+        self.worker = Proc(argv, env.env, env.dir / "noop.log")
+        self.client = redis.Redis.from_url(env.redis_url)
+        self.client.set(COUNTER, 0)
+        app.send_task("bench.noop", queue="bench.noop")  # the worker is consuming once it ran
+        self._wait_for(1)
+
+    def _wait_for(self, count: int) -> None:
+        while int(self.client.get(self.counter) or 0) < count:
             time.sleep(0.02)
+
+    def tasks_per_s(self, count: int) -> float:
+        self.client.set(self.counter, 0)
+        started = time.perf_counter()
+        with self.app.producer_or_acquire() as producer, producer.batch(max_size=1000):
+            for _ in range(count):
+                self.app.send_task("bench.noop", queue="bench.noop", producer=producer)
+        self._wait_for(count)
         return count / (time.perf_counter() - started)
-    finally:
-        worker.stop()
+
+    def stop(self) -> None:
+        self.worker.stop()
 
 
 def submit_rates(
@@ -75,10 +85,9 @@ def submit_rates(
     return single, bulk_count / (time.perf_counter() - started)
 
 
-def steady_latency_ms(
-    client: httpx.Client, jobs_per_s: float, seconds: float
-) -> tuple[float, float]:
-    """Submit at a fixed rate; each job's time from submit until its result is visible."""
+def steady_latency_ms(client: httpx.Client, jobs_per_s: float, seconds: float) -> list[float]:
+    """Submit at a fixed rate; each job's time from submit until its result is visible,
+    sorted."""
     body = {"model": "echo", "prompt": "latency", "max_tokens": 2}
 
     def one(_: int) -> float:
@@ -97,5 +106,8 @@ def steady_latency_ms(
             if delay > 0:
                 time.sleep(delay)
             futures.append(pool.submit(one, i))
-        latencies = sorted(f.result() for f in futures)
-    return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
+        return sorted(f.result() for f in futures)
+
+
+def p50_p99(sorted_ms: list[float]) -> tuple[float, float]:
+    return statistics.median(sorted_ms), sorted_ms[max(0, int(len(sorted_ms) * 0.99) - 1)]

@@ -20,12 +20,25 @@ PROMPTS = [f"Write a long, detailed story about {t}." for t in TOPICS]
 NEW_TOKENS = 32
 
 
-def run_jobs(client: httpx.Client, model: str, prompts: list[str], concurrent: bool) -> dict:
+def prompts(count: int) -> list[str]:
+    """`count` distinct prompts: the stories, then the same topics told again in new styles."""
+    styles = ["", " Tell it as a poem.", " Tell it as a letter.", " Tell it in the future."]
+    return [PROMPTS[i % len(PROMPTS)] + styles[i // len(PROMPTS) % len(styles)]
+            for i in range(count)]  # fmt: skip
+
+
+def run_jobs(
+    client: httpx.Client,
+    model: str,
+    prompts: list[str],
+    concurrent: bool,
+    new_tokens: int = NEW_TOKENS,
+) -> dict:
     """Submit the prompts (all at once, or one after another) and wait for every result."""
 
     def one(prompt: str) -> dict:
         body = {"model": model, "messages": [{"role": "user", "content": prompt}],
-                "max_tokens": NEW_TOKENS, "temperature": 0}  # fmt: skip
+                "max_tokens": new_tokens, "temperature": 0}  # fmt: skip
         job = client.post("/v1/jobs", json=body).json()
         while job["status"] in ("queued", "running"):
             job = client.get(f"/v1/jobs/{job['id']}", params={"wait": 60}).json()
@@ -49,41 +62,45 @@ def run_jobs(client: httpx.Client, model: str, prompts: list[str], concurrent: b
 
 
 class BareGenerate:
-    """The same model and prompts through one batched `generate` call, in this process."""
+    """A catalog model and the prompts through one batched `generate` call, in this process:
+    what the pipeline's tokens/s are measured against."""
 
-    def __init__(self, prompts: list[str]):
+    def __init__(
+        self, prompts: list[str], model: str = "smollm2-135m", new_tokens: int = NEW_TOKENS
+    ):
         from llmq.catalog import get_catalog
         from llmq.settings import get_settings
         from workers.loader import load_model
 
-        self.model, self.tokenizer, device = load_model(
-            get_catalog().get("smollm2-135m"), get_settings().cache_dir
+        self.new_tokens = new_tokens
+        self.model, self.tokenizer, self.device = load_model(
+            get_catalog().get(model), get_settings().cache_dir
         )
-        texts = [
+        self.texts = [
             self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
             )
             for p in prompts
         ]
-        self.batch = self.tokenizer(
-            texts, return_tensors="pt", padding=True, add_special_tokens=False
-        ).to(device)
 
-    def run(self) -> dict:
+    def run(self, batch: int | None = None) -> dict:
+        """The first `batch` prompts (all by default) as one batch."""
         import torch
 
+        inputs = self.tokenizer(
+            self.texts[:batch], return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self.device)
         eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         started = time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(
-                **self.batch, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=eos
+                **inputs, max_new_tokens=self.new_tokens, do_sample=False, pad_token_id=pad
             )
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         tokens = 0
-        for row in out[:, self.batch["input_ids"].shape[1] :].tolist():
+        for row in out[:, inputs["input_ids"].shape[1] :].tolist():
             tokens += row.index(eos) + 1 if eos in row else len(row)
         return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
-
-
-def median_run(runs: list[dict]) -> dict:
-    return sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]

@@ -19,6 +19,7 @@ goal is that none costs more than twice as much on the full database.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import sys
@@ -284,7 +285,8 @@ def scale_run(
             side.stop()
     medians = {name: {op: statistics.median(ms) for op, ms in ops.items()}
                for name, ops in times.items()}  # fmt: skip
-    return {"rows": rows, "baseline_rows": baseline_rows, "keys": keys, "load": loaded, **medians}
+    written = dataclasses.asdict(loaded)  # the results file is JSON
+    return {"rows": rows, "baseline_rows": baseline_rows, "keys": keys, "load": written, **medians}
 
 
 def ratios(r: dict) -> dict[str, float]:
@@ -295,7 +297,7 @@ def figures(r: dict) -> list[Figure]:
     """One row: the worst ratio, with every operation's milliseconds small → full."""
     each = ratios(r)
     worst = max(each, key=each.__getitem__)
-    loaded: Loaded = r["load"]
+    loaded = Loaded(**r["load"])
     how = (
         f"ms per call, a database with {r['baseline_rows']:,} finished jobs → one with "
         f"{r['rows']:,} "
