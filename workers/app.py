@@ -57,6 +57,7 @@ class Runtime:
     def __init__(self) -> None:
         self._stop = threading.Event()
         self.exit_code = 0  # non-zero once the worker stops for a reason a supervisor must see
+        self.startup_s: dict[str, float] = {}  # the start's parts, once it has started
 
     def start(self, model_name: str, node: str, concurrency: int) -> None:
         from workers.engines import build_engine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
@@ -10,8 +11,17 @@ from llmq.db import get_engine
 from tests.conftest import REDIS_PREFIX
 
 
-def test_the_bare_endpoint_writes_one_row_and_pushes_one_id(environment, redis_client):
+@pytest.fixture
+def bare_table(environment):
+    """The bare endpoint's table in this run's database, dropped after: it is not llmq's, and
+    the migrations test compares the database with llmq's models."""
     bare_submit.create_table(get_engine())
+    yield
+    with get_engine().begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {bare_submit.TABLE}"))
+
+
+def test_the_bare_endpoint_writes_one_row_and_pushes_one_id(bare_table, redis_client):
     with TestClient(bare_submit.create_app()) as bare:
         job = bare.post("/submit", json=submit_path.BODY).raise_for_status().json()
     with get_engine().connect() as conn:

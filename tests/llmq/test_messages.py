@@ -36,15 +36,17 @@ def comparable(envelope: dict) -> dict:
 
 
 def written(redis_client, message: Message, send) -> tuple[dict, dict]:
-    """The queued message and the task-sent event that `send` wrote for `message`."""
+    """The queued message and the task-sent event that `send` wrote for `message`. The
+    model's queue is emptied first: earlier tests leave messages no worker takes there."""
+    keys = priority_keys(queue_name(message.model), REDIS_PREFIX)
+    redis_client.delete(*keys)
     subscriber = redis_client.pubsub()
     subscriber.psubscribe(f"{REDIS_PREFIX}*celeryev*")
     assert subscriber.get_message(timeout=5)["type"] == "psubscribe"
     send(message)
     event = subscriber.get_message(timeout=5)
     subscriber.close()
-    (key,) = [k for k in priority_keys(queue_name(message.model), REDIS_PREFIX)
-              if redis_client.llen(k)]  # fmt: skip
+    (key,) = [k for k in keys if redis_client.llen(k)]
     raw = redis_client.rpop(key)
     return decoded(raw), {"channel": event["channel"].decode(), **decoded(event["data"])}
 

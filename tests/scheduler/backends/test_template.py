@@ -8,11 +8,15 @@ import re
 import signal
 
 import redis
+import sqlalchemy as sa
 
 from llmq import events
+from llmq.db import session_scope
+from llmq.models import Job
 from llmq.processes import send_signal
+from llmq.queues import queue_keys
 from llmq.settings import get_settings
-from tests.conftest import REDIS_URL, kill_pool_workers, wait_for
+from tests.conftest import REDIS_PREFIX, REDIS_URL, kill_pool_workers, wait_for
 from tests.scheduler.backends.test_local import local_backend
 
 
@@ -91,6 +95,7 @@ def test_a_template_that_is_not_ready_forks_nothing(tmp_path):
 
 def test_the_scheduler_serves_a_pool_from_zero_through_its_template(client, auth, start_scheduler):
     model = "tiny"
+    nothing_waiting(model)  # else the scheduler starts a worker before the template is ready
     sched = start_scheduler(model, LLMQ_WARM_TEMPLATE="true")
     found = wait_for(
         lambda: re.search(r"warm template ready \(pid (\d+)\)", sched.output()),
@@ -102,6 +107,17 @@ def test_the_scheduler_serves_a_pool_from_zero_through_its_template(client, auth
     assert "from the warm template" in sched.output()
     sched.stop()
     assert not pid_alive(int(found.group(1)))
+
+
+def nothing_waiting(model: str) -> None:
+    """End the model's jobs that earlier tests left queued, and drop their messages."""
+    with session_scope() as session:
+        session.execute(
+            sa.update(Job)
+            .where(Job.model == model, Job.status == "queued")
+            .values(status="cancelled", finished_at=sa.func.now())
+        )
+    redis.Redis.from_url(REDIS_URL).delete(*queue_keys(model, REDIS_PREFIX))
 
 
 def pid_alive(pid: int) -> bool:
