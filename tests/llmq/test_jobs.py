@@ -14,12 +14,15 @@ from llmq.db import session_scope
 from llmq.keys import create_key
 from llmq.models import Job, LedgerEntry
 
+# No pool serves it: the claimed and queued jobs these tests leave are no scheduler's demand.
+NO_POOL = "state-machine"
+
 
 def _new_job() -> uuid.UUID:
     with session_scope() as session:
         key, _ = create_key(session, "state")
         job = jobs.create_job(
-            session, key.id, jobs.NewJob(model="tiny", params={"max_tokens": 4}, prompt="x")
+            session, key.id, jobs.NewJob(model=NO_POOL, params={"max_tokens": 4}, prompt="x")
         )
         return job.id
 
@@ -114,9 +117,9 @@ def test_create_jobs_writes_the_rows_create_job_writes():
 
     at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     shapes = [
-        jobs.NewJob(model="tiny", params={"max_tokens": 4}, prompt="a \\ tab\there\nline"),
+        jobs.NewJob(model=NO_POOL, params={"max_tokens": 4}, prompt="a \\ tab\there\nline"),
         jobs.NewJob(
-            model="tiny", params={"max_tokens": 2, "stop": ["\n"]}, priority=3,
+            model=NO_POOL, params={"max_tokens": 2, "stop": ["\n"]}, priority=3,
             messages=[{"role": "user", "content": 'quote " and \\N'}], metadata={"k": "v"},
             webhook_url="https://example.com/h", user="u1", expires_at=at, reserved_tokens=7,
             reserved_cost_usd=Decimal("0.000123"), custom_id="c1",
