@@ -71,6 +71,15 @@ price_input_per_mtok_usd = "1.5"
 price_output_per_mtok_usd = "3"
 gpu_hour_usd = "3.6"
 
+[models.tiny-template]  # the warm template's pools: its tests kill them, not the shared tiny worker
+source = {{ path = "{tiny}" }}
+engine = "hf"
+device = "cpu"
+max_batch_size = 8
+max_new_tokens = 64
+default_max_tokens = 8
+context_length = 128
+
 [models.tiny-cb]
 source = {{ path = "{tiny}" }}
 engine = "hf-continuous"

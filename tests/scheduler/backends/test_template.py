@@ -19,6 +19,8 @@ from llmq.settings import get_settings
 from tests.conftest import REDIS_PREFIX, REDIS_URL, kill_pool_workers, wait_for
 from tests.scheduler.backends.test_local import local_backend
 
+MODEL = "tiny-template"  # its own pools: these tests kill them
+
 
 def parent_pid(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
@@ -45,7 +47,7 @@ def startup_record(model: str, node: str) -> dict:
 
 
 def test_workers_fork_from_the_template_and_start_plainly_once_it_is_gone(client, auth):
-    model = "tiny"
+    model = MODEL
     settings = get_settings().model_copy(update={"warm_template": True})
     backend = local_backend([model], "template-workers", settings)
     template = backend.template
@@ -82,19 +84,19 @@ def test_a_template_that_is_not_ready_forks_nothing(tmp_path):
     from scheduler.backends.template import WarmTemplate
 
     env = dict(os.environ, LLMQ_CATALOG_PATH=str(tmp_path / "missing.toml"))
-    template = WarmTemplate(["tiny"], env, tmp_path / "t.log")
-    assert template.fork("tiny", "n@h", {}, None) is None  # never started
+    template = WarmTemplate([MODEL], env, tmp_path / "t.log")
+    assert template.fork(MODEL, "n@h", {}, None) is None  # never started
     template.start()  # it finds no catalog: it exits before it is ready
     try:
         wait_for(lambda: not template.alive(), 60, "the broken template to exit")
         assert not template.ready()
-        assert template.fork("tiny", "n@h", {}, None) is None
+        assert template.fork(MODEL, "n@h", {}, None) is None
     finally:
         template.stop()
 
 
 def test_the_scheduler_serves_a_pool_from_zero_through_its_template(client, auth, start_scheduler):
-    model = "tiny"
+    model = MODEL
     nothing_waiting(model)  # else the scheduler starts a worker before the template is ready
     sched = start_scheduler(model, LLMQ_WARM_TEMPLATE="true")
     found = wait_for(
