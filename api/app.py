@@ -17,6 +17,7 @@ from api.routes import admin, batches, chat, files, health, jobs, models, stream
 from llmq import __version__
 from llmq.catalog import Catalog, load_catalog
 from llmq.files import file_store
+from llmq.heap import freeze_startup_heap
 from llmq.key_cache import KeyCache, subscriber_client
 from llmq.queue_metrics import QueueCollector
 from llmq.queues import make_celery
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.semantic_cache = semantic_cache(app.state.catalog, app.state.sync_redis, settings)
         internal = create_metrics_app(settings, app.state.queue_registry, app.state.sync_redis)
+        freeze_startup_heap()
         with metrics_server(internal, settings.api_metrics_host, settings.api_metrics_port):
             yield
         await app.state.redis.aclose()

@@ -28,15 +28,19 @@ from llmq.settings import Settings
 bearer = HTTPBearer(auto_error=False)
 
 
-def settings(request: Request) -> Settings:
+# Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in its
+# thread pool, a hop per dependency per request.
+
+
+async def settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def catalog(request: Request) -> Catalog:
+async def catalog(request: Request) -> Catalog:
     return request.app.state.catalog
 
 
-def file_store(request: Request) -> FileStore:
+async def file_store(request: Request) -> FileStore:
     return request.app.state.file_store
 
 
@@ -59,14 +63,30 @@ def authenticate_request(request: Request) -> Caller:
     return request.state.caller
 
 
+def cached_caller(request: Request) -> Caller | None:
+    """The key of the request if this process's key cache answers at once (no I/O that may
+    wait); None leaves it to `authenticate_request`, in a thread."""
+    scheme, key = get_authorization_scheme_param(request.headers.get("authorization"))
+    if not key or scheme.lower() != "bearer":
+        return None
+    caller = request.app.state.key_cache.cached(key)
+    if caller is not None:
+        request.state.caller = caller
+    return caller
+
+
 def lookup(plain: str) -> Caller:
     with session_scope() as db:
         return authenticate(db, plain)
 
 
-def caller(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
-    """The calling key (`bearer` only documents the scheme in the OpenAPI schema)."""
-    return authenticate_request(request)
+async def caller(
+    request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)
+) -> Caller:
+    """The calling key (`bearer` only documents the scheme in the OpenAPI schema); a
+    `KeyedRoute` has found it already."""
+    known: Caller | None = getattr(request.state, "caller", None)
+    return known if known is not None else await run_in_threadpool(authenticate_request, request)
 
 
 def needs_caller(dependant: Dependant) -> bool:
@@ -86,7 +106,8 @@ class KeyedRoute(APIRoute):
             return handler
 
         async def authenticated_first(request: Request) -> Response:
-            await run_in_threadpool(authenticate_request, request)
+            if cached_caller(request) is None:
+                await run_in_threadpool(authenticate_request, request)
             return await handler(request)
 
         return authenticated_first

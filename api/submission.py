@@ -294,20 +294,18 @@ def count_submitted(new_jobs: list[jobs.NewJob]) -> None:
 
 
 class Submission:
-    """What both submit routes need, as one FastAPI dependency: the caller, the catalog and
-    settings, the `Idempotency-Key`, and the steps after validation."""
+    """What both submit routes need, as one FastAPI dependency (`submission`): the caller,
+    the catalog and settings, the `Idempotency-Key`, and the steps after validation."""
 
     def __init__(
         self,
         request: Request,
         response: Response,
-        idempotency_key: str | None = Header(None, alias=idempotency.HEADER),
-        cache_control: str | None = Header(
-            None, description="`no-store`: the exact cache neither answers nor keeps these jobs"
-        ),
-        caller: Caller = Depends(deps.caller),
-        catalog: Catalog = Depends(deps.catalog),
-        settings: Settings = Depends(deps.settings),
+        idempotency_key: str | None,
+        cache_control: str | None,
+        caller: Caller,
+        catalog: Catalog,
+        settings: Settings,
     ) -> None:
         self.request, self.response, self.idempotency_key = request, response, idempotency_key
         self.cache_control = cache_control
@@ -349,7 +347,7 @@ class Submission:
             self.request, self.caller, sum(n.reserved_tokens or 0 for n in new_jobs)
         )
         retention = timedelta(hours=self.settings.idempotency_retention_h)
-        admitted = admission.admit(session_scope, self.caller, new_jobs, claim, retention, charge)
+        admitted = admission.admit(self.caller, new_jobs, claim, retention, charge)
         self.response.headers.update(charge.headers)
         if admitted.replayed:
             self.response.headers[idempotency.REPLAYED] = "true"
@@ -458,3 +456,18 @@ class Submission:
         deps.announcer(self.request).announce(
             Committed(ended=[str(i) for i in admitted.answered], deliveries=admitted.deliveries)
         )
+
+
+async def submission(
+    request: Request,
+    response: Response,
+    idempotency_key: str | None = Header(None, alias=idempotency.HEADER),
+    cache_control: str | None = Header(
+        None, description="`no-store`: the exact cache neither answers nor keeps these jobs"
+    ),
+    caller: Caller = Depends(deps.caller),
+    catalog: Catalog = Depends(deps.catalog),
+    settings: Settings = Depends(deps.settings),
+) -> Submission:
+    """The `Submission` of a request (`async`: it does no I/O, so it needs no thread)."""
+    return Submission(request, response, idempotency_key, cache_control, caller, catalog, settings)

@@ -68,9 +68,9 @@ class Params:
     noop_concurrency: int = 64  # threads of the no-op Celery worker
     steady_jobs_per_s: float = 40
     steady_seconds: float = 10
-    submit_jobs: int = 400
+    submit_jobs: int = 1000
     submit_threads: int = 8
-    submit_pairs: int = 3  # POST /v1/jobs and the bare endpoint, in turns
+    submit_pairs: int = 5  # POST /v1/jobs and the bare endpoint, in turns
     bulk_jobs: int = 5000  # in one bulk request
     chat_requests: int = 200  # per side of each chat/jobs pair
     chat_threads: int = 16

@@ -12,7 +12,7 @@ import httpx
 import redis
 
 from bench.env import BenchEnv, api
-from bench.report import Figure, Goal
+from bench.report import Figure, Goal, paired_ratio, ratio_figure
 from cli.devstack import free_port
 
 BODY = {"model": "echo-unserved", "prompt": "rate", "max_tokens": 1}
@@ -50,9 +50,8 @@ def submit_vs_bare(
         bare_proc.stop()
         redis.Redis.from_url(env.redis_url).delete(queue_key(env.prefix))
     return {
-        "jobs_per_s": statistics.median(ours),
-        "bare_per_s": statistics.median(floor),
-        "ratios": [a / b for a, b in zip(ours, floor, strict=True)],
+        "ours_per_s": ours,
+        "bare_per_s": floor,
         "count": count,
         "threads": threads,
         "workers": workers,
@@ -60,13 +59,12 @@ def submit_vs_bare(
 
 
 def figure(r: dict) -> Figure:
-    ratio = statistics.median(r["ratios"])
-    return Figure(
-        "Submit path", ratio, f"{ratio:.2f}",
-        f"{r['jobs_per_s']:.0f} jobs/s through POST /v1/jobs / {r['bare_per_s']:.0f} through a bare "
-        f"FastAPI endpoint (one INSERT, one Redis LPUSH), both under uvicorn with {r['workers']} "
-        f"worker process(es); {r['count']} submits from {r['threads']} client threads, "
-        f"{len(r['ratios'])} pairs in turns, the median of the ratios "
-        f"{', '.join(f'{x:.2f}' for x in r['ratios'])}",
+    ours, bare = r["ours_per_s"], r["bare_per_s"]
+    return ratio_figure(
+        "Submit path", paired_ratio(ours, bare),
+        f"{statistics.median(ours):.0f} jobs/s through POST /v1/jobs / "
+        f"{statistics.median(bare):.0f} through a bare FastAPI endpoint (one INSERT, one Redis "
+        f"LPUSH), medians, both under uvicorn with {r['workers']} worker process(es); "
+        f"{r['count']} submits from {r['threads']} client threads per run",
         Goal("≥", 0.6),
     )  # fmt: skip

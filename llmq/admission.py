@@ -1,12 +1,13 @@
 """Admitting a job: concurrency limit, budget reservation, idempotency, and the job row.
 
-All of it happens in one transaction. A request with an Idempotency-Key first locks that
-key and looks it up: a replay answers before any limit is charged or checked. Keys with a
-concurrency limit or a budget then take a per-key advisory lock, so the count of jobs in
-flight and the spend are read and reserved atomically across API replicas. A request that
-does not become jobs after it was charged gets its charge back here. A job the exact cache
-answered (`NewJob.answer`) is never in flight; its row is created final, and its ledger and
-webhook outbox rows are written in the same transaction.
+All of it happens in one transaction; a lone job with no idempotency key, concurrency
+limit or budget is a single INSERT, which needs none. A request with an Idempotency-Key
+first locks that key and looks it up: a replay answers before any limit is charged or
+checked. Keys with a concurrency limit or a budget then take a per-key advisory lock, so the
+count of jobs in flight and the spend are read and reserved atomically across API replicas.
+A request that does not become jobs after it was charged gets its charge back here. A job
+the exact cache answered (`NewJob.answer`) is never in flight; its row is created final,
+and its ledger and webhook outbox rows are written in the same transaction.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from llmq import budgets, idempotency, jobs, outbox
+from llmq.db import session_scope, statement_scope
 from llmq.errors import BudgetExceeded, JobStateConflict, RateLimited
 from llmq.keys import Caller
 from llmq.ledger import usd
-from llmq.models import Job
 
 ADJECTIVE = {"day": "daily", "month": "monthly"}
 
@@ -49,7 +51,8 @@ class NoCharge:
 class Admitted:
     ids: list[uuid.UUID]  # in the order of the new jobs
     replayed: bool  # an identical earlier request made them; nothing new was written
-    job: Job | None = None  # the row of a single new job, whole (None: many, or a replay)
+    job: sa.Row | None = None  # a single new job's row, whole, read like a `Job` (None: many,
+    # or a replay)
     answered: list[uuid.UUID] = field(default_factory=list)  # jobs the cache answered, final
     deliveries: list[str] = field(default_factory=list)  # their webhook outbox rows
 
@@ -114,7 +117,6 @@ def check_budget_cost(
 
 
 def admit(
-    session_factory,
     caller: Caller,
     new_jobs: list[jobs.NewJob],
     claim: idempotency.Claim | None = None,
@@ -126,21 +128,40 @@ def admit(
     runs only for a request that is not a replay, and is refunded if no job comes of it."""
     charge = charge or NoCharge()
     try:
-        return _admit(session_factory, caller, new_jobs, claim, retention, charge)
+        if _one_statement(caller, new_jobs, claim):
+            charge()
+            with statement_scope() as session:
+                return _create(session, caller, new_jobs)
+        return _admit(caller, new_jobs, claim, retention, charge)
     except Exception:
         charge.refund()
         raise
 
 
+def _one_statement(
+    caller: Caller, new_jobs: list[jobs.NewJob], claim: idempotency.Claim | None
+) -> bool:
+    """A lone job with nothing to look up or lock first (no idempotency key, no concurrency
+    limit or budget) and no answer to record is one INSERT: it needs no transaction around
+    it."""
+    limits = caller.limits
+    return (
+        claim is None
+        and limits.max_concurrent is None
+        and limits.budget_usd is None
+        and len(new_jobs) == 1
+        and new_jobs[0].answer is None
+    )
+
+
 def _create(session: Session, caller: Caller, new_jobs: list[jobs.NewJob]) -> Admitted:
-    if len(new_jobs) == 1:  # one ORM row: its INSERT returns it whole, for the answer
+    if len(new_jobs) == 1:  # one row: its INSERT returns it whole, for the answer
         job = jobs.create_job(session, caller.key_id, new_jobs[0])
         return Admitted([job.id], False, job)
     return Admitted(jobs.create_jobs(session, caller.key_id, new_jobs), False)
 
 
 def _admit(
-    session_factory,
     caller: Caller,
     new_jobs: list[jobs.NewJob],
     claim: idempotency.Claim | None,
@@ -149,7 +170,7 @@ def _admit(
 ) -> Admitted:
     """Limits, rows and the idempotency key in one transaction. The key is looked up under
     its lock, so a twin of a request in flight waits for it and answers with its jobs."""
-    with session_factory() as session:
+    with session_scope() as session:
         if claim is not None:
             idempotency.lock(session, caller.key_id, claim.key)
             earlier = idempotency.find(session, caller.key_id, claim, retention)

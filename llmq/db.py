@@ -59,6 +59,21 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         yield session
 
 
+@lru_cache
+def _statement_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
+    engine = get_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def statement_scope(url: str | None = None) -> Iterator[Session]:
+    """A session whose statements each commit on their own: no BEGIN and no COMMIT, one
+    round trip per statement instead of three. Only for work that is a single statement
+    (a lone job's INSERT), which is atomic by itself."""
+    with _statement_sessionmaker(url)() as session:
+        yield session
+
+
 def ensure_database(url: str) -> bool:
     """Create the database named in `url` if it is missing. Returns True when it was created."""
     target = make_url(url)

@@ -102,6 +102,18 @@ class KeyCache:
                 self._lock.release()
         return caller
 
+    def cached(self, plain: str) -> Caller | None:
+        """The caller for a plain key if the cache may answer at once, else None; it never
+        waits on the lock or connects, so an event loop may call it (`authenticate` then
+        does the rest in a thread)."""
+        if not self.enabled or self._pubsub is None or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            entry = self._entries.get(hash_key(plain)) if self._catch_up() else None
+        finally:
+            self._lock.release()
+        return entry[0] if entry is not None and entry[1] > time.monotonic() else None
+
     def drop(self, key_id: uuid.UUID | str) -> None:
         """Forget a key in this process now (its publisher's own process need not wait)."""
         with self._lock:

@@ -26,6 +26,7 @@ from celery.worker import WorkController
 
 from llmq import events, metrics
 from llmq.catalog import get_catalog
+from llmq.heap import freeze_startup_heap
 from llmq.queues import make_celery
 from llmq.settings import get_settings
 from workers import startup
@@ -86,6 +87,7 @@ class Runtime:
         self.metrics_port = self._serve_metrics(model_name, str(getattr(engine, "device", "cpu")))
         for target in (self._heartbeat, self._listen_cancels):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
+        freeze_startup_heap()  # the model's and the imports' objects: no full GC pass walks them
         log.info(
             "worker %s serves %s on %s; started in %s",
             node,

@@ -20,7 +20,14 @@ from llmq import jobs, metrics
 from llmq.ledger import split_gpu_cost_usd
 from llmq.models import Job
 from llmq.queues import waiting_count
-from workers.batching import BatchState, batch_ready, group_by_key, may_run_early, sampling_key
+from workers.batching import (
+    BatchState,
+    batch_ready,
+    group_by_key,
+    may_run_early,
+    next_check_ms,
+    sampling_key,
+)
 from workers.engines.base import (
     BatchControl,
     Engine,
@@ -60,7 +67,8 @@ class BatchLoop:
         if not pending:
             pending += self.runner.next()
         pending += self.runner.drain()
-        if self._ready(pending):
+        state = self._state(pending)
+        if self._ready(state):
             size = self.spec.max_batch_size
             batch, pending = pending[:size], pending[size:]
             self.previous_arrival = batch[-1].arrived
@@ -68,12 +76,13 @@ class BatchLoop:
             self._run_batch(batch)
             self.last_batch_ms = (time.monotonic() - started) * 1000
         else:
-            pending += self.runner.next(BROKER_POLL_MS / 1000)
+            limits = (self.spec.max_batch_wait_ms, self.spec.batch_settle_ms, BROKER_POLL_MS)
+            pending += self.runner.next(next_check_ms(state, *limits) / 1000)
         return pending
 
-    def _ready(self, pending: list[Waiting]) -> bool:
+    def _state(self, pending: list[Waiting]) -> BatchState:
         now = time.monotonic()
-        state = BatchState(
+        return BatchState(
             pending=len(pending),
             oldest_wait_ms=(now - pending[0].arrived) * 1000,
             idle_ms=(now - pending[-1].arrived) * 1000,
@@ -81,6 +90,8 @@ class BatchLoop:
             quiet_before_ms=(pending[0].arrived - self.previous_arrival) * 1000,
             last_batch_ms=self.last_batch_ms,
         )
+
+    def _ready(self, state: BatchState) -> bool:
         limits = (self.spec.max_batch_size, self.spec.max_batch_wait_ms, self.spec.batch_settle_ms)
         if batch_ready(state, *limits):
             return True

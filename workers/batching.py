@@ -65,6 +65,21 @@ def lone(state: BatchState, settle_ms: float) -> bool:
     )
 
 
+def next_check_ms(
+    state: BatchState, max_batch_wait_ms: float, settle_ms: float, poll_ms: float
+) -> float:
+    """How long the batcher may wait for the next job before it must look again: until the
+    first of `batch_ready`'s time limits passes (the oldest job's wait, the settle, a lone
+    job's confirmation), and never past `poll_ms`, since the queue's length changes unseen.
+    Waking on the limit rather than on the poll's next tick saves a lone job up to a tick."""
+    limits = (
+        max_batch_wait_ms - state.oldest_wait_ms,
+        settle_ms - state.idle_ms,
+        LONE_CONFIRM_MS - state.idle_ms,
+    )
+    return min([poll_ms, *(ms for ms in limits if ms > 0)])
+
+
 def sampling_key(params: GenerationParams) -> Hashable:
     """Jobs with equal keys can run in one `generate` call.
 

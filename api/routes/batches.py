@@ -45,7 +45,7 @@ from sse_starlette import EventSourceResponse
 
 from api import deps, ratelimits, waits
 from api.openapi import openai_responses
-from api.submission import Submission, dedup_keys, reserve
+from api.submission import Submission, dedup_keys, reserve, submission
 from llmq import events, idempotency, metrics, outbox
 from llmq.announce import Committed
 from llmq.batches import pause, records
@@ -204,7 +204,7 @@ def _create(
 def create_batch(
     body: BatchCreate,
     request: Request,
-    submission: Submission = Depends(),
+    submission: Submission = Depends(submission),
     store: FileStore = Depends(deps.file_store),
 ) -> BatchObject:
     """Check the input file, then create the batch and its jobs together; the same

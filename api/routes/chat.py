@@ -25,7 +25,7 @@ from sse_starlette import EventSourceResponse
 from api import deps, openai_stream, waits
 from api.openapi import openai_responses
 from api.routes.jobs import cancel_and_announce
-from api.submission import Submission, check_total_tokens
+from api.submission import Submission, check_total_tokens, submission
 from llmq import job_queries
 from llmq.catalog import Catalog
 from llmq.errors import JobNotFound, JobStateConflict
@@ -181,7 +181,7 @@ async def answer(
 
 @router.post("/v1/chat/completions", responses=ANSWER)
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, submission: Submission = Depends()
+    body: ChatCompletionRequest, request: Request, submission: Submission = Depends(submission)
 ):
     """OpenAI's chat completion: `n` jobs of the model, answered when they end."""
     return await answer("chat", body, chat_request_to_jobs, request, submission)
@@ -189,7 +189,7 @@ async def chat_completions(
 
 @router.post("/v1/completions", responses=ANSWER)
 async def completions(
-    body: CompletionRequest, request: Request, submission: Submission = Depends()
+    body: CompletionRequest, request: Request, submission: Submission = Depends(submission)
 ):
     """OpenAI's (legacy) text completion: `n` jobs per prompt, answered when they end."""
     return await answer("text", body, completion_request_to_jobs, request, submission)

@@ -13,10 +13,10 @@ from redis.exceptions import RedisError
 from api import deps, waits
 from api.openapi import responses
 from api.schemas import BulkCreate, JobCreate, job_resource
-from api.submission import Submission, check_total_tokens, webhook_resolver
+from api.submission import Submission, check_total_tokens, submission, webhook_resolver
 from llmq import job_queries, jobs, outbox
 from llmq.announce import Committed
-from llmq.db import session_scope
+from llmq.db import session_scope, statement_scope
 from llmq.errors import InvalidField, InvalidFields
 from llmq.keys import Caller
 from llmq.models import Job, JobStatus
@@ -33,11 +33,15 @@ log = logging.getLogger(__name__)
 
 
 def _render(session, job: Job, settings: Settings) -> dict:
-    return job_resource(job, job_queries.costs(session, [job.id]).get(job.id), settings.flower_url)
+    """The job's resource; its costs are read only once it has usage to show them in."""
+    cost = (
+        job_queries.costs(session, [job.id]).get(job.id) if job.prompt_tokens is not None else None
+    )
+    return job_resource(job, cost, settings.flower_url)
 
 
 @router.post("", status_code=202, responses=SUBMIT_ERRORS)
-def submit(body: JobCreate, submission: Submission = Depends()) -> dict:
+def submit(body: JobCreate, submission: Submission = Depends(submission)) -> dict:
     """Check limits, write the job, then put its message on the model's queue; answer at once.
 
     Once the row is committed the job is accepted: if its message cannot be published now,
@@ -55,7 +59,7 @@ def submit(body: JobCreate, submission: Submission = Depends()) -> dict:
 
 
 @router.post("/bulk", status_code=202, responses=SUBMIT_ERRORS)
-def submit_bulk(body: BulkCreate, submission: Submission = Depends()) -> dict:
+def submit_bulk(body: BulkCreate, submission: Submission = Depends(submission)) -> dict:
     """Up to 10,000 jobs: every item is checked first, and one bad item means nothing is
     written; then the key's limits for all of them at once, one transaction and one Redis
     pipeline. Ids come back in the order of the items. With an `Idempotency-Key`, a repeat
@@ -99,8 +103,9 @@ def list_jobs(
 
 
 def load_job(job_id: str, caller: Caller, settings: Settings) -> tuple[str, dict]:
-    """The job's status and public resource, as the caller may see it."""
-    with session_scope() as session:
+    """The job's status and public resource, as the caller may see it. No transaction: a
+    job's ledger row commits with its final status, so two reads agree without one."""
+    with statement_scope() as session:
         job = job_queries.get_job(session, job_id, caller.key_id)
         return job.status, _render(session, job, settings)
 

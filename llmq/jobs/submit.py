@@ -117,12 +117,27 @@ def record_answers(
     return job_ids
 
 
-def create_job(session: Session, api_key_id: uuid.UUID, new: NewJob) -> Job:
-    """Insert one job; the INSERT returns its server defaults, so the row is whole."""
-    job = Job(**_row(uuid.uuid4(), api_key_id, new))
-    session.add(job)
-    session.flush()
-    return job
+# Every column back under its attribute's name: the row reads like a `Job`.
+_INSERT_RETURNING = sa.insert(Job.__table__).returning(
+    *(column.label(attr.key) for attr in Job.__mapper__.column_attrs for column in attr.columns)
+)
+# The table's key of each attribute whose name differs from its column's (`meta`).
+_COLUMN_KEYS = {
+    attr.key: column.key
+    for attr in Job.__mapper__.column_attrs
+    for column in attr.columns
+    if column.key != attr.key
+}
+
+
+def create_job(session: Session, api_key_id: uuid.UUID, new: NewJob) -> sa.Row:
+    """Insert one job; the INSERT returns the whole row, server defaults included, with
+    `Job`'s attribute names. A Core statement, compiled once: the ORM's unit of work would
+    cost a submit a third of a millisecond more for an object nothing changes."""
+    row = _row(uuid.uuid4(), api_key_id, new)
+    return session.execute(
+        _INSERT_RETURNING, {_COLUMN_KEYS.get(key, key): value for key, value in row.items()}
+    ).one()
 
 
 def create_jobs(session: Session, api_key_id: uuid.UUID, new_jobs: list[NewJob]) -> list[uuid.UUID]:

@@ -32,8 +32,10 @@ def test_the_bare_endpoint_writes_one_row_and_pushes_one_id(bare_table, redis_cl
     assert redis_client.lrange(bare_submit.queue_key(REDIS_PREFIX), 0, -1) == [job["id"].encode()]
 
 
-def test_the_figure_is_the_median_ratio_against_its_goal():
-    r = {"jobs_per_s": 600, "bare_per_s": 900, "ratios": [0.5, 0.7, 0.65], "count": 10,
+def test_the_figure_is_the_median_pair_ratio_against_its_goal():
+    r = {"ours_per_s": [500, 700, 650, 640, 660], "bare_per_s": [1000] * 5, "count": 10,
          "threads": 2, "workers": 2}  # fmt: skip
     figure = submit_path.figure(r)
     assert figure.value == 0.65 and figure.verdict == "met"
+    r["ours_per_s"] = [500, 560, 650, 700, 620]  # the middle half of the pairs straddles 0.6
+    assert submit_path.figure(r).verdict == "inconclusive: spread too wide"

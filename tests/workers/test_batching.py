@@ -8,6 +8,7 @@ from workers.batching import (
     batch_ready,
     earliest_stop,
     group_by_key,
+    next_check_ms,
     plan_sub_batches,
     sampling_key,
 )
@@ -99,3 +100,18 @@ def lone_state(**changes) -> BatchState:
 def test_a_lone_job_does_not_wait_out_the_settle(changes, ready):
     state = lone_state(**changes)
     assert batch_ready(state, max_batch_size=8, max_batch_wait_ms=50, settle_ms=10) is ready
+
+
+@pytest.mark.parametrize(
+    ("changes", "wait_ms"),
+    [
+        ({"idle_ms": 0.5, "oldest_wait_ms": 0.5}, 2.0),  # the poll comes first
+        ({"idle_ms": 2.0, "oldest_wait_ms": 2.0}, 1.0),  # a lone job's confirmation is due
+        ({"idle_ms": 8.5, "oldest_wait_ms": 8.5}, 1.5),  # the settle is due
+        ({"idle_ms": 5.0, "oldest_wait_ms": 49.5}, 0.5),  # the oldest job has waited enough
+        ({"idle_ms": 30.0, "oldest_wait_ms": 60.0}, 2.0),  # every limit passed: poll the queue
+    ],
+)
+def test_the_batcher_wakes_when_a_limit_passes(changes, wait_ms):
+    state = lone_state(**changes)
+    assert next_check_ms(state, max_batch_wait_ms=50, settle_ms=10, poll_ms=2) == wait_ms
