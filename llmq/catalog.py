@@ -113,6 +113,18 @@ class RemoteSpec:
     max_attempts: int
 
 
+@lru_cache(maxsize=64)
+def _runnable_engines(engine: str, device: str) -> tuple[RunEngine, ...]:
+    picks = (resolve_engine(engine, device, cuda) for cuda in (False, True))
+    return tuple(dict.fromkeys(picks))
+
+
+@lru_cache(maxsize=64)
+def _capabilities(engine: str, device: str) -> Capabilities:
+    """Worked out once per engine and device: every submit asks."""
+    return common_capabilities(_runnable_engines(engine, device))
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -253,14 +265,13 @@ class ModelSpec(BaseModel):
 
     def runnable_engines(self) -> tuple[RunEngine, ...]:
         """Every engine a worker may pick for this model, on machines with and without CUDA."""
-        picks = (resolve_engine(self.engine, self.device, cuda) for cuda in (False, True))
-        return tuple(dict.fromkeys(picks))
+        return _runnable_engines(self.engine, self.device)
 
     @property
     def capabilities(self) -> Capabilities:
         """What the API may promise a job of this model (the worker's machine is not known
         when the job is admitted)."""
-        return common_capabilities(self.runnable_engines())
+        return _capabilities(self.engine, self.device)
 
     def resolve_source(self) -> ResolvedSource:
         """Turn the catalog's source into a loadable location, without importing the package."""

@@ -47,19 +47,37 @@ def unpublished_for(older_than: timedelta):
     )
 
 
-def get_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID | None) -> Job:
-    """A job, as seen by a key; another key's job does not exist for it (None: any key)."""
+def _seen_by(query, job_id: uuid.UUID | str, api_key_id: uuid.UUID | None):
+    """`query` narrowed to one job as a key sees it (None: any key)."""
     try:
         job_uuid = uuid.UUID(str(job_id))
     except ValueError:
         raise JobNotFound(f"no job {job_id}") from None
-    query = sa.select(Job).where(Job.id == job_uuid)
-    if api_key_id is not None:
-        query = query.where(Job.api_key_id == api_key_id)
-    job = session.execute(query).scalar_one_or_none()
+    query = query.where(Job.id == job_uuid)
+    return query if api_key_id is None else query.where(Job.api_key_id == api_key_id)
+
+
+def get_job(session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID | None) -> Job:
+    """A job, as seen by a key; another key's job does not exist for it (None: any key)."""
+    job = session.execute(_seen_by(sa.select(Job), job_id, api_key_id)).scalar_one_or_none()
     if job is None:
         raise JobNotFound(f"no job {job_id}")
     return job
+
+
+def get_job_with_cost(
+    session: Session, job_id: uuid.UUID | str, api_key_id: uuid.UUID | None
+) -> tuple[Job, tuple[Decimal, Decimal] | None]:
+    """`get_job` and the job's (token cost, GPU cost) from its ledger row (None before it
+    has one), in one query: a long-poll's answer is one round trip after the job ends."""
+    query = sa.select(Job, LedgerEntry.cost_usd, LedgerEntry.gpu_cost_usd).outerjoin(
+        LedgerEntry, LedgerEntry.job_id == Job.id
+    )
+    row = session.execute(_seen_by(query, job_id, api_key_id)).one_or_none()
+    if row is None:
+        raise JobNotFound(f"no job {job_id}")
+    job, cost, gpu_cost = row
+    return job, (None if cost is None else (cost, gpu_cost))
 
 
 def get_jobs(session: Session, job_ids: list[str], api_key_id: uuid.UUID) -> list[Job]:

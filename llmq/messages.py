@@ -42,6 +42,7 @@ from llmq.queues import (
 
 EVENT_EXCHANGE, SENT_ROUTING_KEY = "celeryev", "task.sent"
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+EMBED_JSON = json.dumps(EMBED)
 
 
 @dataclass(frozen=True)
@@ -124,16 +125,77 @@ def sent_event_envelope(message: Message, hostname: str, clock: int, now: float)
     }
 
 
+# Stand-ins that JSON writes as `\u0000id\u0000` and so on: no real value can contain them
+# (a name with a NUL is refused), so a message is its template with these replaced.
+_ID, _TAG, _BODY = "\x00id\x00", "\x00tag\x00", "\x00body\x00"
+_ID_JSON, _TAG_JSON, _BODY_JSON = (json.dumps(s)[1:-1] for s in (_ID, _TAG, _BODY))
+_ID_REPR_JSON = json.dumps(repr(_ID)[1:-1])[1:-1]  # the id inside `argsrepr`: "['…']"
+
+
+def _with_id(template: str, job_id: str) -> str:
+    return template.replace(_ID_JSON, job_id).replace(_ID_REPR_JSON, job_id)
+
+
+@lru_cache(maxsize=1024)
+def _task_template(model: str, batch: bool, priority: int, origin: str, reply_to: str) -> str:
+    """A generate message's JSON with stand-ins for its job id, delivery tag and body."""
+    envelope = task_envelope(Message(_ID, model, priority, batch), origin, reply_to)
+    envelope["body"], envelope["properties"]["delivery_tag"] = _BODY, _TAG
+    return json.dumps(envelope)
+
+
+@lru_cache(maxsize=1024)
+def _event_template(model: str, batch: bool, hostname: str) -> tuple[str, str]:
+    """A task-sent event's body JSON, with stand-ins for the job id, clock and time (written
+    `"\u0000clock\u0000"`, quotes and all, since they are numbers), and its envelope's."""
+    event = sent_event_envelope(Message(_ID, model, 0, batch), hostname, 0, 0.0)
+    body = json.loads(base64.b64decode(event["body"]))
+    body["clock"], body["timestamp"] = "\x00clock\x00", "\x00now\x00"
+    event["body"], event["properties"]["delivery_tag"] = _BODY, _TAG
+    return json.dumps(body), json.dumps(event)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def encoded_task(message: Message, origin: str, reply_to: str) -> str:
+    """`json.dumps(task_envelope(...))`, from a template: a tenth of the time."""
+    job_id = message.job_id
+    body = _b64(f'[["{job_id}"], {{}}, {EMBED_JSON}]')
+    template = _task_template(message.model, message.batch, message.priority, origin, reply_to)
+    return (
+        _with_id(template, job_id).replace(_TAG_JSON, str(uuid.uuid4())).replace(_BODY_JSON, body)
+    )
+
+
+def encoded_event(message: Message, hostname: str, clock: int, now: float) -> str:
+    """`json.dumps(sent_event_envelope(...))`, from a template."""
+    body_template, template = _event_template(message.model, message.batch, hostname)
+    body = (
+        _with_id(body_template, message.job_id)
+        .replace('"\\u0000clock\\u0000"', str(clock))
+        .replace('"\\u0000now\\u0000"', repr(now))
+    )
+    return template.replace(_TAG_JSON, str(uuid.uuid4())).replace(_BODY_JSON, _b64(body))
+
+
 def publish(app: Celery, client: redis.Redis, prefix: str, messages: Iterable[Message]) -> None:
-    """Every message and its sent event, in one Redis round trip."""
+    """Every message and its sent event, in one Redis round trip: one LPUSH per list (the
+    messages of a list in order, so they are taken in order) and one PUBLISH per event."""
     known = routes(app)
     origin = hostname = anon_nodename()
     reply_to, now = app.thread_oid, time.time()
+    lists: dict[str, list[str]] = {}
+    events: list[str] = []
+    for message in messages:
+        key = prefix + queue_of(message) + known.suffixes[priority_of(message)]
+        lists.setdefault(key, []).append(encoded_task(message, origin, reply_to))
+        events.append(encoded_event(message, hostname, app.clock.forward(), now))
     with client.pipeline(transaction=False) as pipe:
-        for message in messages:
-            key = prefix + queue_of(message) + known.suffixes[priority_of(message)]
-            pipe.lpush(key, json.dumps(task_envelope(message, origin, reply_to)))
-            event = json.dumps(sent_event_envelope(message, hostname, app.clock.forward(), now))
+        for key, bodies in lists.items():
+            pipe.lpush(key, *bodies)
+        for event in events:
             for topic in known.sent_topics:
                 pipe.publish(prefix + topic, event)
         pipe.execute()

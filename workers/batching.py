@@ -48,7 +48,7 @@ def may_run_early(state: BatchState, settle_ms: float) -> bool:
     return state.idle_ms >= settle_ms or lone(state, settle_ms)
 
 
-LONE_CONFIRM_MS = 3.0  # a lone job waits this long for messages already on their way
+LONE_CONFIRM_MS = 1.0  # a lone job waits this long for messages already on their way
 
 
 def lone(state: BatchState, settle_ms: float) -> bool:

@@ -104,10 +104,10 @@ def list_jobs(
 
 def load_job(job_id: str, caller: Caller, settings: Settings) -> tuple[str, dict]:
     """The job's status and public resource, as the caller may see it. No transaction: a
-    job's ledger row commits with its final status, so two reads agree without one."""
+    single read needs none."""
     with statement_scope() as session:
-        job = job_queries.get_job(session, job_id, caller.key_id)
-        return job.status, _render(session, job, settings)
+        job, cost = job_queries.get_job_with_cost(session, job_id, caller.key_id)
+    return job.status, job_resource(job, cost, settings.flower_url)
 
 
 @router.get("/{job_id}", responses=responses(404, 429))

@@ -72,3 +72,19 @@ def test_a_worker_runs_what_the_api_wrote(client, auth, start_worker):
     start_worker("echo")
     job = client.post("/v1/jobs", json={"model": "echo", "prompt": "hi"}, headers=auth).json()
     assert wait_final(client, auth, job["id"])["status"] == "succeeded"
+
+
+def test_messages_of_one_list_are_taken_in_the_order_they_were_published(redis_client):
+    """One LPUSH carries every message of a list: the first published is still the first
+    a worker takes (kombu pops from the list's tail)."""
+    sent = [Message(str(uuid.uuid4()), "parked", 0) for _ in range(3)]
+    sent.append(Message(str(uuid.uuid4()), "parked", 9))  # another priority: another list
+    keys = priority_keys(queue_name("parked"), REDIS_PREFIX)
+    redis_client.delete(*keys)
+    messages.publish(get_celery(), redis_client, REDIS_PREFIX, sent)
+    taken = [
+        decoded(raw)["headers"]["id"]
+        for key in keys
+        for raw in reversed(redis_client.lrange(key, 0, -1))  # the tail first, as RPOP
+    ]
+    assert taken == [sent[3].job_id, *(m.job_id for m in sent[:3])]  # priority 9 goes first

@@ -94,7 +94,7 @@ def lone_state(**changes) -> BatchState:
         ({"last_batch_ms": 40}, False),  # slow batches: one more costs those behind it
         ({"last_batch_ms": None}, False),  # no batch yet to judge the engine by
         ({"pending": 2}, True),  # two that came together after the quiet
-        ({"idle_ms": 1, "oldest_wait_ms": 1}, False),  # just arrived: others may be in flight
+        ({"idle_ms": 0.5, "oldest_wait_ms": 0.5}, False),  # just arrived: others may be in flight
     ],
 )
 def test_a_lone_job_does_not_wait_out_the_settle(changes, ready):
@@ -105,8 +105,8 @@ def test_a_lone_job_does_not_wait_out_the_settle(changes, ready):
 @pytest.mark.parametrize(
     ("changes", "wait_ms"),
     [
-        ({"idle_ms": 0.5, "oldest_wait_ms": 0.5}, 2.0),  # the poll comes first
-        ({"idle_ms": 2.0, "oldest_wait_ms": 2.0}, 1.0),  # a lone job's confirmation is due
+        ({"idle_ms": 1.5, "oldest_wait_ms": 1.5}, 2.0),  # the poll comes first
+        ({"idle_ms": 0.25, "oldest_wait_ms": 0.25}, 0.75),  # a lone job's confirmation is due
         ({"idle_ms": 8.5, "oldest_wait_ms": 8.5}, 1.5),  # the settle is due
         ({"idle_ms": 5.0, "oldest_wait_ms": 49.5}, 0.5),  # the oldest job has waited enough
         ({"idle_ms": 30.0, "oldest_wait_ms": 60.0}, 2.0),  # every limit passed: poll the queue
