@@ -88,22 +88,29 @@ def held_key(prefix: str, model: str) -> str:
     return f"{prefix}scheduler:held:{model}"
 
 
+# KEYS: the bound, the held keys, then the interactive lane's lists. ARGV[1]: the API key.
+_ROOM = """
+local bound = redis.call('GET', KEYS[1])
+if not bound then return false end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 0 end
+local waiting = 0
+for i = 3, #KEYS do waiting = waiting + redis.call('LLEN', KEYS[i]) end
+return tonumber(bound) - waiting
+"""
+
+
 def interactive_room(
     client: redis.Redis, model: str, prefix: str, api_key_id: str | None = None
 ) -> int | None:
     """How many more interactive messages the model's queue takes now from the key, in one
-    round trip: its bound less the messages on its interactive lane (the batch lane never
-    delays them), or none while the feeder holds the key's earlier jobs back. None: no
-    bound, so no feeder runs and a job must be published at once."""
-    with client.pipeline(transaction=False) as pipe:
-        pipe.get(bound_key(prefix, model))
-        pipe.sismember(held_key(prefix, model), api_key_id or "")
-        for key in priority_keys(queue_name(model), prefix):
-            pipe.llen(key)
-        bound, held, *lengths = pipe.execute()
-    if bound is None:
-        return None
-    return 0 if held else int(bound) - int(sum(lengths))
+    round trip (one script, not a dozen replies to parse): its bound less the messages on
+    its interactive lane (the batch lane never delays them), or none while the feeder holds
+    the key's earlier jobs back. None: no bound, so no feeder runs and a job must be
+    published at once."""
+    keys = [bound_key(prefix, model), held_key(prefix, model)]
+    keys += priority_keys(queue_name(model), prefix)
+    room = client.register_script(_ROOM)(keys=keys, args=[api_key_id or ""])
+    return None if room is None else int(room)
 
 
 def celery_config(settings: Settings) -> dict:

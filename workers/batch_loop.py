@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -49,7 +48,6 @@ class BatchLoop:
     def __init__(self, runner: Runner, engine: Engine):
         self.runner, self.engine, self.spec = runner, engine, runner.spec
         self.writer, self.claims = runner.writer, runner.claims
-        self.previous_arrival = -math.inf  # the last job of the last batch run
         self.last_batch_ms: float | None = None
 
     def run(self) -> None:
@@ -71,7 +69,6 @@ class BatchLoop:
         if self._ready(state):
             size = self.spec.max_batch_size
             batch, pending = pending[:size], pending[size:]
-            self.previous_arrival = batch[-1].arrived
             started = time.monotonic()
             self._run_batch(batch)
             self.last_batch_ms = (time.monotonic() - started) * 1000
@@ -87,7 +84,6 @@ class BatchLoop:
             oldest_wait_ms=(now - pending[0].arrived) * 1000,
             idle_ms=(now - pending[-1].arrived) * 1000,
             broker_waiting=1,  # until Redis says otherwise
-            quiet_before_ms=(pending[0].arrived - self.previous_arrival) * 1000,
             last_batch_ms=self.last_batch_ms,
         )
 

@@ -22,7 +22,6 @@ class BatchState:
     oldest_wait_ms: float  # how long the oldest of them has waited
     idle_ms: float  # time since the last job arrived
     broker_waiting: int  # messages in the model's Redis queue, or taken and not handed in
-    quiet_before_ms: float = 0.0  # from the previous batch's last arrival to this one's first
     last_batch_ms: float | None = None  # how long the previous batch took (None: no batch yet)
 
 
@@ -52,14 +51,16 @@ LONE_CONFIRM_MS = 1.0  # a lone job waits this long for messages already on thei
 
 
 def lone(state: BatchState, settle_ms: float) -> bool:
-    """Jobs that came after a quiet spell of `settle_ms`, to an engine whose last batch took
-    less than that: waiting for companions would cost them more than a batch of their own
-    costs the jobs behind them. An engine whose batches are slow keeps its settle. The jobs
-    still wait `LONE_CONFIRM_MS`: the messages a bulk submit published with them reach the
-    worker one BRPOP at a time, and are briefly in neither the queue nor the worker's count."""
+    """Jobs with nothing else on its way (the caller has seen the queue empty), for an engine
+    whose last batch took less than `settle_ms`: waiting for companions that may never come
+    would cost them more than a batch of their own costs a job that comes next (it waits at
+    most that batch). While the engine keeps up, each job runs at once; once it falls
+    behind, the queue fills and batches fill with it. An engine whose batches are slow keeps
+    its settle. The jobs still wait `LONE_CONFIRM_MS`: the messages a bulk submit published
+    with them reach the worker one BRPOP at a time, and are briefly in neither the queue nor
+    the worker's count."""
     return (
-        state.quiet_before_ms >= settle_ms
-        and state.idle_ms >= min(settle_ms, LONE_CONFIRM_MS)
+        state.idle_ms >= min(settle_ms, LONE_CONFIRM_MS)
         and state.last_batch_ms is not None
         and state.last_batch_ms < settle_ms
     )

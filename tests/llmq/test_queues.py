@@ -13,9 +13,14 @@ from llmq import messages
 from llmq.queues import (
     GENERATE_TASK,
     Message,
+    bound_key,
     display_name,
+    held_key,
+    interactive_room,
     make_celery,
+    priority_keys,
     queue_keys,
+    queue_name,
 )
 from tests.conftest import REDIS_PREFIX, REDIS_URL, wait_for
 
@@ -62,3 +67,25 @@ def test_flower_keeps_the_model_in_the_task_name_when_the_sent_event_arrives_las
     task = state.tasks[task_id]
     assert task.state == "SUCCESS"
     assert task.name == f"{GENERATE_TASK}:{model}"
+
+
+def test_interactive_room_is_the_bound_less_the_interactive_lane_unless_the_key_is_held(
+    redis_client,
+):
+    model = f"room-{uuid.uuid4().hex[:8]}"
+    lanes = priority_keys(queue_name(model), REDIS_PREFIX)
+    bound, held = bound_key(REDIS_PREFIX, model), held_key(REDIS_PREFIX, model)
+    try:
+        assert interactive_room(redis_client, model, REDIS_PREFIX, "a") is None  # no feeder
+        redis_client.set(bound, 5)
+        redis_client.lpush(lanes[0], "m1", "m2")
+        redis_client.lpush(lanes[9], "m3")
+        redis_client.lpush(queue_keys(model, REDIS_PREFIX)[-1], "a batch line")  # other lane
+        assert interactive_room(redis_client, model, REDIS_PREFIX, "a") == 2
+        redis_client.sadd(held, "a")
+        assert interactive_room(redis_client, model, REDIS_PREFIX, "a") == 0
+        assert interactive_room(redis_client, model, REDIS_PREFIX, "b") == 2
+        redis_client.lpush(lanes[3], *[f"x{i}" for i in range(4)])
+        assert interactive_room(redis_client, model, REDIS_PREFIX, "b") == -2  # over its bound
+    finally:
+        redis_client.delete(bound, held, *queue_keys(model, REDIS_PREFIX))

@@ -79,9 +79,9 @@ def test_plan_sub_batches(lengths, new, budget, plan):
 
 
 def lone_state(**changes) -> BatchState:
-    """One job, 4 ms old, after 500 ms of quiet, on an engine whose last batch took 3 ms."""
+    """One job, 4 ms old, on an engine whose last batch took 3 ms."""
     base = {"pending": 1, "oldest_wait_ms": 4, "idle_ms": 4, "broker_waiting": 0,
-            "quiet_before_ms": 500, "last_batch_ms": 3}  # fmt: skip
+            "last_batch_ms": 3}  # fmt: skip
     return BatchState(**{**base, **changes})
 
 
@@ -90,7 +90,6 @@ def lone_state(**changes) -> BatchState:
     [
         ({}, True),  # nothing coming, and a batch of its own is cheaper than the settle
         ({"broker_waiting": 2}, False),  # companions are queued: wait for them
-        ({"quiet_before_ms": 4}, False),  # jobs are streaming in: settle as before
         ({"last_batch_ms": 40}, False),  # slow batches: one more costs those behind it
         ({"last_batch_ms": None}, False),  # no batch yet to judge the engine by
         ({"pending": 2}, True),  # two that came together after the quiet
