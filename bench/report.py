@@ -52,6 +52,14 @@ def judge(goal: Goal | None, value: float, spread: tuple[float, float] | None = 
     return "met" if goal.met(value) else "MISSED"
 
 
+def quartiles(values: Sequence[float]) -> tuple[float, float]:
+    """The first and third quartiles (inclusive method: within min..max)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
 @dataclass(frozen=True)
 class Paired:
     """Runs of A and B taken in turns (A, B, A, B, …): each pair saw the same machine, so the
@@ -70,12 +78,8 @@ class Paired:
 
     @property
     def iqr(self) -> tuple[float, float]:
-        """The quartiles of the pair ratios (inclusive method: within min..max)."""
-        ratios = self.ratios
-        if len(ratios) < 2:
-            return ratios[0], ratios[0]
-        q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
-        return q1, q3
+        """The quartiles of the pair ratios."""
+        return quartiles(self.ratios)
 
     @property
     def relative_spread(self) -> float:

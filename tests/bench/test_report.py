@@ -8,7 +8,15 @@ from dataclasses import asdict
 import pytest
 
 from bench import results
-from bench.__main__ import Params, header, main, measured, parse_only, write_plots
+from bench.__main__ import (
+    Params,
+    header,
+    latency_figures,
+    main,
+    measured,
+    parse_only,
+    write_plots,
+)
 from bench.report import (
     INCONCLUSIVE,
     Figure,
@@ -286,3 +294,15 @@ def test_the_plots_are_written_from_the_samples(tmp_path):
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert write_plots({"sections": {}}, tmp_path / "none") == []
+
+
+def test_latency_is_judged_from_the_runs_percentiles():
+    def run(p50: float) -> list[float]:  # 100 samples: the median is p50, the p99 is 40 ms
+        return sorted([p50] * 51 + [p50 - 1] * 45 + [40.0] * 4)
+
+    fast = {"runs_ms": [run(x) for x in (10, 11, 12, 11, 10)]}
+    p50, p99 = latency_figures({**fast, "samples_ms": []}, PARAMS)
+    assert p50.value == 11 and p50.verdict == "met" and "runs 10.0, 11.0, 12.0" in p50.how
+    assert p99.value == 40 and p99.verdict == "met"
+    straddling = {"runs_ms": [run(x) for x in (12, 14, 16, 17, 13)], "samples_ms": []}
+    assert latency_figures(straddling, PARAMS)[0].verdict == INCONCLUSIVE  # IQR 13..16
