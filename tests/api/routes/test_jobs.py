@@ -68,8 +68,19 @@ def test_submit_runs_to_success_with_output_and_usage(client, auth, tiny_worker)
     assert len(rows) == 1 and rows[0].cost_usd == expected
 
 
+def submit_together(client, auth, bodies: list[dict]) -> list[str]:
+    """Jobs that reach the queue together (one bulk submit), so they are there to share a
+    batch; jobs submitted one by one may each run at once on an engine that keeps up."""
+    jobs = [{"model": "tiny", "temperature": 0, **body} for body in bodies]
+    response = client.post("/v1/jobs/bulk", json={"jobs": jobs}, headers=auth)
+    assert response.status_code == 202, response.text
+    return response.json()["ids"]
+
+
 def test_concurrent_jobs_share_one_generate(client, auth, tiny_worker):
-    ids = [submit(client, auth, prompt=f"Batch me {i}", max_tokens=5)["id"] for i in range(6)]
+    ids = submit_together(
+        client, auth, [{"prompt": f"Batch me {i}", "max_tokens": 5} for i in range(6)]
+    )
     jobs = [wait_final(client, auth, i) for i in ids]
     assert all(j["status"] == "succeeded" for j in jobs)
     sizes = [j["timings"]["batch_size"] for j in jobs]
@@ -78,7 +89,9 @@ def test_concurrent_jobs_share_one_generate(client, auth, tiny_worker):
 
 def test_per_job_max_tokens_and_finish_reason_in_one_batch(client, auth, tiny_worker):
     budgets = [2, 5, 11]
-    ids = [submit(client, auth, prompt="Tell me about queues", max_tokens=n)["id"] for n in budgets]
+    ids = submit_together(
+        client, auth, [{"prompt": "Tell me about queues", "max_tokens": n} for n in budgets]
+    )
     jobs = [wait_final(client, auth, i) for i in ids]
     for n, job in zip(budgets, jobs, strict=True):
         assert job["status"] == "succeeded"

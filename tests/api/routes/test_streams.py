@@ -43,11 +43,14 @@ def submit(client, auth, **body) -> str:
 def test_batched_jobs_stream_the_same_text_as_their_output(client, auth, tiny_worker):
     probe = wait_final(client, auth, submit(client, auth, prompt="Hello world", max_tokens=24))
     stop = first_new_pair(probe["output"]["text"])
-    ids = [
-        submit(client, auth, prompt="Hello world", max_tokens=24),
-        submit(client, auth, prompt="Hello world", max_tokens=24, stop=[stop]),
-        submit(client, auth, prompt="another prompt to stream", max_tokens=9),
+    bodies = [
+        {"prompt": "Hello world", "max_tokens": 24},
+        {"prompt": "Hello world", "max_tokens": 24, "stop": [stop]},
+        {"prompt": "another prompt to stream", "max_tokens": 9},
     ]
+    jobs = [{"model": "tiny", "temperature": 0, **body} for body in bodies]
+    # One bulk submit: the three reach the queue together, so they share a batch.
+    ids = client.post("/v1/jobs/bulk", json={"jobs": jobs}, headers=auth).json()["ids"]
     for n, job_id in enumerate(ids):
         events = read_events(client, auth, job_id)
         tokens = [data["text"] for kind, _, data in events if kind == "token"]
