@@ -145,7 +145,10 @@ class ModelSpec(BaseModel):
     )
     max_batch_wait_ms: int = Field(50, ge=0, le=60_000)
     batch_settle_ms: int = Field(
-        20, ge=0, description="A partial batch runs early once the queue is empty this long."
+        20,
+        ge=0,
+        description="A partial batch runs early once the queue is empty this long; at once "
+        "when the engine's last batch took less than this (`workers.batching.lone`).",
     )
     max_new_tokens: int = Field(512, ge=1)
     default_max_tokens: int = Field(128, ge=1)
