@@ -50,14 +50,20 @@ def announcer(request: Request) -> Announcer:
     return Announcer(state.sync_redis, state.celery, state.settings.redis_prefix, state.limit_redis)
 
 
+def bearer_key(request: Request) -> str | None:
+    """The plain key in `Authorization: Bearer <key>`, if the request sent one."""
+    scheme, key = get_authorization_scheme_param(request.headers.get("authorization"))
+    return key if key and scheme.lower() == "bearer" else None
+
+
 def authenticate_request(request: Request) -> Caller:
     """The key in `Authorization: Bearer <key>`, looked up once per request (in this
     process's key cache, `llmq.key_cache`, else in Postgres)."""
     known: Caller | None = getattr(request.state, "caller", None)
     if known is not None:
         return known
-    scheme, key = get_authorization_scheme_param(request.headers.get("authorization"))
-    if not key or scheme.lower() != "bearer":
+    key = bearer_key(request)
+    if key is None:
         raise Unauthorized("missing bearer API key (Authorization: Bearer <key>)")
     request.state.caller = request.app.state.key_cache.authenticate(key, lookup)
     return request.state.caller
@@ -66,8 +72,8 @@ def authenticate_request(request: Request) -> Caller:
 def cached_caller(request: Request) -> Caller | None:
     """The key of the request if this process's key cache answers at once (no I/O that may
     wait); None leaves it to `authenticate_request`, in a thread."""
-    scheme, key = get_authorization_scheme_param(request.headers.get("authorization"))
-    if not key or scheme.lower() != "bearer":
+    key = bearer_key(request)
+    if key is None:
         return None
     caller = request.app.state.key_cache.cached(key)
     if caller is not None:

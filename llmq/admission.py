@@ -51,8 +51,7 @@ class NoCharge:
 class Admitted:
     ids: list[uuid.UUID]  # in the order of the new jobs
     replayed: bool  # an identical earlier request made them; nothing new was written
-    job: sa.Row | None = None  # a single new job's row, whole, read like a `Job` (None: many,
-    # or a replay)
+    job: sa.Row | None = None  # one new job's whole row, read like a `Job` (None: many, replay)
     answered: list[uuid.UUID] = field(default_factory=list)  # jobs the cache answered, final
     deliveries: list[str] = field(default_factory=list)  # their webhook outbox rows
 

@@ -129,6 +129,8 @@ def sent_event_envelope(message: Message, hostname: str, clock: int, now: float)
 # (a name with a NUL is refused), so a message is its template with these replaced.
 _ID, _TAG, _BODY = "\x00id\x00", "\x00tag\x00", "\x00body\x00"
 _ID_JSON, _TAG_JSON, _BODY_JSON = (json.dumps(s)[1:-1] for s in (_ID, _TAG, _BODY))
+_CLOCK, _NOW = "\x00clock\x00", "\x00now\x00"  # numbers: replaced quotes and all
+_CLOCK_JSON, _NOW_JSON = json.dumps(_CLOCK), json.dumps(_NOW)
 _ID_REPR_JSON = json.dumps(repr(_ID)[1:-1])[1:-1]  # the id inside `argsrepr`: "['…']"
 
 
@@ -146,11 +148,11 @@ def _task_template(model: str, batch: bool, priority: int, origin: str, reply_to
 
 @lru_cache(maxsize=1024)
 def _event_template(model: str, batch: bool, hostname: str) -> tuple[str, str]:
-    """A task-sent event's body JSON, with stand-ins for the job id, clock and time (written
-    `"\u0000clock\u0000"`, quotes and all, since they are numbers), and its envelope's."""
+    """A task-sent event's body JSON, with stand-ins for the job id, clock and time, and its
+    envelope's."""
     event = sent_event_envelope(Message(_ID, model, 0, batch), hostname, 0, 0.0)
     body = json.loads(base64.b64decode(event["body"]))
-    body["clock"], body["timestamp"] = "\x00clock\x00", "\x00now\x00"
+    body["clock"], body["timestamp"] = _CLOCK, _NOW
     event["body"], event["properties"]["delivery_tag"] = _BODY, _TAG
     return json.dumps(body), json.dumps(event)
 
@@ -174,8 +176,8 @@ def encoded_event(message: Message, hostname: str, clock: int, now: float) -> st
     body_template, template = _event_template(message.model, message.batch, hostname)
     body = (
         _with_id(body_template, message.job_id)
-        .replace('"\\u0000clock\\u0000"', str(clock))
-        .replace('"\\u0000now\\u0000"', repr(now))
+        .replace(_CLOCK_JSON, str(clock))
+        .replace(_NOW_JSON, repr(now))
     )
     return template.replace(_TAG_JSON, str(uuid.uuid4())).replace(_BODY_JSON, _b64(body))
 
